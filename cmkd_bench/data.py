@@ -1,0 +1,165 @@
+"""What a dataset declares (task, modalities, classes, splits, recipe) and how batches are served.
+
+A batch is a dict: one tensor per modality, plus "label" and "index" (the sample's position in
+its split, for methods that keep per-sample state such as a memory bank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+
+SPLITS = ("train", "val", "test")
+TASKS = ("classification", "segmentation")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "poly", "constant")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training recipe every method on a dataset shares (the fairness protocol)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+
+    def updated(self, **changes: Any) -> "Recipe":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise UserError(f"unknown recipe setting {sorted(unknown)[0]!r}; recipe settings are {', '.join(f.name for f in fields(self))}")
+        recipe = replace(self, **{k: v for k, v in changes.items() if v is not None})
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UserError(f"learning rate must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.momentum < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise UserError("momentum, weight_decay and warmup_epochs must not be negative")
+        if self.warmup_epochs >= self.epochs:
+            raise UserError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Modality:
+    shape: tuple[int, ...]  # per-sample shape
+    backbone: str  # default backbone for this modality
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    task: str
+    num_classes: int
+    modalities: dict[str, Modality]
+    teacher_modality: str  # default direction
+    student_modality: str
+    recipe: Recipe
+    split_sizes: dict[str, int]
+    ignore_index: int = -100
+    recipe_source: str = ""  # where the recipe's defaults come from
+    options: dict[str, Any] = field(default_factory=dict)  # resolved dataset options
+
+    def modality(self, name: str) -> Modality:
+        if name not in self.modalities:
+            raise UserError(f"dataset {self.name!r} has no modality {name!r}; its modalities are {', '.join(self.modalities)}")
+        return self.modalities[name]
+
+
+class PairedData:
+    """A dataset with paired modalities and train/val/test splits."""
+
+    spec: DatasetSpec
+
+    def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
+                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def num_batches(self, split: str, batch_size: int, *, shuffle: bool) -> int:
+        raise NotImplementedError
+
+
+class TensorPairs(PairedData):
+    """Paired data held in memory as tensors; batches are index slices (no DataLoader needed).
+
+    Training batches drop the last incomplete batch (BatchNorm needs more than one sample) unless
+    the split is smaller than one batch, in which case the whole split is one batch.
+    """
+
+    def __init__(self, spec: DatasetSpec, splits: dict[str, dict[str, Tensor]]) -> None:
+        for split in SPLITS:
+            if split not in splits or len(splits[split]["label"]) == 0:
+                raise UserError(f"dataset {spec.name!r} has an empty {split} split; every split needs samples")
+        self.spec = spec
+        self.splits = splits
+        self._on_device: dict[tuple[str, str], dict[str, Tensor]] = {}
+
+    def size(self, split: str) -> int:
+        return len(self.splits[split]["label"])
+
+    def _tensors(self, split: str, device: torch.device | str) -> dict[str, Tensor]:
+        key = (split, str(device))
+        if key not in self._on_device:
+            self._on_device[key] = {k: v.to(device) for k, v in self.splits[split].items()}
+        return self._on_device[key]
+
+    def num_batches(self, split: str, batch_size: int, *, shuffle: bool) -> int:
+        n = self.size(split)
+        if shuffle:
+            return max(1, n // batch_size)
+        return -(-n // batch_size)
+
+    def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
+                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+        tensors = self._tensors(split, device)
+        n = self.size(split)
+        if shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+        else:
+            order = torch.arange(n, device=device)
+        count = self.num_batches(split, batch_size, shuffle=shuffle)
+        for b in range(count):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            batch = {k: v.index_select(0, idx) for k, v in tensors.items()}
+            batch["index"] = idx
+            yield batch
+
+
+def stratified_split(labels: Tensor, fractions: tuple[float, ...], seed: int) -> list[Tensor]:
+    """Split sample indices into parts with the given fractions, class by class, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[list[Tensor]] = [[] for _ in fractions]
+    for cls in torch.unique(labels):
+        members = torch.nonzero(labels == cls).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        bounds = torch.tensor([0.0, *torch.tensor(fractions).cumsum(0).tolist()]) * len(members)
+        bounds = bounds.round().long().tolist()
+        bounds[-1] = len(members)
+        for i in range(len(fractions)):
+            parts[i].append(members[bounds[i]:bounds[i + 1]])
+    return [torch.sort(torch.cat(p)).values for p in parts]
+
+
+SPLIT_NAMES = {0: "train", 1: "val", 2: "test"}
