@@ -81,7 +81,7 @@ class SmallCNN(nn.Module):
 
 
 @BACKBONES.register("small-cnn", aliases=("cnn",), tasks=("classification",), description="small fast CNN for small images (three stages)")
-def small_cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 32, stages: int = 3) -> FeatureModel:
+def small_cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 16, stages: int = 3) -> FeatureModel:
     chans, _, _ = _image_shape("small-cnn", input_shape)
     if stages < 1 or width < 1:
         raise UserError(f"small-cnn needs stages >= 1 and width >= 1, got stages={stages}, width={width}")

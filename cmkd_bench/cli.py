@@ -1,0 +1,188 @@
+"""The `cmkd-bench` command line: list, run, leaderboard.
+
+Errors a user can cause end in one line on stderr and exit code 2; a run that fails (for example
+a non-finite loss) exits 1 after writing its failed record.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .catalog import BACKBONES, DATASETS, METHODS, load_all
+from .engine import EpochReport
+from .errors import RunFailed, UserError
+from .registry import Registry
+
+plugin_option = click.option("--plugin", "plugins", multiple=True, metavar="PATH.py",
+                             help="Load a Python file that registers methods, datasets or backbones (repeatable).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cmkd-bench")
+def cli() -> None:
+    """Cross-modal knowledge distillation benchmark: every baseline under one fair protocol."""
+
+
+# -- list ----------------------------------------------------------------------------------------
+def _format_value(value: object) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _registry_table(registry: Registry, title: str) -> Table:
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for column in ("name", "aliases", "tasks", "description", "hyper-parameters (defaults)"):
+        table.add_column(column, overflow="fold")
+    for entry in registry:
+        described = entry.description + (f"\n[dim]{entry.reference}[/dim]" if entry.reference else "")
+        hparams = ", ".join(f"{k}={_format_value(v)}" for k, v in entry.hparams.items())
+        table.add_row(entry.name, ", ".join(entry.aliases), ", ".join(entry.tasks), described, hparams)
+    return table
+
+
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice(["methods", "datasets", "backbones"]))
+@plugin_option
+def list_command(kind: str | None, plugins: tuple[str, ...]) -> None:
+    """List registered methods, datasets and backbones with their hyper-parameters."""
+    load_all(plugins)
+    console = Console()
+    registries = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES}
+    for name, registry in registries.items():
+        if kind in (None, name):
+            console.print(_registry_table(registry, name))
+            if name == "backbones":
+                console.print("[dim]Also any timm model by name (e.g. resnet18, convnext_atto), pretrained=False, "
+                              "in_chans from the modality.[/dim]")
+
+
+# -- run -----------------------------------------------------------------------------------------
+class RichProgress:
+    """Per-epoch progress bars, one printed line per epoch with the mean of each loss term."""
+
+    def __init__(self, console: Console, quiet: bool) -> None:
+        self.console, self.quiet = console, quiet
+        self.bar: Progress | None = None
+        self.task = None
+        self.label = ""
+
+    def phase(self, label: str, epochs: int, steps: int) -> None:
+        self.label, self.steps = label, steps
+        self.console.print(f"[bold]{label}[/bold]: {epochs} epochs x {steps} steps")
+
+    def step(self, step: int, steps: int) -> None:
+        if self.quiet or not self.console.is_terminal:
+            return
+        if self.bar is None:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=steps)
+        self.bar.update(self.task, completed=step)
+
+    def epoch(self, report: EpochReport) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        if self.quiet:
+            return
+        losses = "  ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
+        self.console.print(f"  epoch {report.epoch:>3}/{report.epochs}  {losses}  val {report.val:.2f} "
+                           f"(best {report.best_val:.2f})  lr {report.lr:.3g}")
+
+    def message(self, text: str) -> None:
+        self.console.print(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def summary_line(record: dict) -> str:
+    m, t = record["metrics"], record["teacher"]
+    metric = record["metric"]
+    direction = f"{record['teacher_modality']}→{record['student_modality']}"
+    speed = f" · {record['steps_per_s']:.1f} steps/s" if record.get("steps_per_s") else ""
+    return (f"{record['method']} on {record['dataset']} {direction} seed {record['seed']}: test {metric} "
+            f"{m['test']:.2f} (best val {m['val_best']:.2f} at epoch {m['best_epoch']}; last epoch {m['test_last']:.2f}) "
+            f"· teacher {t['metrics']['test']:.2f}{speed} · {record['run_id']}")
+
+
+@cli.command()
+@click.option("--method", required=True, help="Distillation method (see `cmkd-bench list methods`).")
+@click.option("--dataset", required=True, help="Dataset (see `cmkd-bench list datasets`).")
+@click.option("--student-modality", help="Default: the dataset's.")
+@click.option("--teacher-modality", help="Default: the dataset's.")
+@click.option("--student", "student_backbone", help="Student backbone. Default: the dataset's for the modality.")
+@click.option("--teacher", "teacher_backbone", help="Teacher backbone. Default: the dataset's for the modality.")
+@click.option("--epochs", type=int, help="Default: the dataset's recipe.")
+@click.option("--batch-size", type=int, help="Default: the dataset's recipe.")
+@click.option("--lr", type=float, help="Default: the dataset's recipe.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-root", type=click.Path(), help="Where a real or bring-your-own dataset lives.")
+@click.option("--out", default="runs", show_default=True, type=click.Path(), help="Runs go to OUT/<run_id>/.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Method, dataset or recipe setting (repeatable); prefix method./data./recipe. when ambiguous.")
+@click.option("--teacher-checkpoint", type=click.Path(), help="Use this teacher state_dict instead of training one.")
+@click.option("--teacher-cache", type=click.Path(), help="Where trained teachers are cached. Default: OUT/teachers.")
+@click.option("--force", is_flag=True, help="Rerun even if a completed record exists.")
+@click.option("--quiet", is_flag=True, help="No per-epoch output.")
+@plugin_option
+def run(plugins: tuple[str, ...], quiet: bool, **options) -> None:
+    """Train (or reuse) the teacher, train the student with METHOD, and write the run record."""
+    from .runner import Progress as Callbacks
+    from .runner import RunRequest, execute, prepare
+
+    load_all(plugins)
+    force = options.pop("force")
+    prepared = prepare(RunRequest(**options, force=force))
+    console = Console(stderr=False, highlight=False)
+    display = RichProgress(console, quiet)
+    callbacks = Callbacks(on_phase=display.phase, on_step=display.step, on_epoch=display.epoch, on_message=display.message)
+    try:
+        record = execute(prepared, callbacks, force=force)
+    finally:
+        display.close()
+    if record.get("skipped"):
+        console.print(f"already completed (use --force to rerun): {prepared.run_dir / 'result.json'}")
+    console.print(summary_line(record), soft_wrap=True)
+
+
+# -- leaderboard ---------------------------------------------------------------------------------
+@cli.command()
+@click.argument("runs_dirs", nargs=-1, type=click.Path())
+@click.option("--format", "fmt", default="rich", show_default=True, type=click.Choice(["rich", "md", "csv", "latex"]))
+@click.option("--output", type=click.Path(), help="Write the table to this file instead of the terminal.")
+def leaderboard(runs_dirs: tuple[str, ...], fmt: str, output: str | None) -> None:
+    """Tables of completed runs: mean ± std over seeds, Δ vs no-KD, teacher row, failed runs listed."""
+    from .leaderboard import load_records, print_leaderboard
+
+    paths = [Path(p) for p in runs_dirs] or [Path("runs")]
+    print_leaderboard(load_records(paths), fmt, Path(output) if output else None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="cmkd-bench", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except RunFailed as exc:
+        click.echo(f"run failed: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted; run the same command again to resume from the last finished epoch", err=True)
+        sys.exit(130)
+    sys.exit(0)

@@ -1,0 +1,293 @@
+"""The training loop shared by teachers and students: losses, selection on val, checkpoints.
+
+The engine knows nothing of a method's internals: it runs the models, asks the method for named
+loss terms, sums them and logs each. Model selection is on the validation split; the test split
+is read twice, at the best-val weights and at the last epoch's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .data import PairedData, Recipe
+from .errors import RunFailed, UserError
+from .method import Method
+from .metrics import metric_for
+from .models import FeatureModel
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def is_main_process() -> bool:
+    """Only rank 0 writes files once this runs under torchrun."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    if not is_main_process():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """Per-step learning-rate multiplier: linear warm-up, then cosine, poly (0.9) or constant."""
+    total = recipe.epochs * steps_per_epoch
+    warmup = recipe.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if recipe.schedule == "poly":
+        return (1.0 - progress) ** 0.9
+    return 1.0
+
+
+def trainable_parameters(student: nn.Module, method: Method, teacher: nn.Module | None) -> list[nn.Parameter]:
+    """Student, then the method's own parts, then the teacher if the method trains it; no duplicates."""
+    teacher_ids = {id(p) for p in teacher.parameters()} if teacher is not None else set()
+    seen: set[int] = set()
+    params = []
+    for group in (student.parameters(), method.parameters(), teacher.parameters() if method.trains_teacher and teacher else ()):
+        for p in group:
+            trainable_teacher = method.trains_teacher and id(p) in teacher_ids
+            if id(p) in seen or (id(p) in teacher_ids and not trainable_teacher) or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            params.append(p)
+    return params
+
+
+@torch.no_grad()
+def evaluate(model: FeatureModel, data: PairedData, split: str, modality: str, device: torch.device,
+             batch_size: int = 256) -> float:
+    was_training = model.training
+    model.eval()
+    spec = data.spec
+    metric = metric_for(spec.task)(spec.num_classes, spec.ignore_index, device)
+    with autocast(device):
+        for batch in data.batches(split, batch_size, shuffle=False, device=device):
+            metric.update(model(batch[modality]).logits.float(), batch["label"])
+    model.train(was_training)
+    return metric.compute()
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    epochs: int
+    losses: dict[str, float]
+    val: float
+    best_val: float
+    lr: float
+
+
+@dataclass
+class FitResult:
+    metric: str
+    val_best: float
+    best_epoch: int
+    test: float
+    test_last: float
+    train_steps: int
+    train_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.train_steps / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+@dataclass
+class Fit:
+    """One training job: a student trained by a method, optionally against a teacher."""
+
+    student: FeatureModel
+    method: Method
+    data: PairedData
+    student_modality: str
+    recipe: Recipe
+    seed: int
+    device: torch.device
+    checkpoint: Path | None = None
+    teacher: FeatureModel | None = None
+    teacher_modality: str | None = None
+    on_step: Callable[[int, int], None] | None = None  # (step in epoch, steps per epoch)
+    on_epoch: Callable[[EpochReport], None] | None = None
+    check_every: int = 0  # steps between host syncs for the non-finite check; 0: 1 on CPU, 50 on CUDA
+
+    def __post_init__(self) -> None:
+        self.uses_teacher = self.teacher is not None and self.method.uses_teacher
+        self.params = trainable_parameters(self.student, self.method, self.teacher)
+        self.optimizer = build_optimizer(self.params, self.recipe)
+        self.steps_per_epoch = self.data.num_batches("train", self.recipe.batch_size, shuffle=True)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(self.recipe, step, self.steps_per_epoch))
+        if not self.check_every:
+            self.check_every = 1 if self.device.type == "cpu" else 50
+
+    # -- state -------------------------------------------------------------------------------
+    def _model_states(self) -> dict[str, Any]:
+        states = {"student": self.student.state_dict(), "method": self.method.state_dict()}
+        if self.method.trains_teacher and self.teacher is not None:
+            states["teacher"] = self.teacher.state_dict()
+        return states
+
+    def _load_model_states(self, states: dict[str, Any]) -> None:
+        self.student.load_state_dict(states["student"])
+        self.method.load_state_dict(states["method"])
+        if "teacher" in states and self.teacher is not None:
+            self.teacher.load_state_dict(states["teacher"])
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {k: {n: t.detach().clone() for n, t in v.items()} for k, v in self._model_states().items()}
+
+    def _save(self, epoch: int, best: dict[str, Any], history: list[dict[str, Any]], steps: int, seconds: float) -> None:
+        if self.checkpoint is None:
+            return
+        state = {
+            "epoch": epoch,
+            "models": self._model_states(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "best": best,
+            "history": history,
+            "steps": steps,
+            "seconds": seconds,
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        atomic_save(state, self.checkpoint)
+
+    def _resume(self) -> dict[str, Any] | None:
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return None
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        except Exception as exc:
+            raise UserError(f"checkpoint {str(self.checkpoint)!r} is unreadable ({type(exc).__name__}); delete it or rerun with --force") from exc
+        self._load_model_states(state["models"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"].cpu())
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        return state
+
+    # -- loop --------------------------------------------------------------------------------
+    def _set_modes(self) -> None:
+        self.student.train()
+        self.method.train()
+        if self.teacher is not None:
+            self.teacher.train(self.method.trains_teacher)
+            self.teacher.requires_grad_(self.method.trains_teacher)
+
+    def _teacher_output(self, batch: dict[str, Tensor]):
+        if not self.uses_teacher:
+            return None
+        assert self.teacher is not None and self.teacher_modality is not None
+        if self.method.trains_teacher:
+            return self.teacher(batch[self.teacher_modality])
+        with torch.no_grad():
+            return self.teacher(batch[self.teacher_modality])
+
+    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
+        self._set_modes()
+        self.method.on_epoch_start(epoch, self.recipe.epochs)
+        sums: dict[str, Tensor] = {}
+        first_bad: dict[str, Tensor] = {}
+        steps = 0
+        batches = self.data.batches("train", self.recipe.batch_size, shuffle=True,
+                                    seed=self.seed * 1_000_003 + epoch, device=self.device)
+        for steps, batch in enumerate(batches, start=1):
+            with autocast(self.device):
+                teacher_out = self._teacher_output(batch)
+                losses = self.method(self.student(batch[self.student_modality]), teacher_out, batch)
+            total = torch.stack([v.float() for v in losses.values()]).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            for name, value in losses.items():
+                value = value.detach().float()
+                sums[name] = sums.get(name, 0) + value
+                bad_now = ~torch.isfinite(value)
+                first_bad[name] = first_bad.get(name, torch.tensor(-1, device=self.device))
+                first_bad[name] = torch.where(bad_now & (first_bad[name] < 0), steps, first_bad[name])
+            if steps % self.check_every == 0 or steps == self.steps_per_epoch:
+                self._check_finite(first_bad, epoch)
+            if self.on_step is not None:
+                self.on_step(steps, self.steps_per_epoch)
+        self._check_finite(first_bad, epoch)
+        return {k: (v / steps).item() for k, v in sums.items()}, steps
+
+    def _check_finite(self, first_bad: dict[str, Tensor], epoch: int) -> None:
+        bad = {name: int(step) for name, step in first_bad.items() if int(step) >= 0}
+        if bad:
+            name = min(bad, key=lambda n: bad[n])
+            raise RunFailed(f"loss term {name!r} became non-finite at epoch {epoch + 1}, step {bad[name]}")
+
+    def run(self) -> FitResult:
+        torch.manual_seed(self.seed)
+        metric = metric_for(self.data.spec.task).name
+        start_epoch, history, steps_done, seconds = 0, [], 0, 0.0
+        best: dict[str, Any] = {"val": -math.inf, "epoch": -1, "states": self._snapshot()}
+        resumed = self._resume()
+        if resumed is not None:
+            start_epoch = resumed["epoch"] + 1
+            history, best = resumed["history"], resumed["best"]
+            steps_done, seconds = resumed["steps"], resumed["seconds"]
+        for epoch in range(start_epoch, self.recipe.epochs):
+            began = time.perf_counter()
+            losses, steps = self._train_epoch(epoch)
+            seconds += time.perf_counter() - began
+            steps_done += steps
+            val = evaluate(self.student, self.data, "val", self.student_modality, self.device)
+            if val > best["val"]:
+                best = {"val": val, "epoch": epoch, "states": self._snapshot()}
+            lr = self.optimizer.param_groups[0]["lr"]
+            history.append({"epoch": epoch + 1, "losses": losses, "val": val, "lr": lr})
+            self._save(epoch, best, history, steps_done, seconds)
+            if self.on_epoch is not None:
+                self.on_epoch(EpochReport(epoch + 1, self.recipe.epochs, losses, val, best["val"], lr))
+        test_last = evaluate(self.student, self.data, "test", self.student_modality, self.device)
+        self._load_model_states(best["states"])
+        test = evaluate(self.student, self.data, "test", self.student_modality, self.device)
+        return FitResult(metric=metric, val_best=best["val"], best_epoch=best["epoch"] + 1, test=test,
+                         test_last=test_last, train_steps=steps_done, train_seconds=seconds, history=history,
+                         resumed_from=start_epoch if resumed is not None else None)

@@ -1,0 +1,49 @@
+"""The interface every distillation method implements (one file each in methods/).
+
+A method is an `nn.Module` built from the student's and the teacher's `ModelInfo` and the
+dataset spec; its keyword constructor arguments are its hyper-parameters. `forward` turns the
+two models' outputs into a dict of named, already weighted loss terms; the engine sums them,
+logs each by name, and optimises the student together with the method's own parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import DatasetSpec, PairedData
+from .models import FeatureModel, ModelInfo, ModelOutput
+
+
+class Method(nn.Module):
+    uses_teacher: ClassVar[bool] = True  # False: the engine never runs the teacher in training
+    trains_teacher: ClassVar[bool] = False  # True: the teacher is optimised too, in train mode
+    needs: ClassVar[frozenset[str]] = frozenset()  # extra inputs, e.g. {"index"} for memory banks
+
+    def __init__(self, student: ModelInfo, teacher: ModelInfo, spec: DatasetSpec) -> None:
+        super().__init__()
+        self.task = spec.task
+        self.num_classes = spec.num_classes
+        self.ignore_index = spec.ignore_index
+        self.epoch = 0
+        self.epochs = 1
+
+    def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called by the engine before each epoch (0-based), for schedules such as warm-ups."""
+        self.epoch, self.epochs = epoch, epochs
+
+    def prepare(self, teacher: FeatureModel, data: PairedData, device: str, cache_dir: Path | None) -> None:
+        """One-time step before student training (for example ranking teacher channels).
+
+        `cache_dir` belongs to this run's teacher: results that depend only on the teacher and the
+        data may be stored there and reused by later runs with the same teacher.
+        """
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError

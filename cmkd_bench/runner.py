@@ -1,0 +1,329 @@
+"""One run from configuration to record: data, teacher (trained or reused), student, method, fit.
+
+Everything a user can get wrong (names, settings, shapes, files) is checked before anything is
+written; a run that starts and fails leaves a record with status "failed" and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .catalog import load_all
+from .config import RunConfig, parse_sets, resolve, split_sets
+from .data import PairedData, Recipe
+from .engine import EpochReport, Fit, FitResult, atomic_save, evaluate, is_main_process, resolve_device
+from .errors import RunFailed, UserError
+from .method import Method
+from .models import FeatureModel
+from .registry import BACKBONES, DATASETS, METHODS
+
+RECORD_SCHEMA = 1
+
+
+@dataclass
+class RunRequest:
+    method: str
+    dataset: str
+    student_modality: str | None = None
+    teacher_modality: str | None = None
+    student_backbone: str | None = None
+    teacher_backbone: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+    out: str = "runs"
+    sets: tuple[str, ...] = ()
+    teacher_checkpoint: str | None = None
+    teacher_cache: str | None = None  # default: <out>/teachers
+    force: bool = False
+
+
+@dataclass
+class Progress:
+    """Callbacks the CLI uses to show progress; all optional."""
+
+    on_phase: Callable[[str, int, int], None] | None = None  # (label, epochs, steps per epoch)
+    on_step: Callable[[int, int], None] | None = None
+    on_epoch: Callable[[EpochReport], None] | None = None
+    on_message: Callable[[str], None] | None = None
+
+    def message(self, text: str) -> None:
+        if self.on_message is not None:
+            self.on_message(text)
+
+
+@dataclass
+class Prepared:
+    config: RunConfig
+    data: PairedData
+    recipe: Recipe
+    device: torch.device
+    run_dir: Path
+    teacher_dir: Path
+    teacher_checkpoint: Path | None
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    if not is_main_process():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def build_data(name: str, data_root: str | None, options: dict[str, Any]) -> PairedData:
+    return DATASETS.build(name, Path(data_root) if data_root else None, **options)
+
+
+def prepare(request: RunRequest) -> Prepared:
+    """Resolve and validate everything; builds the dataset but writes nothing."""
+    load_all()
+    method = METHODS.get(request.method)
+    dataset = DATASETS.get(request.dataset)
+    method_sets, data_sets, recipe_sets = split_sets(parse_sets(request.sets), method, dataset)
+    for key in ("epochs", "batch_size", "lr"):
+        if getattr(request, key) is not None:
+            recipe_sets[key] = getattr(request, key)
+    teacher_checkpoint = Path(request.teacher_checkpoint) if request.teacher_checkpoint else None
+    if teacher_checkpoint is not None and not teacher_checkpoint.is_file():
+        raise UserError(f"teacher checkpoint {str(teacher_checkpoint)!r} does not exist; pass the path of a .pt file")
+    device = resolve_device(request.device)
+    data = build_data(dataset.name, request.data_root, data_sets)
+    config = resolve(
+        method=method, dataset=dataset, spec=data.spec, method_sets=method_sets, recipe_sets=recipe_sets,
+        student_modality=request.student_modality, teacher_modality=request.teacher_modality,
+        student_backbone=request.student_backbone, teacher_backbone=request.teacher_backbone,
+        seed=request.seed, teacher_checkpoint=teacher_checkpoint,
+    )
+    out = Path(request.out)
+    teacher_dir = Path(request.teacher_cache) if request.teacher_cache else out / "teachers"
+    return Prepared(config, data, Recipe(**config.recipe), device, out / config.run_id, teacher_dir, teacher_checkpoint)
+
+
+def build_model(backbone: str, data: PairedData, modality: str, seed: int, device: torch.device) -> FeatureModel:
+    spec = data.spec
+    entry = BACKBONES.get(backbone)
+    if not entry.supports(spec.task):
+        raise UserError(f"backbone {backbone!r} does not support {spec.task}; see `cmkd-bench list backbones`")
+    torch.manual_seed(seed)
+    return entry.factory(spec.modality(modality).shape, spec.num_classes).to(device)
+
+
+def build_method(config: RunConfig, student: FeatureModel, teacher: FeatureModel, data: PairedData,
+                 device: torch.device) -> Method:
+    torch.manual_seed(config.seed + 1)
+    try:
+        method = METHODS.build(config.method, student.info, teacher.info, data.spec, **config.hparams)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"method {config.method!r} cannot be built with {config.hparams}: {exc}") from exc
+    return method.to(device)
+
+
+# -- teacher -------------------------------------------------------------------------------------
+def teacher_key(config: RunConfig) -> str:
+    identity = {"dataset": config.dataset, "options": config.data_options, "modality": config.teacher_modality,
+                "backbone": config.teacher_backbone, "recipe": config.recipe, "seed": config.seed}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{config.dataset}-{config.teacher_modality}-{config.teacher_backbone}-s{config.seed}-{digest}".replace("/", "_").replace(":", "_")
+
+
+def teacher_folder(prepared: Prepared) -> Path:
+    """The teacher's cache folder: its weights, metrics, and what methods derive from it."""
+    config = prepared.config
+    if config.teacher_checkpoint_sha256:
+        return prepared.teacher_dir / f"checkpoint-{config.teacher_checkpoint_sha256[:16]}-{config.teacher_modality}"
+    return prepared.teacher_dir / teacher_key(config)
+
+
+def load_teacher_weights(teacher: FeatureModel, path: Path, device: torch.device) -> None:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise UserError(f"teacher checkpoint {str(path)!r} cannot be read as a weights file ({type(exc).__name__}); pass a torch state_dict .pt") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
+        state = state.get("state_dict", state.get("model"))
+    if not isinstance(state, dict):
+        raise UserError(f"teacher checkpoint {str(path)!r} holds no state_dict")
+    if not any(k.startswith("net.") for k in state):
+        state = {f"net.{k}": v for k, v in state.items()}  # a bare model's state_dict
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"teacher checkpoint {str(path)!r} does not fit backbone {teacher.name!r}: {first}") from exc
+
+
+def obtain_teacher(prepared: Prepared, teacher: FeatureModel, progress: Progress) -> dict[str, Any]:
+    """Load the given or cached teacher, or train and cache it; returns the record's teacher part."""
+    config, data, device = prepared.config, prepared.data, prepared.device
+    info = {"modality": config.teacher_modality, "backbone": config.teacher_backbone}
+    if prepared.teacher_checkpoint is not None:
+        load_teacher_weights(teacher, prepared.teacher_checkpoint, device)
+        metrics = {split: evaluate(teacher, data, split, config.teacher_modality, device) for split in ("val", "test")}
+        return {**info, "key": f"checkpoint-{config.teacher_checkpoint_sha256[:10]}",
+                "checkpoint": str(prepared.teacher_checkpoint), "metrics": metrics}
+    key = teacher_key(config)
+    folder = teacher_folder(prepared)
+    weights, summary = folder / "teacher.pt", folder / "teacher.json"
+    cached = read_record(summary)
+    if weights.exists() and cached is not None:
+        load_teacher_weights(teacher, weights, device)
+        progress.message(f"teacher {key}: reused ({cached['metric']} test {cached['metrics']['test']:.2f})")
+        return {**info, "key": key, "checkpoint": str(weights), "metrics": cached["metrics"]}
+    objective = METHODS.build("no-kd", teacher.info, teacher.info, data.spec).to(device)
+    if progress.on_phase is not None:
+        progress.on_phase(f"teacher {config.teacher_modality}", prepared.recipe.epochs,
+                          data.num_batches("train", prepared.recipe.batch_size, shuffle=True))
+    result = Fit(student=teacher, method=objective, data=data, student_modality=config.teacher_modality,
+                 recipe=prepared.recipe, seed=config.seed, device=device, checkpoint=folder / "train_checkpoint.pt",
+                 on_step=progress.on_step, on_epoch=progress.on_epoch).run()
+    metrics = {"val": result.val_best, "test": result.test, "test_last": result.test_last, "best_epoch": result.best_epoch}
+    atomic_save(teacher.state_dict(), weights)
+    write_json_atomic({"key": key, **info, "dataset": config.dataset, "data_options": config.data_options,
+                       "recipe": config.recipe, "seed": config.seed, "metric": result.metric, "metrics": metrics,
+                       "steps_per_s": result.steps_per_s, "created": _now()}, summary)
+    (folder / "train_checkpoint.pt").unlink(missing_ok=True)
+    return {**info, "key": key, "checkpoint": str(weights), "metrics": metrics}
+
+
+# -- the run -------------------------------------------------------------------------------------
+def existing_record(prepared: Prepared) -> dict[str, Any] | None:
+    record = read_record(prepared.run_dir / "result.json")
+    return record if record is not None and record.get("status") == "completed" else None
+
+
+def execute(prepared: Prepared, progress: Progress | None = None, force: bool = False) -> dict[str, Any]:
+    """Train (or reuse) the teacher, train the student, write and return the run record."""
+    progress = progress or Progress()
+    config, data, device = prepared.config, prepared.data, prepared.device
+    if not force and (done := existing_record(prepared)) is not None:
+        return {**done, "skipped": True}
+    teacher = build_model(config.teacher_backbone, data, config.teacher_modality, config.seed, device)
+    student = build_model(config.student_backbone, data, config.student_modality, config.seed, device)
+    method = build_method(config, student, teacher, data, device)
+    checkpoint = prepared.run_dir / "checkpoint.pt"
+    if force:
+        checkpoint.unlink(missing_ok=True)
+    began = time.perf_counter()
+    record = base_record(prepared)
+    try:
+        record["teacher"] = obtain_teacher(prepared, teacher, progress)
+        record["teacher"]["trained_by_method"] = method.trains_teacher
+        teacher.eval()
+        method.prepare(teacher, data, str(device), teacher_folder(prepared))
+        if progress.on_phase is not None:
+            progress.on_phase(f"{config.method} {config.teacher_modality}→{config.student_modality}",
+                              prepared.recipe.epochs, data.num_batches("train", prepared.recipe.batch_size, shuffle=True))
+        result = Fit(student=student, method=method, data=data, student_modality=config.student_modality,
+                     recipe=prepared.recipe, seed=config.seed, device=device, checkpoint=checkpoint,
+                     teacher=teacher, teacher_modality=config.teacher_modality,
+                     on_step=progress.on_step, on_epoch=progress.on_epoch).run()
+    except RunFailed as exc:
+        record.update(status="failed", error=str(exc), wall_time_s=time.perf_counter() - began)
+        write_json_atomic(record, prepared.run_dir / "result.json")
+        raise
+    record.update(completed_record(result, time.perf_counter() - began))
+    if method.trains_teacher:
+        record["teacher"]["metrics_after_method"] = {
+            split: evaluate(teacher, data, split, config.teacher_modality, device) for split in ("val", "test")}
+    write_json_atomic(record, prepared.run_dir / "result.json")
+    checkpoint.unlink(missing_ok=True)
+    return record
+
+
+def base_record(prepared: Prepared) -> dict[str, Any]:
+    config = prepared.config
+    return {
+        "schema": RECORD_SCHEMA,
+        "run_id": config.run_id,
+        "status": "running",
+        "error": None,
+        "method": config.method,
+        "dataset": config.dataset,
+        "task": config.task,
+        "student_modality": config.student_modality,
+        "teacher_modality": config.teacher_modality,
+        "student_backbone": config.student_backbone,
+        "teacher_backbone": config.teacher_backbone,
+        "seed": config.seed,
+        "hparams": config.hparams,
+        "hparams_changed": config.hparams_changed,
+        "data_options": config.data_options,
+        "config": config.as_dict(),
+        "metric": "top1" if config.task == "classification" else "miou",
+        "metrics": None,
+        "teacher": None,
+        "device": describe_device(prepared.device),
+        "versions": versions(),
+        "git_revision": git_revision(),
+        "created": _now(),
+    }
+
+
+def completed_record(result: FitResult, wall: float) -> dict[str, Any]:
+    return {
+        "status": "completed",
+        "metric": result.metric,
+        "metrics": {"val_best": result.val_best, "test": result.test, "test_last": result.test_last,
+                    "best_epoch": result.best_epoch},
+        "resumed_from_epoch": result.resumed_from,
+        "history": result.history,
+        "wall_time_s": round(wall, 3),
+        "train_steps": result.train_steps,
+        "train_seconds": round(result.train_seconds, 3),
+        "steps_per_s": round(result.steps_per_s, 3),
+    }
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "cmkd_bench": __version__}
+
+
+def git_revision() -> str | None:
+    """The revision of the source tree cmkd_bench runs from, if it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,417 @@
+"""Leaderboard tests: every expected number is recomputed here from the fixture values."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from cmkd_bench.errors import UserError
+from cmkd_bench.leaderboard import (
+    FORMATS,
+    TableData,
+    load_records,
+    print_leaderboard,
+    render,
+    summarize,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "leaderboard"
+
+# Per-seed (test, test_last) for the main fixture, visual -> audio, recipe of 15 epochs.
+NO_KD_VA = [(60.0, 59.0), (61.5, 61.0), (59.7, 59.5)]
+KD_VA = [(64.2, 63.0), (65.0, 64.8), (63.1, 62.9)]
+KD_TUNED_VA = [(66.0, 65.5), (66.4, 66.0), (65.1, 65.3)]  # kd with T=2, alpha=0.9: the best
+FINETUNE_VA = (62.0, 61.0)  # one seed of a method that fine-tunes its teacher
+TEACHERS_VA = {"t-visual-s0": (80.0, 79.5), "t-visual-s1": (81.0, 80.0), "t-visual-s2": (79.0, 78.5)}
+STALE_KD_SEED1 = (10.0, 9.0)  # an older repeat of kd seed 1: must be dropped
+# audio -> visual
+NO_KD_AV = [(40.0, 39.0), (42.0, 41.0), (41.0, 40.5)]
+KD_AV = [(43.0, 42.0), (44.5, 44.0), (42.5, 42.0)]
+TEACHERS_AV = {"t-audio-s0": (55.0, 54.0), "t-audio-s1": (56.0, 55.5), "t-audio-s2": (54.0, 53.0)}
+LONG_RECIPE_KD = (70.0, 69.0)  # visual -> audio, 30 epochs: a table of its own
+FAILED_ERROR = "loss became NaN at step 37"
+
+VA_TITLE = "synth-av · visual → audio · top1 (%) · student small-cnn, teacher small-cnn"
+
+
+def make_record(method: str, seed: int, test: float | None, last: float | None, *,
+                direction: tuple[str, str] = ("visual", "audio"), teacher_key: str | None = None,
+                teacher_metrics: tuple[float, float] = (80.0, 79.5), epochs: int = 15,
+                hparams_changed: dict[str, Any] | None = None, created: str = "2026-11-26T10:00:00Z",
+                status: str = "completed", error: str | None = None, trained_by_method: bool = False,
+                run_suffix: str = "") -> dict[str, Any]:
+    teacher_modality, student_modality = direction
+    run_id = f"{method}-synth-av-{teacher_modality}2{student_modality}-s{seed}-e{epochs}{run_suffix}"
+    return {
+        "schema": 1, "run_id": run_id, "status": status, "error": error, "method": method,
+        "dataset": "synth-av", "task": "classification",
+        "student_modality": student_modality, "teacher_modality": teacher_modality,
+        "student_backbone": "small-cnn", "teacher_backbone": "small-cnn", "seed": seed,
+        "hparams": {}, "hparams_changed": hparams_changed or {}, "data_options": {"shared": 0.5},
+        "config": {"recipe": {"epochs": epochs, "batch_size": 64, "lr": 0.05}},
+        "metric": "top1",
+        "metrics": None if status == "failed" else {"val_best": test, "test": test, "test_last": last, "best_epoch": 3},
+        "teacher": {
+            "modality": teacher_modality, "backbone": "small-cnn",
+            "key": teacher_key or f"t-{teacher_modality}-s{seed}", "checkpoint": "teacher.pt",
+            "metrics": {"val": teacher_metrics[0], "test": teacher_metrics[0], "test_last": teacher_metrics[1]},
+            "trained_by_method": trained_by_method,
+        },
+        "device": "cpu", "versions": {"python": "3.11.7"}, "git_revision": "abc123",
+        "wall_time_s": 1.0, "train_steps": 10, "steps_per_s": 10.0, "created": created,
+    }
+
+
+def write_records(runs_dir: Path, records: list[dict[str, Any]]) -> None:
+    for record in records:
+        run_dir = runs_dir / record["run_id"]
+        run_dir.mkdir(parents=True)
+        (run_dir / "result.json").write_text(json.dumps(record), encoding="utf-8")
+
+
+def main_fixture_records() -> list[dict[str, Any]]:
+    records = []
+    for direction, no_kd, kd, teachers in (
+        (("visual", "audio"), NO_KD_VA, KD_VA, TEACHERS_VA),
+        (("audio", "visual"), NO_KD_AV, KD_AV, TEACHERS_AV),
+    ):
+        teacher_values = list(teachers.values())
+        for seed in range(3):
+            common = dict(direction=direction, teacher_metrics=teacher_values[seed])
+            records.append(make_record("no-kd", seed, *no_kd[seed], **common))
+            records.append(make_record("kd", seed, *kd[seed], **common))
+    for seed in range(3):
+        records.append(make_record("kd", seed, *KD_TUNED_VA[seed], teacher_metrics=list(TEACHERS_VA.values())[seed],
+                                   hparams_changed={"T": 2.0, "alpha": 0.9}, run_suffix="-tuned"))
+    # Sorts after the real kd seed 1 on disk, so only `created` can tell that it is the older one.
+    records.append(make_record("kd", 1, *STALE_KD_SEED1, created="2026-11-20T09:00:00Z", run_suffix="-zz-old"))
+    records.append(make_record("ftkd", 0, *FINETUNE_VA, teacher_key="t-visual-finetuned",
+                               teacher_metrics=(99.0, 98.0), trained_by_method=True))
+    records.append(make_record("crd", 2, None, None, status="failed", error=FAILED_ERROR))
+    records.append(make_record("kd", 0, *LONG_RECIPE_KD, epochs=30))
+    return records
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    runs = tmp_path / "runs"
+    write_records(runs, main_fixture_records())
+    # A teacher cache holds teacher.json, which is not a run record and must be skipped.
+    cache = runs / "teachers" / "t-visual-s0"
+    cache.mkdir(parents=True)
+    (cache / "teacher.json").write_text(json.dumps({"key": "t-visual-s0"}), encoding="utf-8")
+    return runs
+
+
+@pytest.fixture
+def tables(runs_dir: Path) -> list[TableData]:
+    return summarize(load_records([runs_dir]))
+
+
+def table_titled(tables: list[TableData], prefix: str, epochs: int = 15) -> TableData:
+    matches = [t for t in tables if t.title.startswith(prefix) and t.recipe["epochs"] == epochs]
+    assert len(matches) == 1, [t.title for t in tables]
+    return matches[0]
+
+
+def row_labelled(table: TableData, label: str):
+    matches = [row for row in table.rows if row.label == label]
+    assert len(matches) == 1, [row.label for row in table.rows]
+    return matches[0]
+
+
+def seed_tests(pairs: list[tuple[float, float]]) -> list[float]:
+    return [test for test, _ in pairs]
+
+
+def seed_lasts(pairs: list[tuple[float, float]]) -> list[float]:
+    return [last for _, last in pairs]
+
+
+def mean_std_text(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+# --- loading
+
+
+def test_load_records_reads_every_result_json_and_skips_teacher_caches(runs_dir: Path) -> None:
+    records = load_records([runs_dir])
+    assert len(records) == len(main_fixture_records())
+    assert all("status" in record for record in records)
+
+
+def test_load_records_accepts_a_single_file_and_counts_overlapping_paths_once(runs_dir: Path) -> None:
+    one = next(runs_dir.rglob("result.json"))
+    assert len(load_records([one])) == 1
+    assert len(load_records([runs_dir, one])) == len(main_fixture_records())
+
+
+def test_missing_path_raises_user_error_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UserError, match="nowhere"):
+        load_records([missing])
+
+
+def test_corrupt_json_raises_user_error_naming_the_file(runs_dir: Path) -> None:
+    broken = runs_dir / "broken-run" / "result.json"
+    broken.parent.mkdir()
+    broken.write_text('{"run_id": "x", ', encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_records([runs_dir])
+    message = str(caught.value)
+    assert str(broken) in message and "JSON" in message
+    assert "\n" not in message
+
+
+def test_record_missing_keys_raises_user_error_naming_file_and_keys(tmp_path: Path) -> None:
+    record = make_record("kd", 0, 50.0, 49.0)
+    del record["seed"], record["teacher_modality"]
+    write_records(tmp_path, [record])
+    with pytest.raises(UserError) as caught:
+        load_records([tmp_path])
+    message = str(caught.value)
+    assert "result.json" in message and "seed" in message and "teacher_modality" in message
+
+
+def test_completed_record_without_test_metric_raises_user_error(tmp_path: Path) -> None:
+    record = make_record("kd", 0, 50.0, 49.0)
+    record["metrics"] = None
+    write_records(tmp_path, [record])
+    with pytest.raises(UserError, match="metrics.test"):
+        load_records([tmp_path])
+
+
+def test_empty_runs_dir_gives_no_records(tmp_path: Path) -> None:
+    assert load_records([tmp_path]) == []
+
+
+# --- grouping and rows
+
+
+def test_directions_and_recipes_make_separate_tables(tables: list[TableData]) -> None:
+    assert len(tables) == 3
+    long_recipe = table_titled(tables, "synth-av · visual → audio", epochs=30)
+    # Only one of the four visual -> audio kd records was trained for 30 epochs.
+    assert row_labelled(long_recipe, "kd").values == [LONG_RECIPE_KD[0]]
+    assert row_labelled(table_titled(tables, "synth-av · visual → audio"), "kd").n == 3
+
+
+def test_titles_name_the_setting_that_differs_between_tables(tables: list[TableData]) -> None:
+    titles = sorted(table.title for table in tables)
+    assert titles == sorted([
+        f"{VA_TITLE} · recipe epochs=15",
+        f"{VA_TITLE} · recipe epochs=30",
+        "synth-av · audio → visual · top1 (%) · student small-cnn, teacher small-cnn · recipe epochs=15",
+    ])
+
+
+def test_title_has_no_settings_when_all_tables_share_them() -> None:
+    records = [make_record("kd", 0, 50.0, 49.0), make_record("kd", 0, 40.0, 39.0, direction=("audio", "visual"))]
+    assert [t.title for t in summarize(records)][1] == VA_TITLE
+
+
+def test_records_with_other_data_options_are_never_averaged_together() -> None:
+    shared_half = make_record("kd", 0, 50.0, 49.0)
+    shared_most = make_record("kd", 1, 90.0, 89.0)
+    shared_most["data_options"] = {"shared": 0.8}
+    tables = summarize([shared_half, shared_most])
+    assert sorted(t.title for t in tables) == [f"{VA_TITLE} · data shared=0.5", f"{VA_TITLE} · data shared=0.8"]
+    assert sorted(row_labelled(t, "kd").values for t in tables) == [[50.0], [90.0]]
+
+
+def test_row_order_is_teacher_then_no_kd_then_methods_by_mean_test(tables: list[TableData]) -> None:
+    labels = [row.label for row in table_titled(tables, "synth-av · visual → audio").rows]
+    assert labels == ["teacher (visual, small-cnn)", "no-kd", "kd (T=2, alpha=0.9)", "kd", "ftkd"]
+
+
+def test_method_row_mean_std_and_last_match_seed_values(tables: list[TableData]) -> None:
+    kd = row_labelled(table_titled(tables, "synth-av · audio → visual"), "kd")
+    assert kd.values == seed_tests(KD_AV)
+    assert kd.mean == pytest.approx(statistics.mean(seed_tests(KD_AV)))
+    assert kd.std == pytest.approx(statistics.stdev(seed_tests(KD_AV)))
+    assert kd.mean_last == pytest.approx(statistics.mean(seed_lasts(KD_AV)))
+    assert kd.std_last == pytest.approx(statistics.stdev(seed_lasts(KD_AV)))
+    assert kd.n == 3
+
+
+def test_duplicated_seed_keeps_the_most_recent_run(tables: list[TableData]) -> None:
+    kd = row_labelled(table_titled(tables, "synth-av · visual → audio"), "kd")
+    assert kd.values == seed_tests(KD_VA)
+    assert STALE_KD_SEED1[0] not in kd.values
+
+
+def test_changed_hparams_make_their_own_row(tables: list[TableData]) -> None:
+    tuned = row_labelled(table_titled(tables, "synth-av · visual → audio"), "kd (T=2, alpha=0.9)")
+    assert tuned.method == "kd" and tuned.hparams == {"T": 2.0, "alpha": 0.9}
+    assert tuned.mean == pytest.approx(statistics.mean(seed_tests(KD_TUNED_VA)))
+
+
+def test_delta_is_against_the_no_kd_mean_of_the_same_table(tables: list[TableData]) -> None:
+    va = table_titled(tables, "synth-av · visual → audio")
+    no_kd_mean = statistics.mean(seed_tests(NO_KD_VA))
+    assert row_labelled(va, "kd").delta == pytest.approx(statistics.mean(seed_tests(KD_VA)) - no_kd_mean)
+    assert row_labelled(va, "ftkd").delta == pytest.approx(FINETUNE_VA[0] - no_kd_mean)
+    assert row_labelled(va, "no-kd").delta is None
+    assert row_labelled(va, "teacher (visual, small-cnn)").delta is None
+
+
+def test_delta_is_blank_without_a_no_kd_row(tables: list[TableData]) -> None:
+    long_recipe = table_titled(tables, "synth-av · visual → audio", epochs=30)
+    assert row_labelled(long_recipe, "kd").delta is None
+
+
+def test_teacher_row_averages_distinct_teachers_not_fine_tuned_ones(tables: list[TableData]) -> None:
+    teacher = table_titled(tables, "synth-av · visual → audio").rows[0]
+    assert teacher.kind == "teacher"
+    # Three distinct keys among 11 records; the fine-tuned 99.0 teacher is left out.
+    assert sorted(teacher.values) == sorted(test for test, _ in TEACHERS_VA.values())
+    assert teacher.n == 3
+    assert teacher.mean == pytest.approx(statistics.mean(test for test, _ in TEACHERS_VA.values()))
+    assert teacher.mean_last == pytest.approx(statistics.mean(last for _, last in TEACHERS_VA.values()))
+    assert teacher.sources == sorted(TEACHERS_VA)
+
+
+def test_best_is_the_top_method_row_never_the_teacher(tables: list[TableData]) -> None:
+    va = table_titled(tables, "synth-av · visual → audio")
+    assert [row.label for row in va.rows if row.is_best] == ["kd (T=2, alpha=0.9)"]
+    assert va.rows[0].mean > max(row.mean for row in va.rows[1:])  # the teacher is higher yet not best
+
+
+def test_no_kd_can_be_best() -> None:
+    records = [make_record("no-kd", 0, 60.0, 59.0), make_record("kd", 0, 55.0, 54.0)]
+    rows = summarize(records)[0].rows
+    assert [row.label for row in rows if row.is_best] == ["no-kd"]
+
+
+def test_single_seed_shows_zero_std(tables: list[TableData], runs_dir: Path) -> None:
+    long_recipe = table_titled(tables, "synth-av · visual → audio", epochs=30)
+    kd = row_labelled(long_recipe, "kd")
+    assert (kd.mean, kd.std, kd.n) == (LONG_RECIPE_KD[0], 0.0, 1)
+    assert f"| **kd** | **{LONG_RECIPE_KD[0]:.2f} ± 0.00** |" in render(load_records([runs_dir]), "md")
+
+
+# --- formats
+
+
+def test_markdown_golden_for_the_small_fixture() -> None:
+    records = load_records([FIXTURES / "small"])
+    expected = (
+        "### synth-av · visual → audio · top1 (%) · student small-cnn, teacher small-cnn\n"
+        "\n"
+        "| Method | test | test@last | seeds (n) | Δ vs no-KD |\n"
+        "|---|---:|---:|---:|---:|\n"
+        "| teacher (visual, small-cnn) | 70.00 ± 0.00 | 69.50 ± 0.00 | 1 |  |\n"
+        "| no-kd | 51.00 ± 1.41 | 50.00 ± 1.41 | 2 |  |\n"
+        "| **kd** | **55.75 ± 1.06** | **54.50 ± 0.71** | **2** | **+4.75** |\n"
+        "\n"
+        "### failed runs\n"
+        "\n"
+        "| run | method | dataset | direction | seed | error |\n"
+        "|---|---|---|---|---:|---|\n"
+        "| kd-synth-av-visual2audio-s2-0c0c0c0c | kd | synth-av | visual → audio | 2 "
+        "| CUDA out of memory \\| retry with a smaller batch |\n"
+    )
+    assert render(records, "md") == expected
+
+
+def test_markdown_shows_mean_std_and_delta_strings(runs_dir: Path) -> None:
+    text = render(load_records([runs_dir]), "md")
+    delta = statistics.mean(seed_tests(KD_VA)) - statistics.mean(seed_tests(NO_KD_VA))
+    expected_kd = (f"| kd | {mean_std_text(seed_tests(KD_VA))} | {mean_std_text(seed_lasts(KD_VA))} "
+                   f"| 3 | {delta:+.2f} |")
+    assert expected_kd in text.splitlines()
+    assert text.count("### ") == 4  # three tables and the failed runs
+
+
+def test_failed_runs_are_listed_with_their_error(runs_dir: Path) -> None:
+    records = load_records([runs_dir])
+    failed_line = f"| crd-synth-av-visual2audio-s2-e15 | crd | synth-av | visual → audio | 2 | {FAILED_ERROR} |"
+    assert failed_line in render(records, "md").splitlines()
+    for fmt in ("rich", "latex"):
+        text = render(records, fmt)
+        assert "failed runs" in text and "crd" in text and FAILED_ERROR in text
+
+
+def test_csv_parses_back_with_the_summary_values(runs_dir: Path) -> None:
+    rows = list(csv.DictReader(io.StringIO(render(load_records([runs_dir]), "csv"))))
+    assert len(rows) == 5 + 3 + 2  # rows of the three tables, teacher rows included
+    assert {"dataset", "direction", "hparams", "mean", "std", "n", "is_best", "kind"} <= set(rows[0])
+    va = [row for row in rows if row["direction"] == "visual->audio" and '"epochs": 15' in row["recipe"]]
+    kd = next(row for row in va if row["method"] == "kd" and row["hparams"] == "{}")
+    assert float(kd["mean"]) == pytest.approx(statistics.mean(seed_tests(KD_VA)), abs=1e-4)
+    assert float(kd["std"]) == pytest.approx(statistics.stdev(seed_tests(KD_VA)), abs=1e-4)
+    assert float(kd["delta_vs_nokd"]) == pytest.approx(
+        statistics.mean(seed_tests(KD_VA)) - statistics.mean(seed_tests(NO_KD_VA)), abs=1e-4)
+    assert kd["n"] == "3" and kd["kind"] == "method" and kd["is_best"] == "false"
+    tuned = next(row for row in va if json.loads(row["hparams"] or "{}") == {"T": 2.0, "alpha": 0.9})
+    assert tuned["is_best"] == "true"
+    assert [row["kind"] for row in va][0] == "teacher"
+    assert next(row for row in va if row["method"] == "no-kd")["delta_vs_nokd"] == ""
+
+
+def test_latex_uses_booktabs_and_escapes_labels() -> None:
+    records = [
+        make_record("no-kd", 0, 50.0, 49.0),
+        make_record("feat_kd", 0, 52.0, 51.0, hparams_changed={"beta_1": 0.5, "mix%": 1}),
+        make_record("kd", 1, None, None, status="failed", error="100% & #1 failed"),
+    ]
+    text = render(records, "latex")
+    for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}"):
+        assert command in text
+    assert r"\textbf{feat\_kd (beta\_1=0.5, mix\%=1)}" in text
+    assert r"\textbf{52.00 $\pm$ 0.00}" in text
+    assert r"$\Delta$" in text and r"visual $\rightarrow$ audio" in text
+    assert r"100\% \& \#1 failed" in text
+    assert text.count(r"\begin{tabular}") == 2  # one table and the failed runs
+
+
+def test_unknown_format_raises_user_error_listing_formats(runs_dir: Path) -> None:
+    records = load_records([runs_dir])
+    with pytest.raises(UserError) as caught:
+        render(records, "html")
+    assert all(fmt in str(caught.value) for fmt in FORMATS)
+    with pytest.raises(UserError):
+        print_leaderboard(records, "html")
+
+
+def test_no_completed_runs_gives_a_message_and_still_lists_failures() -> None:
+    failed = make_record("crd", 2, None, None, status="failed", error=FAILED_ERROR)
+    text = render([failed], "md", paths=["runs/"])
+    assert text.splitlines()[0] == "No completed runs found under runs/; nothing to tabulate."
+    assert FAILED_ERROR in text
+    assert "No completed runs found" in render([], "rich")
+    assert render([], "csv").strip().startswith("dataset,task,direction")
+
+
+def test_print_leaderboard_writes_the_file(runs_dir: Path, tmp_path: Path) -> None:
+    records = load_records([runs_dir])
+    out = tmp_path / "board.md"
+    console = Console(file=io.StringIO())
+    print_leaderboard(records, "md", out, console=console)
+    assert out.read_text(encoding="utf-8") == render(records, "md")
+    assert str(out) in console.file.getvalue()
+
+
+def test_print_leaderboard_rich_bolds_the_best_row(runs_dir: Path) -> None:
+    console = Console(file=io.StringIO(), record=True, force_terminal=True, color_system="standard", width=140)
+    print_leaderboard(load_records([runs_dir]), "rich", console=console)
+    bold_lines = [line for line in console.export_text(styles=True, clear=False).splitlines() if "\x1b[1m" in line]
+    assert any("kd (T=2, alpha=0.9)" in line for line in bold_lines)
+    assert not any("no-kd" in line or "teacher (" in line for line in bold_lines)
+    plain = console.export_text()
+    assert mean_std_text(seed_tests(KD_TUNED_VA)) in plain and FAILED_ERROR in plain
+
+
+def test_rich_render_is_plain_text(runs_dir: Path) -> None:
+    text = render(load_records([runs_dir]), "rich")
+    assert "\x1b[" not in text
+    assert "teacher (visual, small-cnn)" in text and mean_std_text(seed_tests(NO_KD_AV)) in text
