@@ -8,6 +8,7 @@ source of truth for what `--set key=value` may change.
 from __future__ import annotations
 
 import difflib
+import functools
 import fnmatch
 import importlib.util
 import inspect
@@ -96,6 +97,23 @@ class Registry:
             return factory
 
         return decorator
+
+    def register_preset(self, name: str, base: str, *, description: str, aliases: tuple[str, ...] = (),
+                        **overrides: Any) -> Entry:
+        """Register `base` under another name with other defaults (an ablation, a paper's setting).
+
+        The preset's hyper-parameters stay settable with `--set`; records name the preset.
+        """
+        parent = self.get(base)
+        unknown = set(overrides) - set(parent.hparams)
+        if unknown:
+            raise ValueError(f"preset {name!r}: {base!r} has no hyper-parameter {sorted(unknown)[0]!r}")
+        entry = Entry(name=name, factory=functools.partial(parent.factory, **overrides), aliases=tuple(aliases),
+                      tasks=parent.tasks, description=description, reference=parent.reference,
+                      hparams={**parent.hparams, **overrides}, hparam_types=parent.hparam_types,
+                      meta={**parent.meta, "preset_of": parent.name})
+        self.add(entry)
+        return entry
 
     def add(self, entry: Entry) -> None:
         for key in (entry.name, *entry.aliases):
