@@ -172,8 +172,8 @@ class Registry:
 
 # Constructors receive (student, teacher, spec) from the harness; the rest are hyper-parameters.
 METHODS = Registry("method", fixed_args=3)
-# Factories receive (data_root, seed); the rest are dataset options.
-DATASETS = Registry("dataset", fixed_args=2)
+# Factories receive (data_root); the rest are dataset options.
+DATASETS = Registry("dataset", fixed_args=1)
 # Factories receive (input_shape, num_classes); the rest are backbone options.
 BACKBONES = Registry("backbone", fixed_args=2)
 

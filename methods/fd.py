@@ -23,7 +23,7 @@ from cmkd_bench.registry import METHODS
 def frequency_bands(x: Tensor, cut: int, dim: int = -1) -> tuple[Tensor, Tensor]:
     """Low band (rfft bins 1..cut) and high band (bins cut+1..D//2) of x along dim, each back in R^D."""
     size = x.shape[dim]
-    spectrum = torch.fft.rfft(x.float(), dim=dim)
+    spectrum = torch.fft.rfft(at_least_float32(x), dim=dim)
     bins = torch.arange(spectrum.shape[dim], device=x.device)
     shape = [1] * spectrum.dim()
     shape[dim] = -1
@@ -32,6 +32,11 @@ def frequency_bands(x: Tensor, cut: int, dim: int = -1) -> tuple[Tensor, Tensor]
     low = torch.fft.irfft(spectrum * low_mask, n=size, dim=dim)
     high = torch.fft.irfft(spectrum * high_mask, n=size, dim=dim)
     return low, high
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """FFTs and losses run in float32 under bf16 autocast, and stay float64 in golden tests."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def low_band_cut(size: int, split: float) -> int:
@@ -74,7 +79,7 @@ class FDCMKD(Method):
 
     def bands(self, feature: Tensor) -> dict[str, Tensor]:
         if not self.freq_split:
-            return {"full": feature.float()}
+            return {"full": at_least_float32(feature)}
         low, high = frequency_bands(feature, self.cut)
         return {"low": low, "high": high}
 

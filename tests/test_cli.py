@@ -1,0 +1,122 @@
+"""The command line as a user meets it: runs, tables, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_SYNTH, cli
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_run_then_leaderboard_end_to_end(tmp_path):
+    out = tmp_path / "runs"
+    for method in ("no-kd", "kd", "fd-cmkd"):
+        result = cli("run", "--method", method, "--dataset", "synth-av", "--epochs", "2", "--out", str(out),
+                     "--device", "cpu", *TINY_SYNTH)
+        assert result.returncode == 0, result.stderr
+        assert "epoch   2/2" in result.stdout and "test top1" in result.stdout
+    records = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
+    assert sorted(r["method"] for r in records) == ["fd", "kd", "no-kd"]  # the alias resolves to fd
+    table = cli("leaderboard", str(out), "--format", "md")
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
+    labels = [row.split("|")[1].strip().strip("*") for row in rows[1:]]
+    assert labels[0] == "teacher (visual, small-cnn)" and labels[1] == "no-kd" and set(labels[2:]) == {"kd", "fd"}
+    csv_file = tmp_path / "table.csv"
+    assert cli("leaderboard", str(out), "--format", "csv", "--output", str(csv_file)).returncode == 0
+    assert csv_file.read_text().startswith("dataset,")
+
+
+def test_second_run_reports_the_existing_record(tmp_path):
+    args = ("run", "--method", "no-kd", "--dataset", "synth-av", "--epochs", "1", "--out", str(tmp_path), *TINY_SYNTH)
+    assert cli(*args).returncode == 0
+    again = cli(*args)
+    assert again.returncode == 0 and "already completed" in again.stdout and "  epoch " not in again.stdout
+
+
+def test_both_entry_points_exist():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert cli("--help").returncode == 0
+    exe = Path(sys.executable).with_name("cmkd-bench")
+    assert exe.exists(), "the console script is installed beside the interpreter"
+    assert subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.startswith("cmkd-bench")
+
+
+def test_list_shows_hparams_and_aliases():
+    result = cli("list", "methods")
+    assert result.returncode == 0
+    assert "fd-cmkd" in result.stdout and "alpha=0.5" in result.stdout.replace("\n", "")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("run", "--method", "fitnetz", "--dataset", "synth-av"), ("unknown method 'fitnetz'", "did you mean 'fitnet'")),
+    (("run", "--method", "kd", "--dataset", "synth-avv"), ("unknown dataset 'synth-avv'", "'synth-av'")),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--student", "resnet181"), ("unknown backbone 'resnet181'", "resnet18")),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--set", "T=hot"), ("T expects a number",)),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--set", "temperature=2"), ("no such setting",)),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--set", "T"), ("not KEY=VALUE",)),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--epochs", "0"), ("epochs must be at least 1",)),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--student-modality", "smell"), ("no modality 'smell'",)),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--student-modality", "visual"), ("both 'visual'",)),
+    (("run", "--method", "kd", "--dataset", "mfh-gauss", "--student", "resnet18"), ("needs image-like input",)),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--set", "T=-1"), ("cannot be built",)),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--teacher-checkpoint", "nope.pt"), ("does not exist",)),
+    (("run", "--method", "kd", "--dataset", "paired-npz"), ("needs --data-root",)),
+    (("run", "--method", "kd", "--dataset", "paired-npz", "--data-root", "missing.npz"), ("does not exist",)),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--device", "tpu"), ("unknown device",)),
+    (("run", "--method", "kd", "--dataset", "synth-av", "--plugin", "absent.py"), ("plugin file",)),
+    (("run", "--methd", "kd"), ("No such option",)),
+    (("leaderboard", "no-such-dir"), ("no-such-dir",)),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, fragments):
+    result = cli(*args, "--out", str(tmp_path / "out")) if args[0] == "run" and "--methd" not in args else cli(*args, cwd=tmp_path)
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_teacher_checkpoint_is_a_clear_error(tmp_path):
+    import torch
+
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"net.fc.weight": torch.zeros(3, 3)}, bogus)
+    result = cli("run", "--method", "kd", "--dataset", "synth-av", "--epochs", "1", "--out", str(tmp_path / "o"),
+                 "--teacher-checkpoint", str(bogus), *TINY_SYNTH)
+    assert_one_line_error(result, "does not fit backbone 'small-cnn'")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    result = cli("run", "--method", "kd", "--dataset", "synth-av", "--epochs", "1", "--out", str(tmp_path / "o"),
+                 "--teacher-checkpoint", str(garbage), *TINY_SYNTH)
+    assert_one_line_error(result, "cannot be read")
+
+
+def test_corrupt_npz_from_the_cli(tmp_path):
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, a=np.zeros((4, 3)), b=np.zeros((5, 2)), label=np.arange(4))
+    result = cli("run", "--method", "kd", "--dataset", "paired-npz", "--data-root", str(broken), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, "array 'b' has 5 samples but 'label' has 4")
+    assert not (tmp_path / "o").exists()
+
+
+def test_mfh_recipe_is_expressible(tmp_path):
+    result = cli("run", "--method", "kd", "--dataset", "mfh-gauss", "--set", "T=1", "--set", "overlap=10",
+                 "--epochs", "20", "--out", str(tmp_path), "--quiet")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(next(tmp_path.glob("kd-*/result.json")).read_text())
+    recipe = record["config"]["recipe"]
+    assert (recipe["batch_size"], recipe["lr"], recipe["momentum"], recipe["schedule"]) == (200, 0.1, 0.0, "constant")
+    assert record["hparams"]["T"] == 1.0 and record["data_options"]["overlap"] == 10
+    assert record["train_steps"] == 20  # full batch: one step per epoch
