@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine with python3 and make:
+#   make demo   create .venv, install, run no-kd / kd / fitnet / fd on synth-av, print the table
+#   make test   create .venv, install with test extras, run the CI test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= runs/demo
+DEMO_METHODS ?= no-kd kd fitnet fd
+
+.PHONY: demo test test-slow bench leaderboard clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	@for method in $(DEMO_METHODS); do \
+		$(BIN)/cmkd-bench run --method $$method --dataset synth-av --out $(DEMO_OUT) --quiet || exit 1; \
+	done
+	$(BIN)/cmkd-bench leaderboard $(DEMO_OUT)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+# Heavier checks that CI skips (minutes of CPU): full-size runs.
+test-slow: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/overhead.py
+
+# Regenerate the committed leaderboard from real runs (about 10 minutes on 2 CPU cores).
+leaderboard: $(VENV)/.installed
+	$(BIN)/python leaderboard/regenerate.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
