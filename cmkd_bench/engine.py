@@ -246,9 +246,9 @@ class Fit:
             for name, value in losses.items():
                 value = value.detach().float()
                 sums[name] = sums.get(name, 0) + value
-                bad_now = ~torch.isfinite(value)
-                first_bad[name] = first_bad.get(name, torch.tensor(-1, device=self.device))
-                first_bad[name] = torch.where(bad_now & (first_bad[name] < 0), steps, first_bad[name])
+                if name not in first_bad:  # a device-side fill: no host-to-device copy per step
+                    first_bad[name] = torch.full((), -1, dtype=torch.long, device=self.device)
+                first_bad[name] = torch.where(~torch.isfinite(value) & (first_bad[name] < 0), steps, first_bad[name])
             if steps % self.check_every == 0 or steps == self.steps_per_epoch:
                 self._check_finite(first_bad, epoch)
             if self.on_step is not None:
