@@ -168,6 +168,10 @@ def leaderboard(runs_dirs: tuple[str, ...], fmt: str, output: str | None) -> Non
     print_leaderboard(load_records(paths), fmt, Path(output) if output else None)
 
 
+# -- commands defined in their own modules (keep those modules light to import) -----------------
+# (one `cli.add_command(...)` line each, below this comment)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="cmkd-bench", standalone_mode=False)
