@@ -6,12 +6,14 @@ written; a run that starts and fails leaves a record with status "failed" and th
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -187,12 +189,32 @@ def obtain_teacher(prepared: Prepared, teacher: FeatureModel, progress: Progress
                 "checkpoint": str(prepared.teacher_checkpoint), "metrics": metrics}
     key = teacher_key(config)
     folder = teacher_folder(prepared)
+    folder.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder / ".lock"):  # parallel runs needing one teacher train it once
+        metrics = _cached_or_trained_teacher(prepared, teacher, folder, key, progress)
+    return {**info, "key": key, "checkpoint": str(folder / "teacher.pt"), "metrics": metrics}
+
+
+@contextmanager
+def exclusive_lock(path: Path):
+    """An advisory file lock held for the block (released by the OS if the process dies)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cached_or_trained_teacher(prepared: Prepared, teacher: FeatureModel, folder: Path, key: str,
+                               progress: Progress) -> dict[str, Any]:
+    config, data, device = prepared.config, prepared.data, prepared.device
     weights, summary = folder / "teacher.pt", folder / "teacher.json"
     cached = read_record(summary)
     if weights.exists() and cached is not None:
         load_teacher_weights(teacher, weights, device)
         progress.message(f"teacher {key}: reused ({cached['metric']} test {cached['metrics']['test']:.2f})")
-        return {**info, "key": key, "checkpoint": str(weights), "metrics": cached["metrics"]}
+        return cached["metrics"]
     objective = METHODS.build("no-kd", teacher.info, teacher.info, data.spec).to(device)
     if progress.on_phase is not None:
         progress.on_phase(f"teacher {config.teacher_modality}", prepared.recipe.epochs,
@@ -202,11 +224,12 @@ def obtain_teacher(prepared: Prepared, teacher: FeatureModel, progress: Progress
                  on_step=progress.on_step, on_epoch=progress.on_epoch).run()
     metrics = {"val": result.val_best, "test": result.test, "test_last": result.test_last, "best_epoch": result.best_epoch}
     atomic_save(teacher.state_dict(), weights)
-    write_json_atomic({"key": key, **info, "dataset": config.dataset, "data_options": config.data_options,
-                       "recipe": config.recipe, "seed": config.seed, "metric": result.metric, "metrics": metrics,
+    write_json_atomic({"key": key, "modality": config.teacher_modality, "backbone": config.teacher_backbone,
+                       "dataset": config.dataset, "data_options": config.data_options, "recipe": config.recipe,
+                       "seed": config.seed, "metric": result.metric, "metrics": metrics,
                        "steps_per_s": result.steps_per_s, "created": _now()}, summary)
     (folder / "train_checkpoint.pt").unlink(missing_ok=True)
-    return {**info, "key": key, "checkpoint": str(weights), "metrics": metrics}
+    return metrics
 
 
 # -- the run -------------------------------------------------------------------------------------
