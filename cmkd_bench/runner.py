@@ -269,7 +269,12 @@ def execute(prepared: Prepared, progress: Progress | None = None, force: bool = 
         write_json_atomic(record, prepared.run_dir / "result.json")
         raise
     record.update(completed_record(result, time.perf_counter() - began))
+    # the best-val weights (Fit leaves them loaded), for analyses such as t-SNE of features
+    atomic_save(student.state_dict(), prepared.run_dir / "student.pt")
+    record["student_checkpoint"] = str(prepared.run_dir / "student.pt")
     if method.trains_teacher:
+        atomic_save(teacher.state_dict(), prepared.run_dir / "teacher_finetuned.pt")
+        record["teacher"]["finetuned_checkpoint"] = str(prepared.run_dir / "teacher_finetuned.pt")
         record["teacher"]["metrics_after_method"] = {
             split: evaluate(teacher, data, split, config.teacher_modality, device) for split in ("val", "test")}
     write_json_atomic(record, prepared.run_dir / "result.json")

@@ -161,6 +161,8 @@ def test_record_has_the_promised_fields(tmp_path):
     assert set(on_disk["versions"]) >= {"torch", "timm"}
     assert on_disk["teacher"]["metrics"]["test"] >= 0 and on_disk["teacher"]["checkpoint"].endswith("teacher.pt")
     assert on_disk["train_steps"] == 3 * 1  # 64 samples, batch 64, three epochs
+    saved = torch.load(on_disk["student_checkpoint"], weights_only=True)
+    assert "net.fc.weight" in saved and not (tmp_path / record["run_id"] / "checkpoint.pt").exists()
 
 
 def test_selection_uses_val_and_reports_both_test_numbers(tmp_path):
