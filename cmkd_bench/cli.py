@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `cmkd-bench`: the help, as with git
+            click.echo(exc.format_message())
+            sys.exit(0)
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
     except UserError as exc:
