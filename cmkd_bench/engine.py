@@ -235,6 +235,9 @@ class Fit:
         batches = self.data.batches("train", self.recipe.batch_size, shuffle=True,
                                     seed=self.seed * 1_000_003 + epoch, device=self.device)
         for steps, batch in enumerate(batches, start=1):
+            if steps == 1 and (missing := self.method.needs - batch.keys()):
+                raise UserError(f"method {type(self.method).__name__} needs {', '.join(sorted(missing))} in every batch, "
+                                f"which dataset {self.data.spec.name!r} does not provide")
             with autocast(self.device):
                 teacher_out = self._teacher_output(batch)
                 losses = self.method(self.student(batch[self.student_modality]), teacher_out, batch)

@@ -21,7 +21,11 @@ from .models import FeatureModel, ModelInfo, ModelOutput
 class Method(nn.Module):
     uses_teacher: ClassVar[bool] = True  # False: the engine never runs the teacher in training
     trains_teacher: ClassVar[bool] = False  # True: the teacher is optimised too, in train mode
-    needs: ClassVar[frozenset[str]] = frozenset()  # extra inputs, e.g. {"index"} for memory banks
+    needs: ClassVar[frozenset[str]] = frozenset()  # extra batch keys, e.g. {"index"} for memory banks
+    # the run's direction, set by the harness after construction (for preparation steps that
+    # read the raw modalities, such as MGDFR's cross-modal ranking)
+    teacher_modality: str | None = None
+    student_modality: str | None = None
 
     def __init__(self, student: ModelInfo, teacher: ModelInfo, spec: DatasetSpec) -> None:
         super().__init__()

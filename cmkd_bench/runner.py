@@ -141,6 +141,7 @@ def build_method(config: RunConfig, student: FeatureModel, teacher: FeatureModel
         method = METHODS.build(config.method, student.info, teacher.info, data.spec, **config.hparams)
     except (ValueError, TypeError) as exc:
         raise UserError(f"method {config.method!r} cannot be built with {config.hparams}: {exc}") from exc
+    method.teacher_modality, method.student_modality = config.teacher_modality, config.student_modality
     return method.to(device)
 
 
