@@ -1,0 +1,66 @@
+"""PKD (Cao et al., NeurIPS 2022): feature imitation through the Pearson correlation coefficient.
+
+Each channel of the student's and the teacher's stage map is standardised over the batch and the
+spatial positions (zero mean, unit unbiased std, + 1e-6 as in the official mmrazor loss); the MSE
+of the standardised maps equals 1 - Pearson correlation per channel, so magnitude and offset
+differences between modalities no longer matter:
+
+    loss = CE + weight * MSE(norm(P(F_s)), norm(F_t)) / 2
+
+with weight 6 (the official detection configs, one term per FPN level; here one stage pair).
+P is a learned 1x1 convolution when the channel counts differ (identity otherwise); the student
+map is then resized bilinearly to the teacher's size (the official `resize_stu=True`).
+Vector stages (MLPs) work the same way, standardised over the batch only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cmkd_bench.method import Method
+from cmkd_bench.registry import METHODS
+
+
+def standardise(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """Every channel to zero mean and unit (unbiased) std over the batch and spatial positions."""
+    dims = [0, *range(2, x.dim())]
+    x = x if x.dtype == torch.float64 else x.float()
+    return (x - x.mean(dim=dims, keepdim=True)) / (x.std(dim=dims, keepdim=True) + eps)
+
+
+def channel_projection(s_channels: int, t_channels: int, spatial: bool) -> nn.Module:
+    if s_channels == t_channels:
+        return nn.Identity()
+    if spatial:
+        return nn.Conv2d(s_channels, t_channels, 1, bias=False)
+    return nn.Linear(s_channels, t_channels, bias=False)
+
+
+@METHODS.register("pkd", aliases=("pearson-kd",), tasks=("classification",),
+                  description="MSE of per-channel standardised stage maps (1 - Pearson correlation)",
+                  reference="Cao et al. PKD: General Distillation Framework for Object Detectors via "
+                            "Pearson Correlation Coefficient. NeurIPS 2022")
+class PKD(Method):
+    def __init__(self, student, teacher, spec, student_stage: str = "last", teacher_stage: str = "last",
+                 weight: float = 6.0):
+        super().__init__(student, teacher, spec)
+        self.student_stage, self.teacher_stage = student.stage(student_stage), teacher.stage(teacher_stage)
+        s_shape, t_shape = student.stage_shapes[self.student_stage], teacher.stage_shapes[self.teacher_stage]
+        if len(s_shape) != len(t_shape) or len(s_shape) not in (1, 3):
+            raise ValueError(f"student stage {self.student_stage} {s_shape} and teacher stage {self.teacher_stage} "
+                             f"{t_shape} must both be vectors or both be C x H x W maps")
+        if weight < 0:
+            raise ValueError(f"weight must not be negative, got {weight}")
+        self.project = channel_projection(s_shape[0], t_shape[0], spatial=len(s_shape) == 3)
+        self.target_size = tuple(t_shape[1:])
+        self.weight = weight
+
+    def forward(self, student, teacher, batch):
+        s = self.project(student.stages[self.student_stage])
+        if s.dim() == 4 and tuple(s.shape[2:]) != self.target_size:
+            s = F.interpolate(s, self.target_size, mode="bilinear", align_corners=False)
+        t = teacher.stages[self.teacher_stage].detach()
+        return {"ce": self.task_loss(student.logits, batch["label"]),
+                "pkd": self.weight * F.mse_loss(standardise(s), standardise(t)) / 2}
