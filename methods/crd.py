@@ -78,8 +78,12 @@ class CRD(Method):
         return torch.cat([index[:, None], negatives], dim=1)
 
     def scores(self, anchor: Tensor, memory: Tensor, contrast: Tensor, z: Tensor) -> Tensor:
-        rows = memory[contrast].detach()  # B x (1 + K) x D
-        h = torch.exp(torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2) / self.nce_t)
+        if self.n_data <= 4 * contrast.shape[1]:
+            # K is a good part of the bank: scoring every row (B x N) beats gathering B x K x D rows
+            dots = (anchor @ memory.detach().clone().T).gather(1, contrast)  # a copy: the bank updates in place
+        else:
+            dots = torch.bmm(memory[contrast].detach(), anchor.unsqueeze(2)).squeeze(2)  # B x (1 + K)
+        h = torch.exp(dots / self.nce_t)
         z.copy_(torch.where(z < 0, h.detach().mean() * self.n_data, z))  # set once, no host sync
         return h / z
 

@@ -241,11 +241,12 @@ def test_dist_matches_inter_and_intra_pearson(hparams):
     backward_and_check(losses, [s.logits], t, method)
 
 
-def test_crd_matches_nce_with_memory_banks():
-    n, k = 20, 7
+@pytest.mark.parametrize("n, k", [(20, 7), (40, 3)])  # bank scored whole (K large), rows gathered (K small)
+def test_crd_matches_nce_with_memory_banks(n, k):
     s, t = output(11, 6), output(12, 5)
     method = build("crd", info(6), info(5), spec(train=n), feat_dim=4, nce_k=k)
     index = torch.tensor([3, 0, 7, 12, 19, 5])
+    assert (method.n_data <= 4 * (k + 1)) == (n == 20)
     negatives = torch.tensor([[(i + 1 + j * 2) % n for j in range(k)] for i in index.tolist()])
     contrast = torch.cat([index[:, None], negatives], dim=1)
     method.sample_contrast = lambda idx: contrast  # the sampler has its own test; here the formula
