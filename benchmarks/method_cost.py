@@ -1,0 +1,97 @@
+"""Step cost of every method relative to no-kd: training steps/s on one dataset, same models and batches.
+
+    python benchmarks/method_cost.py [--dataset synth-av] [--steps 40] [--repeats 3] [--device cpu]
+                                     [--output leaderboard/METHOD_COST.md]
+
+Each method trains its student (teacher forward included, as in a real run) for --steps steps
+after a warm-up, repeated --repeats times in an interleaved order so that a slow moment of the
+machine does not land on one method only; the median steps/s is compared with no-kd's. The
+one-time preparation of a method (MGDFR's ranking) is timed apart, since it is not a per-step cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from cmkd_bench.catalog import METHODS, load_all
+from cmkd_bench.engine import autocast, build_optimizer, resolve_device
+from cmkd_bench.registry import DATASETS
+from cmkd_bench.runner import build_model
+
+
+def steps_per_second(method_name: str, data, device: torch.device, steps: int, warmup: int = 5) -> tuple[float, float]:
+    spec = data.spec
+    teacher = build_model(spec.modalities[spec.teacher_modality].backbone, data, spec.teacher_modality, 0, device).eval()
+    student = build_model(spec.modalities[spec.student_modality].backbone, data, spec.student_modality, 1, device)
+    method = METHODS.build(method_name, student.info, teacher.info, spec).to(device)
+    method.teacher_modality, method.student_modality = spec.teacher_modality, spec.student_modality
+    began = time.perf_counter()
+    method.prepare(teacher, data, str(device), None)
+    prepare_seconds = time.perf_counter() - began
+    params = list(student.parameters()) + list(method.parameters())
+    if method.trains_teacher:
+        params += list(teacher.parameters())
+        teacher.train()
+    optimizer = build_optimizer(params, spec.recipe)
+    batches = list(data.batches("train", spec.recipe.batch_size, shuffle=True, seed=0, device=device))
+    timed = 0.0
+    for step in range(warmup + steps):
+        batch = batches[step % len(batches)]
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timed = time.perf_counter()
+        with autocast(device):
+            with torch.set_grad_enabled(method.trains_teacher):
+                t_out = teacher(batch[spec.teacher_modality]) if method.uses_teacher else None
+            losses = method(student(batch[spec.student_modality]), t_out, batch)
+        optimizer.zero_grad(set_to_none=True)
+        torch.stack([v.float() for v in losses.values()]).sum().backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - timed), prepare_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="synth-av")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", default="", help="comma-separated; default: every method for the dataset's task")
+    parser.add_argument("--output", help="also write the table as Markdown to this file")
+    args = parser.parse_args()
+    load_all()
+    device = resolve_device(args.device)
+    data = DATASETS.build(DATASETS.canonical(args.dataset), None)
+    names = args.methods.split(",") if args.methods else METHODS.names(task=data.spec.task)
+    names = ["no-kd"] + [n for n in names if n != "no-kd"]
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    prepare: dict[str, float] = {}
+    for _ in range(args.repeats):
+        for name in names:
+            rate, prep = steps_per_second(name, data, device, args.steps)
+            rates[name].append(rate)
+            prepare[name] = prep
+    base = statistics.median(rates["no-kd"])
+    lines = [f"Step cost on {data.spec.name} ({device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+             f"batch {data.spec.recipe.batch_size}, median of {args.repeats} x {args.steps} steps), "
+             "measured by `python benchmarks/method_cost.py`.", "",
+             "| method | steps/s | relative to no-kd | one-time preparation (s) |", "|---|---:|---:|---:|"]
+    for name in names:
+        median = statistics.median(rates[name])
+        lines.append(f"| {name} | {median:.1f} | {median / base:.2f} | {prepare[name]:.1f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
