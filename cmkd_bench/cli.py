@@ -170,6 +170,9 @@ def leaderboard(runs_dirs: tuple[str, ...], fmt: str, output: str | None) -> Non
 
 # -- commands defined in their own modules (keep those modules light to import) -----------------
 # (one `cli.add_command(...)` line each, below this comment)
+from .prepare import prepare_command  # noqa: E402
+
+cli.add_command(prepare_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,3 +1,3 @@
 """Datasets, one file each; importing this package registers them all."""
 
-from . import mfh_gauss, paired_npz, synth_av  # noqa: F401
+from . import av_mnist, ave, crema_d, mfh_gauss, paired_manifest, paired_npz, ravdess, synth_av, vggsound_50  # noqa: F401

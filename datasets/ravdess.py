@@ -1,0 +1,92 @@
+"""ravdess: RAVDESS emotional speech (Livingstone & Russo, PLoS ONE 2018), 8 emotions, 24 actors.
+
+The release (zenodo.org/record/1188976, CC BY-NC-SA 4.0) names every file
+`MM-VV-EE-II-SS-RR-AA.ext`: modality (01 audio-video, 02 video-only, 03 audio-only), vocal
+channel (01 speech, 02 song), emotion (01 neutral, 02 calm, 03 happy, 04 sad, 05 angry,
+06 fearful, 07 disgust, 08 surprised), intensity, statement, repetition, actor (odd = male).
+Unzip the Video_Speech_Actor_*.zip files (and, optionally, Audio_Speech_Actors_01-24.zip) anywhere
+under --src. Speech only (1,440 clips); label = emotion - 1. The video comes from the 01 (or 02)
+.mp4, the audio from the 03 .wav when present, else from the 01 .mp4's track.
+
+Split (the suite's own, fixed, speaker-disjoint and gender-balanced; the split is derived from the
+file names, so nothing needs to be downloaded): actors 1-16 train (960 clips), 17-20 val (240),
+21-24 test (240).
+
+    cmkd-bench prepare ravdess --src RAVDESS/ --dst data/ravdess
+    cmkd-bench run --method fd --dataset ravdess --data-root data/ravdess
+
+Preprocessing: the middle frame of the clip, as MFH (Xue et al., ICLR 2023) uses one face frame;
+no face detector is downloaded, so the face is the centred square of side = frame height (RAVDESS
+films one frontal, centred actor), resized to 224 px, ImageNet normalisation. Audio at 16 kHz,
+looped to 4 s, log-mel spectrogram, 128 HTK mel bands, 25 ms window, 10 ms hop (centred):
+1 x 128 x 401, standardised per clip. These log-mel parameters are the suite's choice (the common
+Kaldi-style filterbank setting), not a paper's.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cmkd_bench.errors import UserError
+from cmkd_bench.media import AudioFeatures, FrameSampling
+from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
+from cmkd_bench.registry import DATASETS
+
+from ._av_common import ClipOptions, DecodedPairs, build_clip_dataset
+
+EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+SPLIT_ACTORS = {"train": range(1, 17), "val": range(17, 21), "test": range(21, 25)}
+NAME = re.compile(r"^(0[123])-(0[12])-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d\d)$")
+AUDIO = AudioFeatures("mel", rate=16000, seconds=4.0, params=(("hop", 160), ("n_fft", 512), ("n_mels", 128), ("window", 400)))
+
+
+def _split_of(actor: int) -> str | None:
+    return next((split for split, actors in SPLIT_ACTORS.items() if actor in actors), None)
+
+
+def _scan(src: Path) -> dict[str, dict[str, Path]]:
+    """Speech files by clip identity (every field but the modality), then by modality code."""
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(src.rglob("*")):
+        match = NAME.match(path.stem)
+        if not match or path.suffix.lower() not in (".mp4", ".wav") or match.group(2) != "01":
+            continue
+        key = "-".join(match.groups()[1:])
+        found.setdefault(key, {}).setdefault(match.group(1), path)
+    return found
+
+
+def plan(src: Path) -> ClipPlan:
+    found = _scan(src)
+    if not found:
+        raise UserError(f"ravdess: no RAVDESS speech files (MM-01-EE-II-SS-RR-AA.mp4/.wav) under {str(src)!r}; "
+                        f"unzip Video_Speech_Actor_*.zip from zenodo.org/record/1188976 there")
+    clips, missing = [], []
+    for key, files in sorted(found.items()):
+        fields = key.split("-")
+        split = _split_of(int(fields[-1]))
+        if split is None:
+            raise UserError(f"ravdess: file {files[min(files)]} names actor {fields[-1]}; RAVDESS actors are 01-24")
+        video = files.get("01") or files.get("02")
+        audio = files.get("03") or files.get("01")
+        if video is None or audio is None:
+            missing.append((key, f"only {', '.join(p.name for p in files.values())}: needs a video and an audio source"))
+            continue
+        clips.append(Clip(key, int(fields[1]) - 1, split, video, audio))
+    return ClipPlan(list(EMOTIONS), clips, missing)
+
+
+PREPARER = ClipPreparer("ravdess", plan, AUDIO, FrameSampling(mode="middle", square=True))
+
+
+@DATASETS.register("ravdess", tasks=("classification",), prepare=PREPARER,
+                   description="RAVDESS speech emotions (8 classes): middle face frame + 4 s log-mel; actors 1-16/17-20/21-24",
+                   reference="Livingstone & Russo, RAVDESS, PLoS ONE 2018; setting of MFH (ICLR 2023) / MST-Distill (ACM MM 2025)")
+def ravdess(data_root: Path | None, image_size: int = 224, seconds: float = 4.0, augment: bool = True,
+            standardize: bool = True, num_workers: int = 4) -> DecodedPairs:
+    options = ClipOptions(image_size=image_size, frames=1, augment=augment, standardize=standardize)
+    recorded = {"image_size": image_size, "seconds": seconds, "augment": augment, "standardize": standardize}
+    return build_clip_dataset("ravdess", data_root, num_classes=len(EMOTIONS), teacher="audio", student="visual",
+                              options=options, seconds=seconds, val_fraction=0.1, split_seed=0,
+                              num_workers=num_workers, recorded=recorded)
