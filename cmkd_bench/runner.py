@@ -11,10 +11,12 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -96,8 +98,18 @@ def read_record(path: Path) -> dict[str, Any] | None:
         return None
 
 
+@lru_cache(maxsize=4)
+def _build_data_cached(name: str, data_root: str | None, options_json: str, _root_stamp: int | None) -> PairedData:
+    return DATASETS.build(name, Path(data_root) if data_root else None, **json.loads(options_json))
+
+
 def build_data(name: str, data_root: str | None, options: dict[str, Any]) -> PairedData:
-    return DATASETS.build(name, Path(data_root) if data_root else None, **options)
+    """Build a dataset, reusing the last few built in this process (a suite prepares hundreds of runs).
+
+    The key holds the root's modification time, so a file rewritten in place is read again.
+    """
+    stamp = Path(data_root).stat().st_mtime_ns if data_root and Path(data_root).exists() else None
+    return _build_data_cached(name, data_root, json.dumps(options, sort_keys=True), stamp)
 
 
 def prepare(request: RunRequest) -> Prepared:
@@ -248,6 +260,30 @@ def execute(prepared: Prepared, progress: Progress | None = None, force: bool = 
     teacher = build_model(config.teacher_backbone, data, config.teacher_modality, config.seed, device)
     student = build_model(config.student_backbone, data, config.student_modality, config.seed, device)
     method = build_method(config, student, teacher, data, device)
+    with run_lock(prepared.run_dir, config.run_id):
+        return _execute_locked(prepared, teacher, student, method, progress, force)
+
+
+@contextmanager
+def run_lock(run_dir: Path, run_id: str):
+    """One process per run id at a time: a second (another suite over the same OUT) is refused."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".run.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"run {run_id} is already running in another process; wait for it or use another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            if [p.name for p in run_dir.iterdir()] == [".run.lock"]:  # stopped before writing anything
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _execute_locked(prepared: Prepared, teacher: FeatureModel, student: FeatureModel, method: Method,
+                    progress: Progress, force: bool) -> dict[str, Any]:
+    config, data, device = prepared.config, prepared.data, prepared.device
     checkpoint = prepared.run_dir / "checkpoint.pt"
     if force:
         checkpoint.unlink(missing_ok=True)

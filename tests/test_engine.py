@@ -192,3 +192,17 @@ def test_teacher_stays_frozen_during_student_training():
     assert all(torch.equal(before_t[k], v) for k, v in teacher.state_dict().items())
     assert not torch.equal(before_s["net.stages.0.bn1.running_mean"], student.state_dict()["net.stages.0.bn1.running_mean"])
     assert not torch.equal(before_s["net.fc.weight"], student.state_dict()["net.fc.weight"])
+
+
+def test_a_run_already_running_elsewhere_is_refused(tmp_path):
+    import fcntl
+
+    from cmkd_bench.errors import UserError
+
+    prepared = prepare(request(tmp_path))
+    prepared.run_dir.mkdir(parents=True)
+    with open(prepared.run_dir / ".run.lock", "a") as held:  # what a live process holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="already running in another process"):
+            execute(prepared)
+    assert execute(prepared)["status"] == "completed"
