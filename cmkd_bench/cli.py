@@ -158,14 +158,35 @@ def run(plugins: tuple[str, ...], quiet: bool, **options) -> None:
 # -- leaderboard ---------------------------------------------------------------------------------
 @cli.command()
 @click.argument("runs_dirs", nargs=-1, type=click.Path())
-@click.option("--format", "fmt", default="rich", show_default=True, type=click.Choice(["rich", "md", "csv", "latex"]))
+@click.option("--format", "fmt", default="rich", show_default=True,
+              type=click.Choice(["rich", "md", "csv", "latex", "html"]),
+              help="html: one self-contained file, sortable by clicking a column header.")
+@click.option("--layout", default="long", show_default=True, type=click.Choice(["long", "wide"]),
+              help="long: a table per dataset and direction; wide: a column per dataset and direction, "
+                   "with the average rank (like the papers' Table 1).")
 @click.option("--output", type=click.Path(), help="Write the table to this file instead of the terminal.")
-def leaderboard(runs_dirs: tuple[str, ...], fmt: str, output: str | None) -> None:
+@click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable).")
+@click.option("--method", "methods", multiple=True, help="Only this method (repeatable); no-kd always stays.")
+@click.option("--where", "wheres", multiple=True, metavar="KEY=VALUE",
+              help="Only records whose field, hyper-parameter, dataset option or recipe setting KEY is VALUE "
+                   "(repeatable; prefix hparams., data. or recipe. to choose).")
+@click.option("--with-published", is_flag=True,
+              help="Add the numbers published in papers (leaderboard/published.csv) in labelled columns, with the gap.")
+@click.option("--published", "published_file", type=click.Path(),
+              help="Published numbers from this CSV instead (implies --with-published).")
+def leaderboard(runs_dirs: tuple[str, ...], fmt: str, layout: str, output: str | None, datasets: tuple[str, ...],
+                methods: tuple[str, ...], wheres: tuple[str, ...], with_published: bool,
+                published_file: str | None) -> None:
     """Tables of completed runs: mean ± std over seeds, Δ vs no-KD, teacher row, failed runs listed."""
-    from .leaderboard import load_records, print_leaderboard
+    from .leaderboard import DEFAULT_PUBLISHED, filter_records, load_published, load_records, print_leaderboard
 
     paths = [Path(p) for p in runs_dirs] or [Path("runs")]
-    print_leaderboard(load_records(paths), fmt, Path(output) if output else None)
+    records = filter_records(load_records(paths), datasets=datasets, methods=methods, where=wheres)
+    published = None
+    if with_published or published_file:
+        published = load_published(Path(published_file) if published_file else DEFAULT_PUBLISHED)
+    print_leaderboard(records, fmt, Path(output) if output else None, paths=paths, layout=layout,
+                      published=published)
 
 
 # -- commands defined in their own modules (keep those modules light to import) -----------------
@@ -173,6 +194,15 @@ def leaderboard(runs_dirs: tuple[str, ...], fmt: str, output: str | None) -> Non
 from .prepare import prepare_command  # noqa: E402
 
 cli.add_command(prepare_command)
+from .suite import suite_command  # noqa: E402
+
+cli.add_command(suite_command)
+from .plots import plot_group  # noqa: E402
+
+cli.add_command(plot_group)
+from .analysis import analyze_group  # noqa: E402
+
+cli.add_command(analyze_group)
 
 
 def main(argv: list[str] | None = None) -> None:

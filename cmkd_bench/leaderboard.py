@@ -5,15 +5,22 @@ recipe, so that no number is ever averaged with one trained under a different pr
 teacher and the no-KD student are always rows (DESIGN.md, Protocol), and failed runs are listed
 after the tables rather than hidden.
 
-`summarize` is the data API; `render` turns it into rich, md, csv or latex text, and
-`print_leaderboard` is what the CLI calls.
+`summarize` is the data API; `render` turns it into rich, md, csv, latex or html text, and
+`print_leaderboard` is what the CLI calls. Two layouts: "long" (one table per dataset, direction
+and protocol, a row per method) and "wide" (one column per table, a row per method, with the
+average rank across columns, like Table 1 of the CMKD papers). Method rows carry Welch's t-test
+against the no-KD row of their table (marked in the wide layout and in html), and
+`--with-published` adds numbers published in papers (leaderboard/published.csv) in columns of
+their own, labelled as published, beside ours.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import html
 import json
+import math
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +34,8 @@ from rich.text import Text
 
 from .errors import UserError
 
-FORMATS = ("rich", "md", "csv", "latex")
+FORMATS = ("rich", "md", "csv", "latex", "html")
+LAYOUTS = ("long", "wide")
 NO_KD = "no-kd"
 REQUIRED_KEYS = (
     "run_id", "status", "method", "dataset", "task", "student_modality", "teacher_modality",
@@ -39,7 +47,9 @@ CSV_COLUMNS = (
     # Beyond the summary columns: without these, two tables that differ only in recipe or data
     # options would give CSV rows that cannot be told apart.
     "data_options", "recipe",
+    "p_vs_nokd",  # Welch's t-test against no-KD over seeds; empty with fewer than 2 seeds on a side
 )
+PUBLISHED_CSV_COLUMNS = ("published", "published_source", "gap_vs_published")
 HEADERS = ("Method", "test", "test@last", "seeds (n)", "Δ vs no-KD")
 FAILED_HEADERS = ("run", "method", "dataset", "direction", "seed", "error")
 MISSING = "—"
@@ -64,6 +74,7 @@ class RowData:
     std_last: float | None
     delta: float | None = None
     is_best: bool = False
+    p_value: float | None = None  # Welch's t-test against the table's no-KD row (two-sided)
 
 
 @dataclass
@@ -206,6 +217,7 @@ def _build_table(records: list[dict[str, Any]], extra: list[str]) -> TableData:
     per_row = _latest_per_seed(records)
     method_rows = [_method_row(row_records) for row_records in per_row.values()]
     _set_deltas(method_rows)
+    _set_significance(method_rows)
     _mark_best(method_rows)
     kept = [record for row_records in per_row.values() for record in row_records]
     table.rows = [_teacher_row(table, kept), *_ordered(method_rows)]
@@ -308,6 +320,25 @@ def _no_kd_baseline(rows: list[RowData]) -> RowData | None:
     return no_kd[0] if no_kd else None
 
 
+def _set_significance(rows: list[RowData]) -> None:
+    baseline = _no_kd_baseline(rows)
+    if baseline is None:
+        return
+    for row in rows:
+        if row is not baseline:
+            row.p_value = welch_p_value(row.values, baseline.values)
+
+
+def welch_p_value(values: Sequence[float], baseline: Sequence[float]) -> float | None:
+    """Two-sided p of Welch's t-test (unequal variances); None where it is undefined."""
+    if len(values) < 2 or len(baseline) < 2:
+        return None
+    from scipy.stats import ttest_ind  # scipy is slow to import; only tables need it
+
+    p_value = float(ttest_ind(list(values), list(baseline), equal_var=False).pvalue)
+    return None if math.isnan(p_value) else p_value  # nan: no spread on either side
+
+
 def _mark_best(rows: list[RowData]) -> None:
     means = [row.mean for row in rows if row.mean is not None]
     if not means:
@@ -387,10 +418,16 @@ def _one_line(value: Any) -> str:
 
 
 def render(records: Sequence[dict[str, Any]], fmt: str, *, paths: Sequence[str | Path] | None = None,
-           width: int = 120) -> str:
-    """The leaderboard as text in `fmt` (one of FORMATS); rich output is plain, without colour codes."""
+           width: int = 120, layout: str = "long", published: Sequence[PublishedValue] | None = None) -> str:
+    """The leaderboard as text in `fmt` (one of FORMATS); rich output is plain, without colour codes.
+
+    `layout` is "long" or "wide"; `published` (from `load_published`) adds the published columns.
+    """
     _check_format(fmt)
+    _check_layout(layout)
     tables, failed = summarize(records), failed_runs(records)
+    if _needs_grids(fmt, layout, published):
+        return _render_grids(tables, failed, fmt, layout, _index(published), paths, width)
     if fmt == "csv":
         return _render_csv(tables)
     if fmt == "md":
@@ -401,17 +438,23 @@ def render(records: Sequence[dict[str, Any]], fmt: str, *, paths: Sequence[str |
 
 
 def print_leaderboard(records: Sequence[dict[str, Any]], fmt: str, output_path: str | Path | None = None,
-                      *, paths: Sequence[str | Path] | None = None, console: Console | None = None) -> None:
+                      *, paths: Sequence[str | Path] | None = None, console: Console | None = None,
+                      layout: str = "long", published: Sequence[PublishedValue] | None = None) -> None:
     """Print the leaderboard (rich: styled, to the terminal) or write it to `output_path`."""
     _check_format(fmt)
+    _check_layout(layout)
     console = console or Console()
+    options = {"paths": paths, "layout": layout, "published": published}
     if output_path is not None:
-        _write(Path(output_path), render(records, fmt, paths=paths))
+        _write(Path(output_path), render(records, fmt, **options))
         console.print(Text(f"wrote {fmt} leaderboard to {output_path}"))
+    elif fmt == "rich" and _needs_grids(fmt, layout, published):
+        tables, failed = summarize(records), failed_runs(records)
+        _print_rich(console, _grid_renderables(_grids(tables, layout, _index(published)), failed, paths))
     elif fmt == "rich":
         _print_rich(console, _rich_renderables(summarize(records), failed_runs(records), paths))
     else:
-        console.file.write(render(records, fmt, paths=paths))
+        console.file.write(render(records, fmt, **options))
     if fmt == "csv":
         _print_csv_notes(records, paths)
 
@@ -419,6 +462,16 @@ def print_leaderboard(records: Sequence[dict[str, Any]], fmt: str, output_path: 
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise UserError(f"unknown leaderboard format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown leaderboard layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def _needs_grids(fmt: str, layout: str, published: Sequence[PublishedValue] | None) -> bool:
+    # The long layout without published numbers keeps its own renderers (and their golden outputs).
+    return fmt == "html" or layout != "long" or published is not None
 
 
 def _write(path: Path, text: str) -> None:
@@ -497,13 +550,25 @@ def _md_line(cells: Iterable[str]) -> str:
 # --- csv
 
 
-def _render_csv(tables: list[TableData]) -> str:
+def _render_csv(tables: list[TableData], published: PublishedIndex | None = None) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    columns = CSV_COLUMNS + (PUBLISHED_CSV_COLUMNS if published is not None else ())
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for table in tables:
-        writer.writerows(_csv_row(table, row) for row in table.rows)
+        for row in table.rows:
+            cells = _csv_row(table, row)
+            if published is not None:
+                cells.update(_published_csv_cells(published.lookup(table, row), row))
+            writer.writerow(cells)
     return buffer.getvalue()
+
+
+def _published_csv_cells(value: PublishedValue | None, row: RowData) -> dict[str, str]:
+    if value is None:
+        return dict.fromkeys(PUBLISHED_CSV_COLUMNS, "")
+    gap = None if row.mean is None else row.mean - value.value
+    return {"published": _number(value.value), "published_source": value.citation, "gap_vs_published": _number(gap)}
 
 
 def _csv_row(table: TableData, row: RowData) -> dict[str, str]:
@@ -517,12 +582,12 @@ def _csv_row(table: TableData, row: RowData) -> dict[str, str]:
         "mean_last": _number(row.mean_last), "std_last": _number(row.std_last),
         "delta_vs_nokd": _number(row.delta), "is_best": "true" if row.is_best else "false",
         "kind": row.kind, "data_options": _canonical(table.data_options),
-        "recipe": _canonical(table.recipe),
+        "recipe": _canonical(table.recipe), "p_vs_nokd": _number(row.p_value, digits=6),
     }
 
 
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+def _number(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 # --- latex
@@ -531,6 +596,7 @@ _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"$\pm$", "→": r"$\rightarrow$", "·": r"$\cdot$", "—": "--", "Δ": r"$\Delta$",
+    "†": r"\textsuperscript{\dag}", "‡": r"\textsuperscript{\ddag}",
 }
 _LATEX_HEADERS = ("Method", "test", "test@last", "seeds ($n$)", r"$\Delta$ vs no-KD")
 
@@ -627,3 +693,604 @@ def _rich_failed(failed: list[dict[str, Any]]) -> Table:
     for record in failed:
         rich_table.add_row(*map(Text, _failed_cells(record)))
     return rich_table
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters: --dataset, --method, --where
+
+
+def filter_records(records: Sequence[dict[str, Any]], *, datasets: Sequence[str] = (),
+                   methods: Sequence[str] = (), where: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The records that match every filter; no-KD records stay whatever `methods` says (the baseline).
+
+    `where` holds KEY=VALUE tests on a record field (seed, student_backbone, ...), a method
+    hyper-parameter, a dataset option or a recipe setting; prefix hparams., data. or recipe. to
+    choose. A record without the key never matches, except a no-KD record, which keeps being the
+    baseline of what it is compared with.
+    """
+    kept = list(records)
+    if datasets:
+        _check_known("--dataset", datasets, {str(r["dataset"]) for r in records}, "datasets")
+        kept = [r for r in kept if str(r["dataset"]) in datasets]
+    if methods:
+        _check_known("--method", methods, {str(r["method"]) for r in records}, "methods")
+        kept = [r for r in kept if str(r["method"]) in methods or r["method"] == NO_KD]
+    for test in where:
+        key, wanted = _parse_where(test)
+        if not any(has_setting(r, key) for r in records):
+            raise UserError(f"--where {test}: no run record has a field, hyper-parameter or setting {key!r}")
+        kept = [r for r in kept if _where_matches(r, key, wanted)]
+    return kept
+
+
+def _check_known(option: str, wanted: Sequence[str], present: set[str], kind: str) -> None:
+    for name in wanted:
+        if name not in present:
+            known = ", ".join(sorted(present)) or "none"
+            raise UserError(f"{option} {name}: no run record has it; the records hold {kind}: {known}")
+
+
+def _parse_where(test: str) -> tuple[str, str]:
+    key, sep, value = test.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--where {test!r} is not KEY=VALUE; write for example --where seed=0 or --where T=2")
+    return key.strip(), value.strip()
+
+
+NO_SETTING = object()  # what record_setting returns for a key a record does not have
+_SCOPES = {"hparams": "hparams", "method": "hparams", "data": "data_options", "data_options": "data_options",
+           "recipe": "recipe"}
+
+
+def settings_of(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A record's hyper-parameters, dataset options and recipe, by scope."""
+    hparams = {**(record.get("hparams") or {}), **_hparams_changed(record)}
+    return {"hparams": hparams, "data_options": _data_options(record), "recipe": _recipe(record)}
+
+
+def has_setting(record: dict[str, Any], key: str) -> bool:
+    return record_setting(record, key) is not NO_SETTING
+
+
+def record_setting(record: dict[str, Any], key: str) -> Any:
+    """A record's value for KEY: a field, else a hyper-parameter, a dataset option, a recipe setting."""
+    scope, dot, name = key.partition(".")
+    settings = settings_of(record)
+    if dot and scope in _SCOPES:
+        return settings[_SCOPES[scope]].get(name, NO_SETTING)
+    if key in record and not isinstance(record[key], (dict, list)):
+        return record[key]
+    for values in settings.values():
+        if key in values:
+            return values[key]
+    return NO_SETTING
+
+
+def _where_matches(record: dict[str, Any], key: str, wanted: str) -> bool:
+    actual = record_setting(record, key)
+    if actual is NO_SETTING:
+        return record["method"] == NO_KD
+    return _same_value(actual, wanted)
+
+
+def _same_value(actual: Any, wanted_text: str) -> bool:
+    import yaml
+
+    try:
+        wanted = yaml.safe_load(wanted_text)
+    except yaml.YAMLError:
+        wanted = wanted_text
+    if _is_number(actual) and _is_number(wanted):
+        return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
+    return actual == wanted or str(actual) == wanted_text
+
+
+# ---------------------------------------------------------------------------------------------
+# Published numbers (leaderboard/published.csv)
+
+PUBLISHED_COLUMNS = ("method", "dataset", "teacher_modality", "student_modality", "metric", "value",
+                     "source", "table")
+PUBLISHED_METRICS = ("top1", "miou")
+TEACHER_METHOD = "teacher"  # the method name of a published teacher (own-modality) number
+DEFAULT_PUBLISHED = Path(__file__).resolve().parents[1] / "leaderboard" / "published.csv"
+
+
+@dataclass(frozen=True)
+class PublishedValue:
+    method: str
+    dataset: str
+    teacher_modality: str
+    student_modality: str
+    metric: str
+    value: float
+    source: str  # the paper: authors, title, venue, arXiv id
+    table: str  # where in the paper: "Table 1"
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        return (self.method, self.dataset, self.teacher_modality, self.student_modality, self.metric)
+
+    @property
+    def citation(self) -> str:
+        return f"{self.source}, {self.table}"
+
+
+def load_published(path: str | Path) -> list[PublishedValue]:
+    """Read published numbers: CSV with the PUBLISHED_COLUMNS header; lines starting with # are comments."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read published values ({_one_line(error)}); pass a CSV file") from None
+    numbered = [(number, line) for number, line in enumerate(lines, start=1)
+                if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:
+        raise UserError(f"{path}: no header; the first non-comment line must be {','.join(PUBLISHED_COLUMNS)}")
+    header = next(csv.reader([numbered[0][1]]))
+    if tuple(cell.strip() for cell in header) != PUBLISHED_COLUMNS:
+        raise UserError(f"{path}:{numbered[0][0]}: header must be {','.join(PUBLISHED_COLUMNS)}")
+    values: dict[tuple[str, ...], PublishedValue] = {}
+    for number, line in numbered[1:]:
+        value = _published_row(path, number, next(csv.reader([line])))
+        if value.key in values:
+            raise UserError(f"{path}:{number}: a second value for {'/'.join(value.key)}; keep one per key")
+        values[value.key] = value
+    return list(values.values())
+
+
+def _published_row(path: Path, number: int, cells: list[str]) -> PublishedValue:
+    where = f"{path}:{number}"
+    if len(cells) != len(PUBLISHED_COLUMNS):
+        expected = ",".join(PUBLISHED_COLUMNS)
+        raise UserError(f"{where}: {len(cells)} cells, expected {len(PUBLISHED_COLUMNS)}: {expected}")
+    row = dict(zip(PUBLISHED_COLUMNS, (cell.strip() for cell in cells)))
+    empty = [name for name, cell in row.items() if not cell]
+    if empty:
+        raise UserError(f"{where}: empty {', '.join(empty)}; every column needs a value")
+    try:
+        number_value = float(row["value"])
+    except ValueError:
+        raise UserError(f"{where}: value {row['value']!r} is not a number") from None
+    if not 0.0 <= number_value <= 100.0:
+        raise UserError(f"{where}: value {number_value} is not a percentage in [0, 100]")
+    if row["metric"] not in PUBLISHED_METRICS:
+        raise UserError(f"{where}: metric {row['metric']!r} is not one of {', '.join(PUBLISHED_METRICS)}")
+    if row["teacher_modality"] == row["student_modality"]:
+        raise UserError(f"{where}: teacher and student modality are both {row['student_modality']!r}")
+    return PublishedValue(**{**row, "value": number_value})
+
+
+class PublishedIndex:
+    """Published values by (method, dataset, direction, metric), matched to rows of our tables."""
+
+    def __init__(self, values: Sequence[PublishedValue]) -> None:
+        self.by_key = {value.key: value for value in values}
+
+    def lookup(self, table: TableData, row: RowData) -> PublishedValue | None:
+        if row.kind == "teacher":
+            method = TEACHER_METHOD
+        elif row.hparams:
+            return None  # a paper's number is for the method's own settings, not a variant of ours
+        else:
+            method = row.method
+        return self.by_key.get((method, table.dataset, table.teacher_modality, table.student_modality, table.metric))
+
+    def has_any(self, table: TableData) -> bool:
+        return any(self.lookup(table, row) is not None for row in table.rows)
+
+
+def _index(published: Sequence[PublishedValue] | None) -> PublishedIndex | None:
+    return None if published is None else PublishedIndex(published)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grids: the wide layout, published columns and html, rendered to every format
+
+BETTER_MARK, WORSE_MARK = "†", "‡"
+SIGNIFICANCE_LEVEL = 0.05
+SIGNIFICANCE_NOTE = (f"{BETTER_MARK} / {WORSE_MARK}: significantly better / worse than no-kd in the same table "
+                     f"(Welch's t-test over seeds, two-sided p < {SIGNIFICANCE_LEVEL}; needs 2 or more seeds "
+                     "on each side).")
+PUBLISHED_NOTE = ("published: a number reported in the paper cited, not measured by this suite; "
+                  "gap = our mean - published.")
+RANK_NOTE = ("avg rank: the rank of the method's mean among the methods of each column (1 = best, ties "
+             "share the mean rank), averaged over the columns it has; (k/K) when it has k of K columns. "
+             "Bold: the best mean of a column.")
+
+
+@dataclass
+class Cell:
+    text: str
+    sort: float | str | None = None  # what html sorts by; None sorts last
+    bold: bool = False
+
+
+@dataclass
+class Grid:
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]]
+    align: list[str]  # "l" or "r" per column
+    pinned: int = 0  # leading rows (the teacher) kept above a rule and out of html sorting
+    notes: list[str] = field(default_factory=list)
+
+
+class _Sources:
+    """Numbers the papers cited in one grid: [1], [2], ..."""
+
+    def __init__(self) -> None:
+        self.citations: list[str] = []
+
+    def ref(self, citation: str) -> int:
+        if citation not in self.citations:
+            self.citations.append(citation)
+        return self.citations.index(citation) + 1
+
+    def notes(self) -> list[str]:
+        return [f"[{number}] {citation}" for number, citation in enumerate(self.citations, start=1)]
+
+
+def significance_mark(row: RowData) -> str:
+    if row.p_value is None or row.p_value >= SIGNIFICANCE_LEVEL or row.delta is None:
+        return ""
+    return BETTER_MARK if row.delta > 0 else WORSE_MARK
+
+
+def _grids(tables: list[TableData], layout: str, published: PublishedIndex | None) -> list[Grid]:
+    if not tables:
+        return []
+    if layout == "wide":
+        return [_wide_grid(tables, published)]
+    return [_long_grid(table, published) for table in tables]
+
+
+def _value_cell(mean: float | None, std: float | None, mark: str = "") -> Cell:
+    return Cell(_mean_std_text(mean, std) + (f" {mark}" if mark else ""), mean)
+
+
+def _published_cells(value: PublishedValue | None, mean: float | None, sources: _Sources) -> list[Cell]:
+    if value is None:
+        return [Cell(""), Cell("")]
+    gap = None if mean is None else mean - value.value
+    return [Cell(f"{value.value:.2f} [{sources.ref(value.citation)}]", value.value),
+            Cell("" if gap is None else f"{gap:+.2f}", gap)]
+
+
+def _grid_notes(rows: Iterable[RowData], sources: _Sources, published: PublishedIndex | None) -> list[str]:
+    notes = [SIGNIFICANCE_NOTE] if any(row.p_value is not None for row in rows) else []
+    if published is not None:
+        notes += [PUBLISHED_NOTE, *sources.notes()]
+    return notes
+
+
+# --- long layout
+
+
+def _long_grid(table: TableData, published: PublishedIndex | None) -> Grid:
+    headers = list(HEADERS) + (["published", "gap vs published"] if published is not None else [])
+    sources = _Sources()
+    rows = [_long_cells(table, row, published, sources) for row in table.rows]
+    return Grid(title=table.title, headers=headers, rows=rows, align=["l"] + ["r"] * (len(headers) - 1),
+                pinned=sum(row.kind == "teacher" for row in table.rows),
+                notes=_grid_notes(table.rows, sources, published))
+
+
+def _long_cells(table: TableData, row: RowData, published: PublishedIndex | None, sources: _Sources) -> list[Cell]:
+    cells = [Cell(row.label, row.label), _value_cell(row.mean, row.std, significance_mark(row)),
+             _value_cell(row.mean_last, row.std_last), Cell(str(row.n), row.n),
+             Cell("" if row.delta is None else f"{row.delta:+.2f}", row.delta)]
+    if published is not None:
+        cells += _published_cells(published.lookup(table, row), row.mean, sources)
+    for cell in cells:
+        cell.bold = row.is_best
+    return cells
+
+
+# --- wide layout
+
+
+def _wide_grid(tables: list[TableData], published: PublishedIndex | None) -> Grid:
+    tables = sorted(tables, key=lambda t: (t.dataset, t.teacher_modality, t.student_modality, t.title))
+    labels = _column_labels(tables)
+    with_published = [published is not None and published.has_any(table) for table in tables]
+    headers = ["Method"]
+    for label, extra in zip(labels, with_published):
+        headers += [label] + ([f"{label} published", f"{label} gap"] if extra else [])
+    headers.append("avg rank")
+    ranks = average_ranks(tables)
+    sources = _Sources()
+    rows = [_wide_teacher_cells(tables, with_published, published, sources)]
+    rows += [_wide_method_cells(label, tables, with_published, published, sources, ranks.get(label))
+             for label in _wide_row_order(tables, ranks)]
+    all_rows = [row for table in tables for row in table.rows]
+    notes = [RANK_NOTE] + _grid_notes(all_rows, sources, published if any(with_published) else None)
+    return Grid(title=_wide_title(tables), headers=headers, rows=rows,
+                align=["l"] + ["r"] * (len(headers) - 1), pinned=1, notes=notes)
+
+
+def _wide_title(tables: list[TableData]) -> str:
+    metrics = sorted({table.metric for table in tables})
+    metric = metrics[0] if len(metrics) == 1 else "/".join(metrics)
+    return f"test {metric} (%) at the best-validation epoch, mean ± std over seeds; one column per table"
+
+
+def _column_labels(tables: list[TableData]) -> list[str]:
+    short = [f"{table.dataset} {table.teacher_modality}→{table.student_modality}" for table in tables]
+    labels = []
+    for label, table in zip(short, tables):
+        # Tables that share dataset and direction differ in protocol: add the parts of their
+        # titles (metric, backbones, settings) that are not the same in all of them.
+        twins = [t.title.split(" · ")[2:] for s, t in zip(short, tables) if s == label]
+        parts = [part for part in table.title.split(" · ")[2:] if not all(part in twin for twin in twins)]
+        labels.append(" · ".join([label, *parts]))
+    return labels
+
+
+def _method_rows(table: TableData) -> dict[str, RowData]:
+    return {row.label: row for row in table.rows if row.kind == "method"}
+
+
+def _wide_row_order(tables: list[TableData], ranks: dict[str, tuple[float, int]]) -> list[str]:
+    labels = sorted({label for table in tables for label in _method_rows(table)})
+    no_kd = [label for label in labels if any(_method_rows(t).get(label, _NO_ROW).method == NO_KD for t in tables)]
+    others = sorted((label for label in labels if label not in no_kd),
+                    key=lambda label: (ranks.get(label, (math.inf, 0))[0], label))
+    return no_kd + others
+
+
+def _wide_teacher_cells(tables: list[TableData], with_published: list[bool], published: PublishedIndex | None,
+                        sources: _Sources) -> list[Cell]:
+    cells = [Cell("teacher (own modality)", "teacher")]
+    for table, extra in zip(tables, with_published):
+        teacher = next((row for row in table.rows if row.kind == "teacher"), None)
+        cells.append(_value_cell(teacher.mean, teacher.std) if teacher else Cell(MISSING))
+        if extra:
+            value = published.lookup(table, teacher) if (published and teacher) else None
+            cells += _published_cells(value, teacher.mean if teacher else None, sources)
+    return cells + [Cell("")]
+
+
+def _wide_method_cells(label: str, tables: list[TableData], with_published: list[bool],
+                       published: PublishedIndex | None, sources: _Sources,
+                       rank: tuple[float, int] | None) -> list[Cell]:
+    cells = [Cell(label, label)]
+    for table, extra in zip(tables, with_published):
+        row = _method_rows(table).get(label)
+        if row is None:
+            cells.append(Cell(MISSING))
+        else:
+            cells.append(_value_cell(row.mean, row.std, significance_mark(row)))
+            cells[-1].bold = row.is_best
+        if extra:
+            value = published.lookup(table, row) if (published and row) else None
+            cells += _published_cells(value, row.mean if row else None, sources)
+    cells.append(_rank_cell(rank, len(tables)))
+    return cells
+
+
+def _rank_cell(rank: tuple[float, int] | None, columns: int) -> Cell:
+    if rank is None:
+        return Cell(MISSING)
+    mean_rank, count = rank
+    return Cell(f"{mean_rank:.2f}" + (f" ({count}/{columns})" if count < columns else ""), mean_rank)
+
+
+def average_ranks(tables: Sequence[TableData]) -> dict[str, tuple[float, int]]:
+    """Per method row label: (mean rank over the tables it is in, how many tables)."""
+    per_label: dict[str, list[float]] = {}
+    for table in tables:
+        rows = [row for row in table.rows if row.kind == "method" and row.mean is not None]
+        for row, rank in zip(rows, tied_ranks([row.mean for row in rows])):
+            per_label.setdefault(row.label, []).append(rank)
+    return {label: (statistics.mean(ranks), len(ranks)) for label, ranks in per_label.items()}
+
+
+def tied_ranks(values: Sequence[float]) -> list[float]:
+    """Rank 1 for the highest value; equal values share the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+_NO_ROW = RowData(label="", kind="", method="", hparams={}, values=[], last_values=[], sources=[], mean=None,
+                  std=None, n=0, mean_last=None, std_last=None)
+
+
+def _failed_grid(failed: list[dict[str, Any]]) -> Grid:
+    rows = [[Cell(text, text) for text in _failed_cells(record)] for record in failed]
+    return Grid(title="failed runs", headers=list(FAILED_HEADERS), rows=rows, align=["l"] * 4 + ["r", "l"])
+
+
+# --- rendering grids
+
+
+def _render_grids(tables: list[TableData], failed: list[dict[str, Any]], fmt: str, layout: str,
+                  published: PublishedIndex | None, paths: Sequence[str | Path] | None, width: int) -> str:
+    if fmt == "csv":
+        return _render_wide_csv(tables, published) if layout == "wide" else _render_csv(tables, published)
+    grids = _grids(tables, layout, published)
+    if fmt == "rich":
+        buffer = io.StringIO()
+        console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
+        _print_rich(console, _grid_renderables(grids, failed, paths))
+        return buffer.getvalue()
+    blocks = [_GRID_RENDERERS[fmt](grid) for grid in grids]
+    if not grids:
+        blocks.append(_no_data_block(fmt, _no_completed_message(paths)))
+    if failed:
+        blocks.append(_GRID_RENDERERS[fmt](_failed_grid(failed)))
+    if fmt == "html":
+        return _html_document(blocks)
+    return "\n\n".join(blocks) + "\n"
+
+
+def _no_data_block(fmt: str, message: str) -> str:
+    return {"md": message, "latex": "% " + message, "html": f"<p>{html.escape(message)}</p>"}[fmt]
+
+
+def _md_grid(grid: Grid) -> str:
+    rule = "|" + "|".join("---:" if align == "r" else "---" for align in grid.align) + "|"
+    lines = [f"### {grid.title}", "", _md_line(grid.headers), rule]
+    lines += [_md_line(f"**{cell.text}**" if cell.bold and cell.text else cell.text for cell in row)
+              for row in grid.rows]
+    if grid.notes:
+        lines += [""] + [f"- {note}" for note in grid.notes]
+    return "\n".join(lines)
+
+
+def _latex_grid(grid: Grid) -> str:
+    columns = len(grid.headers)
+    lines = [rf"\begin{{tabular}}{{{''.join(grid.align)}}}", r"\toprule",
+             rf"\multicolumn{{{columns}}}{{l}}{{{latex_escape(grid.title)}}} \\", r"\midrule",
+             _latex_line(latex_escape(header) for header in grid.headers), r"\midrule"]
+    for index, row in enumerate(grid.rows):
+        lines.append(_latex_line(rf"\textbf{{{latex_escape(c.text)}}}" if c.bold and c.text else latex_escape(c.text)
+                                 for c in row))
+        if index + 1 == grid.pinned:
+            lines.append(r"\midrule")
+    lines.append(r"\bottomrule")
+    lines += [rf"\multicolumn{{{columns}}}{{l}}{{\footnotesize {latex_escape(note)}}} \\" for note in grid.notes]
+    lines.append(r"\end{tabular}")
+    return "\n".join(lines)
+
+
+def _rich_grid(grid: Grid) -> Table:
+    rich_table = Table()
+    for header, align in zip(grid.headers, grid.align):
+        rich_table.add_column(header, justify="right" if align == "r" else "left", overflow="fold")
+    for index, row in enumerate(grid.rows):
+        rich_table.add_row(*(Text(cell.text, style="bold" if cell.bold else "") for cell in row),
+                           end_section=index + 1 == grid.pinned)
+    return rich_table
+
+
+def _grid_renderables(grids: list[Grid], failed: list[dict[str, Any]],
+                      paths: Sequence[str | Path] | None) -> list[RenderableType]:
+    renderables: list[RenderableType] = []
+    for grid in grids:
+        renderables += [Text(grid.title, style="italic"), _rich_grid(grid)]
+        renderables += [Text(note, style="dim") for note in grid.notes]
+    if not grids:
+        renderables.append(Text(_no_completed_message(paths)))
+    if failed:
+        renderables += [Text("failed runs", style="italic red"), _rich_failed(failed)]
+    return renderables
+
+
+def _html_grid(grid: Grid) -> str:
+    head = "".join(f'<th class="{_html_align(a)}" title="click to sort">{html.escape(h)}</th>'
+                   for h, a in zip(grid.headers, grid.align))
+    pinned = "".join(_html_row(row, grid.align) for row in grid.rows[:grid.pinned])
+    body = "".join(_html_row(row, grid.align) for row in grid.rows[grid.pinned:])
+    notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in grid.notes)
+    return (f"<h2>{html.escape(grid.title)}</h2>\n<table class=\"sortable\"><thead><tr>{head}</tr></thead>"
+            f"<tbody class=\"pinned\">{pinned}</tbody><tbody class=\"rows\">{body}</tbody></table>\n{notes}")
+
+
+def _html_row(row: list[Cell], aligns: list[str]) -> str:
+    cells = []
+    for cell, align in zip(row, aligns):
+        text = html.escape(cell.text)
+        sort = "" if cell.sort is None else html.escape(str(cell.sort), quote=True)
+        cells.append(f'<td class="{_html_align(align)}" data-sort="{sort}">'
+                     f'{f"<strong>{text}</strong>" if cell.bold and text else text}</td>')
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _html_align(align: str) -> str:
+    return "num" if align == "r" else "txt"
+
+
+# Clicking a header sorts the rows below it (numbers as numbers, blanks last); the pinned teacher
+# row stays on top. A few lines, inline: the file must open anywhere, offline.
+_HTML_SCRIPT = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, column) {
+    th.addEventListener("click", function () {
+      var body = table.querySelector("tbody.rows");
+      var up = th.dataset.order !== "asc";
+      table.querySelectorAll("th").forEach(function (other) { delete other.dataset.order; });
+      th.dataset.order = up ? "asc" : "desc";
+      var key = function (row) { return row.cells[column].dataset.sort; };
+      Array.from(body.rows).sort(function (a, b) {
+        var x = key(a), y = key(b);
+        if (x === "" || y === "") { return (x === "") - (y === ""); }
+        var nx = Number(x), ny = Number(y);
+        var order = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
+        return up ? order : -order;
+      }).forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+"""
+_HTML_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; }
+th { cursor: pointer; background: #f3f3f3; user-select: none; }
+th[data-order="asc"]::after { content: " \\25B2"; }
+th[data-order="desc"]::after { content: " \\25BC"; }
+tbody.pinned td { background: #fafafa; border-bottom: 2px solid #999; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+p.note { font-size: 0.85em; color: #555; margin: 0.2em 0; }
+h2 { font-size: 1.05em; margin-top: 1.6em; }
+"""
+
+
+def _html_document(blocks: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<title>cmkd-bench leaderboard</title>\n"
+            f"<style>{_HTML_STYLE}</style>\n</head>\n<body>\n<h1>cmkd-bench leaderboard</h1>\n"
+            + "\n".join(blocks) + f"\n<script>{_HTML_SCRIPT}</script>\n</body>\n</html>\n")
+
+
+_GRID_RENDERERS = {"md": _md_grid, "latex": _latex_grid, "html": _html_grid}
+
+
+# --- wide csv: one line per method, a group of columns per table
+
+
+def _render_wide_csv(tables: list[TableData], published: PublishedIndex | None) -> str:
+    tables = sorted(tables, key=lambda t: (t.dataset, t.teacher_modality, t.student_modality, t.title))
+    labels = [label.replace("→", "->") for label in _column_labels(tables)]
+    ranks = average_ranks(tables)
+    fields = ["method", "hparams", "kind", "avg_rank", "ranked_columns"]
+    for label in labels:
+        fields += [f"{label} {part}" for part in ("mean", "std", "n", "p_vs_nokd")]
+        if published is not None:
+            fields += [f"{label} {part}" for part in PUBLISHED_CSV_COLUMNS]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    teacher_rows = [next((row for row in table.rows if row.kind == "teacher"), None) for table in tables]
+    writer.writerow(_wide_csv_line("teacher", {}, "teacher", None, tables, labels, teacher_rows, published))
+    for label in _wide_row_order(tables, ranks):
+        rows = [_method_rows(table).get(label) for table in tables]
+        first = next(row for row in rows if row is not None)
+        writer.writerow(_wide_csv_line(first.method, first.hparams, "method", ranks.get(label), tables, labels,
+                                       rows, published))
+    return buffer.getvalue()
+
+
+def _wide_csv_line(method: str, hparams: dict[str, Any], kind: str, rank: tuple[float, int] | None,
+                   tables: list[TableData], labels: list[str], rows: list[RowData | None],
+                   published: PublishedIndex | None) -> dict[str, str]:
+    line = {"method": method, "hparams": "" if kind == "teacher" else _canonical(hparams), "kind": kind,
+            "avg_rank": _number(rank[0] if rank else None), "ranked_columns": str(rank[1]) if rank else ""}
+    for table, label, row in zip(tables, labels, rows):
+        line.update({f"{label} mean": _number(row.mean if row else None),
+                     f"{label} std": _number(row.std if row else None),
+                     f"{label} n": str(row.n) if row else "",
+                     f"{label} p_vs_nokd": _number(row.p_value if row else None, digits=6)})
+        if published is not None:
+            cells = _published_csv_cells(published.lookup(table, row) if row else None, row or _NO_ROW)
+            line.update({f"{label} {name}": value for name, value in cells.items()})
+    return line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import io
 import json
 import statistics
@@ -377,10 +378,10 @@ def test_latex_uses_booktabs_and_escapes_labels() -> None:
 def test_unknown_format_raises_user_error_listing_formats(runs_dir: Path) -> None:
     records = load_records([runs_dir])
     with pytest.raises(UserError) as caught:
-        render(records, "html")
+        render(records, "docx")  # (html became a format with issue 6)
     assert all(fmt in str(caught.value) for fmt in FORMATS)
     with pytest.raises(UserError):
-        print_leaderboard(records, "html")
+        print_leaderboard(records, "docx")
 
 
 def test_no_completed_runs_gives_a_message_and_still_lists_failures() -> None:
@@ -415,3 +416,140 @@ def test_rich_render_is_plain_text(runs_dir: Path) -> None:
     text = render(load_records([runs_dir]), "rich")
     assert "\x1b[" not in text
     assert "teacher (visual, small-cnn)" in text and mean_std_text(seed_tests(NO_KD_AV)) in text
+
+
+# --- issue 6: wide layout, html, significance, filters, published numbers
+
+GOLDEN = FIXTURES / "golden"
+PUBLISHED_FIXTURE = FIXTURES / "published-fixture.csv"
+# (format, layout, with published numbers, golden file); regenerate with UPDATE_GOLDEN=1 after a
+# deliberate change, and read the diff.
+GOLDEN_CASES = [
+    ("md", "wide", False, "wide.md"),
+    ("csv", "wide", False, "wide.csv"),
+    ("latex", "wide", False, "wide.tex"),
+    ("rich", "wide", False, "wide.txt"),
+    ("html", "wide", False, "wide.html"),
+    ("html", "long", False, "long.html"),
+    ("md", "long", True, "long-published.md"),
+    ("csv", "long", True, "long-published.csv"),
+    ("md", "wide", True, "wide-published.md"),
+]
+
+
+@pytest.mark.parametrize("fmt, layout, with_published, name", GOLDEN_CASES)
+def test_table_formats_match_their_golden_files(runs_dir: Path, fmt: str, layout: str, with_published: bool,
+                                                name: str) -> None:
+    from cmkd_bench.leaderboard import load_published
+
+    published = load_published(PUBLISHED_FIXTURE) if with_published else None
+    text = render(load_records([runs_dir]), fmt, layout=layout, published=published)
+    golden = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def test_welch_p_values_and_marks_follow_scipy(tables: list[TableData]) -> None:
+    from scipy.stats import ttest_ind
+
+    from cmkd_bench.leaderboard import BETTER_MARK, WORSE_MARK, significance_mark
+
+    va = table_titled(tables, "synth-av · visual → audio")
+    kd = row_labelled(va, "kd")
+    expected = ttest_ind(seed_tests(KD_VA), seed_tests(NO_KD_VA), equal_var=False).pvalue
+    assert kd.p_value == pytest.approx(expected) and kd.p_value < 0.05
+    assert significance_mark(kd) == BETTER_MARK
+    assert row_labelled(va, "ftkd").p_value is None  # one seed: no test
+    assert row_labelled(va, "no-kd").p_value is None
+    worse = summarize([make_record("no-kd", s, 60.0 + s, 59.0) for s in range(3)]
+                      + [make_record("kd", s, 50.0 + s, 49.0) for s in range(3)])[0]
+    assert significance_mark(row_labelled(worse, "kd")) == WORSE_MARK
+    close = summarize([make_record("no-kd", s, 60.0 + s, 59.0) for s in range(3)]
+                      + [make_record("kd", s, 60.5 + s, 59.0) for s in range(3)])[0]
+    assert significance_mark(row_labelled(close, "kd")) == ""
+
+
+def test_average_rank_shares_ties_and_counts_columns() -> None:
+    from cmkd_bench.leaderboard import average_ranks, tied_ranks
+
+    assert tied_ranks([50.0, 70.0, 60.0, 70.0]) == [4.0, 1.5, 3.0, 1.5]
+    records = [make_record("no-kd", 0, 50.0, 49.0), make_record("kd", 0, 60.0, 59.0),
+               make_record("fd", 0, 60.0, 59.0),
+               make_record("no-kd", 0, 40.0, 39.0, direction=("audio", "visual")),
+               make_record("kd", 0, 45.0, 44.0, direction=("audio", "visual"))]
+    ranks = average_ranks(summarize(records))
+    assert ranks == {"no-kd": (2.5, 2), "kd": (1.25, 2), "fd": (1.5, 1)}
+
+
+def test_filters_keep_the_no_kd_baseline_and_reject_unknown_names(runs_dir: Path) -> None:
+    from cmkd_bench.leaderboard import filter_records
+
+    records = load_records([runs_dir])
+    kd_only = filter_records(records, methods=["kd"])
+    assert {r["method"] for r in kd_only} == {"kd", "no-kd"}
+    seed0 = filter_records(records, where=["seed=0"])
+    assert {r["seed"] for r in seed0} == {0} and len(seed0) == 7
+    tuned = filter_records(records, where=["T=2"])  # kd's changed T; no-kd has no T but stays the baseline
+    assert {(r["method"], r["hparams_changed"].get("T")) for r in tuned} == {("kd", 2.0), ("no-kd", None)}
+    assert filter_records(records, where=["recipe.epochs=30"])[0]["config"]["recipe"]["epochs"] == 30
+    assert filter_records(records, where=["data.shared=0.7"]) == []
+    for bad, fragment in ((dict(datasets=["cifar"]), "cifar"), (dict(methods=["kdd"]), "kdd"),
+                          (dict(where=["nope=1"]), "nope"), (dict(where=["seed"]), "KEY=VALUE")):
+        with pytest.raises(UserError, match=fragment):
+            filter_records(records, **bad)
+
+
+def test_html_is_one_self_contained_sortable_file(runs_dir: Path) -> None:
+    text = render(load_records([runs_dir]), "html", layout="wide")
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    assert "<script>" in text and "addEventListener(\"click\"" in text and 'class="sortable"' in text
+    for external in ("src=", "href=", "<link", "http://", "https://", "@import"):
+        assert external not in text
+    assert 'data-sort="65.8333' in text  # cells sort by their number, not their text
+
+
+def test_published_file_in_the_repository_has_the_schema() -> None:
+    from cmkd_bench.leaderboard import DEFAULT_PUBLISHED, PUBLISHED_COLUMNS, load_published
+
+    lines = [line for line in DEFAULT_PUBLISHED.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == ",".join(PUBLISHED_COLUMNS)
+    values = load_published(DEFAULT_PUBLISHED)  # every row is checked on loading
+    assert len(values) == len(lines) - 1
+    for value in values:
+        assert "2511.19887" in value.source or value.source  # a source is always named
+        assert value.table.strip()
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("method,dataset,metric,value\n", "header must be"),
+    ("{header}\nkd,synth-av,visual,audio,top1,high,Paper,Table 1\n", "not a number"),
+    ("{header}\nkd,synth-av,visual,audio,top1,130,Paper,Table 1\n", "not a percentage"),
+    ("{header}\nkd,synth-av,visual,audio,top5,60,Paper,Table 1\n", "metric 'top5'"),
+    ("{header}\nkd,synth-av,visual,audio,top1,60,,Table 1\n", "empty source"),
+    ("{header}\nkd,synth-av,visual,visual,top1,60,Paper,Table 1\n", "both 'visual'"),
+    ("{header}\nkd,synth-av,visual,audio,top1,60,Paper,Table 1\nkd,synth-av,visual,audio,top1,61,Paper,Table 2\n",
+     ":4: a second value"),
+])
+def test_bad_published_files_are_one_line_errors_with_the_line(tmp_path: Path, body: str, fragment: str) -> None:
+    from cmkd_bench.leaderboard import PUBLISHED_COLUMNS, load_published
+
+    path = tmp_path / "published.csv"
+    path.write_text("# comment\n" + body.format(header=",".join(PUBLISHED_COLUMNS)), encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_published(path)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_leaderboard_command_takes_layout_filters_and_published(runs_dir: Path, tmp_path: Path, capsys) -> None:
+    from cmkd_bench.cli import main
+
+    out = tmp_path / "board.html"
+    with pytest.raises(SystemExit) as stopped:
+        main(["leaderboard", str(runs_dir), "--format", "html", "--layout", "wide", "--method", "kd",
+              "--where", "seed=0", "--published", str(PUBLISHED_FIXTURE), "--output", str(out)])
+    assert stopped.value.code == 0, capsys.readouterr().err
+    text = out.read_text(encoding="utf-8")
+    assert "ftkd" not in text and "63.00 [2]" in text and "Fixture et al." in text
+    assert "64.20 ± 0.00" in text  # kd seed 0 alone

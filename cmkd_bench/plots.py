@@ -1,0 +1,289 @@
+"""Plots from run records (matplotlib, Agg backend; every figure is written as PNG and SVG).
+
+    cmkd-bench plot bars RUNS...                 per dataset: a bar per method (mean ± std over
+                                                 seeds), the no-KD line, the teacher line
+    cmkd-bench plot heatmap RUNS... --x K --y K  a method's test metric over a grid of two
+                                                 settings (the paper's Figure 5: w_low x w_high)
+
+Bars come from the leaderboard's tables, so they hold exactly the numbers the tables hold.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+from .errors import UserError
+
+FIGURE_FORMATS = ("png", "svg")
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: files only, never a window (and no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure: Any, directory: Path, stem: str) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in FIGURE_FORMATS:
+        path = directory / f"{stem}.{fmt}"
+        # No dates in the files: the same records give the same bytes.
+        metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+        figure.savefig(path, format=fmt, bbox_inches="tight", dpi=150, metadata=metadata)
+        paths.append(path)
+    pyplot().close(figure)
+    return paths
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace(" → ", "2").replace("→", "2")).strip("_")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bars
+
+
+@dataclass
+class Bar:
+    label: str
+    mean: float
+    std: float
+    n: int
+    mark: str  # significance against no-KD (leaderboard.significance_mark)
+    is_no_kd: bool
+
+
+@dataclass
+class BarPanel:
+    dataset: str
+    title: str
+    metric: str
+    bars: list[Bar]
+    no_kd: float | None
+    teacher: float | None
+
+
+def bar_panels(records: Sequence[dict[str, Any]]) -> list[BarPanel]:
+    """One panel per leaderboard table: its method rows as bars, no-KD and teacher as lines."""
+    from .leaderboard import NO_KD, significance_mark, summarize
+
+    panels = []
+    for table in summarize(records):
+        methods = [row for row in table.rows if row.kind == "method" and row.mean is not None]
+        teacher = next((row.mean for row in table.rows if row.kind == "teacher"), None)
+        no_kd = next((row.mean for row in methods if row.method == NO_KD and not row.hparams), None)
+        bars = [Bar(row.label, row.mean, row.std or 0.0, row.n, significance_mark(row), row.method == NO_KD)
+                for row in methods]
+        panels.append(BarPanel(table.dataset, table.title.split(" · ", 1)[1], table.metric, bars, no_kd, teacher))
+    return panels
+
+
+def plot_bars(records: Sequence[dict[str, Any]], directory: Path) -> list[Path]:
+    panels = bar_panels(records)
+    if not panels:
+        raise UserError("no completed runs to plot; run some first (or check the filters)")
+    written = []
+    for dataset in sorted({panel.dataset for panel in panels}):
+        written += _bars_figure(dataset, [p for p in panels if p.dataset == dataset], directory)
+    return written
+
+
+def _bars_figure(dataset: str, panels: list[BarPanel], directory: Path) -> list[Path]:
+    plt = pyplot()
+    widest = max(len(panel.bars) for panel in panels)
+    figure, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 0.55 * widest + 2), 3.6 * len(panels)),
+                                squeeze=False)
+    for axis, panel in zip(axes[:, 0], panels):
+        _draw_bars(axis, panel)
+    figure.suptitle(f"{dataset}: test metric per method (mean ± std over seeds)")
+    figure.tight_layout()
+    return save_figure(figure, directory, f"bars-{slug(dataset)}")
+
+
+def _draw_bars(axis: Any, panel: BarPanel) -> None:
+    positions = range(len(panel.bars))
+    colours = ["#9e9e9e" if bar.is_no_kd else "#4c72b0" for bar in panel.bars]
+    axis.bar(positions, [b.mean for b in panel.bars], yerr=[b.std for b in panel.bars], color=colours,
+             capsize=3, error_kw={"elinewidth": 1})
+    if panel.no_kd is not None:
+        axis.axhline(panel.no_kd, color="#c44e52", linestyle="--", linewidth=1, label="no-KD")
+    if panel.teacher is not None:
+        axis.axhline(panel.teacher, color="#55a868", linestyle=":", linewidth=1, label="teacher (own modality)")
+    for position, bar in zip(positions, panel.bars):
+        if bar.mark:
+            axis.annotate(bar.mark, (position, bar.mean + bar.std), ha="center", va="bottom")
+    axis.set_xticks(list(positions), [b.label for b in panel.bars], rotation=35, ha="right", fontsize=8)
+    axis.set_ylabel(f"{panel.metric} (%)")
+    axis.set_title(panel.title, fontsize=9)
+    lines = [value for value in (panel.no_kd, panel.teacher) if value is not None]
+    low = min([b.mean - b.std for b in panel.bars] + lines)
+    high = max([b.mean + b.std for b in panel.bars] + lines)
+    margin = max(1.0, 0.1 * (high - low))
+    axis.set_ylim(max(0.0, low - margin), high + margin)  # bars start near the data: gaps of a point show
+    axis.legend(fontsize=7, loc="lower right")
+
+
+# ---------------------------------------------------------------------------------------------
+# Heat-map over two settings
+
+
+@dataclass
+class Heatmap:
+    title: str
+    method: str
+    x_key: str
+    y_key: str
+    x_values: list[Any]
+    y_values: list[Any]
+    means: list[list[float | None]]  # [y][x]
+    counts: list[list[int]]
+    metric: str
+
+
+def heatmaps(records: Sequence[dict[str, Any]], x_key: str, y_key: str) -> list[Heatmap]:
+    """Per (method, dataset, direction): mean test over seeds for every (x, y) pair of settings."""
+    from .leaderboard import has_setting
+
+    usable = [r for r in records if r.get("status") == "completed" and has_setting(r, x_key) and has_setting(r, y_key)]
+    if not usable:
+        raise UserError(f"no completed run has both {x_key!r} and {y_key!r}; "
+                        f"run a grid first, e.g. cmkd-bench suite --grid {x_key}=... --grid {y_key}=...")
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for record in usable:
+        key = (str(record["method"]), str(record["dataset"]), str(record["teacher_modality"]),
+               str(record["student_modality"]))
+        groups.setdefault(key, []).append(record)
+    maps = []
+    for (method, dataset, teacher, student), group in sorted(groups.items()):
+        _check_only_x_and_y_vary(group, x_key, y_key, method)
+        maps.append(_heatmap(group, x_key, y_key, f"{method} · {dataset} · {teacher} → {student}", method))
+    return maps
+
+
+def _check_only_x_and_y_vary(group: list[dict[str, Any]], x_key: str, y_key: str, method: str) -> None:
+    from .leaderboard import settings_of
+
+    def protocol(record: dict[str, Any]) -> str:
+        scopes = {scope: {k: v for k, v in values.items() if k not in (x_key, y_key)}
+                  for scope, values in settings_of(record).items()}
+        return json.dumps([scopes, record["student_backbone"], record["teacher_backbone"]], sort_keys=True, default=str)
+
+    if len({protocol(record) for record in group}) > 1:
+        raise UserError(f"runs of {method} differ in more than {x_key} and {y_key}; "
+                        "narrow them with --where KEY=VALUE so that one grid remains")
+
+
+def _heatmap(group: list[dict[str, Any]], x_key: str, y_key: str, title: str, method: str) -> Heatmap:
+    from .leaderboard import record_setting
+
+    xs = _sorted_values(record_setting(r, x_key) for r in group)
+    ys = _sorted_values(record_setting(r, y_key) for r in group)
+    cells: dict[tuple[int, int], list[float]] = {}
+    for record in group:
+        x, y = xs.index(record_setting(record, x_key)), ys.index(record_setting(record, y_key))
+        cells.setdefault((y, x), []).append(float(record["metrics"]["test"]))
+    means = [[statistics.mean(cells[(y, x)]) if (y, x) in cells else None for x in range(len(xs))]
+             for y in range(len(ys))]
+    counts = [[len(cells.get((y, x), [])) for x in range(len(xs))] for y in range(len(ys))]
+    return Heatmap(title, method, x_key, y_key, xs, ys, means, counts, str(group[0].get("metric") or "test"))
+
+
+def _sorted_values(values) -> list[Any]:
+    unique = list(dict.fromkeys(values))
+    try:
+        return sorted(unique)
+    except TypeError:
+        return sorted(unique, key=str)
+
+
+def plot_heatmaps(records: Sequence[dict[str, Any]], x_key: str, y_key: str, directory: Path) -> list[Path]:
+    written = []
+    for heatmap in heatmaps(records, x_key, y_key):
+        written += _heatmap_figure(heatmap, directory)
+    return written
+
+
+def _heatmap_figure(heatmap: Heatmap, directory: Path) -> list[Path]:
+    import numpy as np
+
+    plt = pyplot()
+    values = np.array([[np.nan if v is None else v for v in row] for row in heatmap.means], dtype=float)
+    figure, axis = plt.subplots(figsize=(1.1 * len(heatmap.x_values) + 2.5, 0.8 * len(heatmap.y_values) + 2))
+    image = axis.imshow(values, origin="lower", cmap="viridis", aspect="auto")
+    for y, row in enumerate(heatmap.means):
+        for x, value in enumerate(row):
+            text = "—" if value is None else f"{value:.1f}\n(n={heatmap.counts[y][x]})"
+            axis.text(x, y, text, ha="center", va="center", fontsize=7, color="white" if value is not None else "k")
+    axis.set_xticks(range(len(heatmap.x_values)), [str(v) for v in heatmap.x_values])
+    axis.set_yticks(range(len(heatmap.y_values)), [str(v) for v in heatmap.y_values])
+    axis.set_xlabel(heatmap.x_key)
+    axis.set_ylabel(heatmap.y_key)
+    axis.set_title(f"{heatmap.title}\ntest {heatmap.metric} (%), mean over seeds", fontsize=9)
+    figure.colorbar(image, ax=axis, label=f"{heatmap.metric} (%)")
+    stem = f"heatmap-{slug(heatmap.title.replace(' · ', '-'))}-{slug(heatmap.x_key)}-{slug(heatmap.y_key)}"
+    return save_figure(figure, directory, stem)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _records(runs_dirs: Sequence[str], datasets: Sequence[str], methods: Sequence[str],
+             wheres: Sequence[str]) -> list[dict[str, Any]]:
+    from .leaderboard import filter_records, load_records
+
+    paths = [Path(p) for p in runs_dirs] or [Path("runs")]
+    return filter_records(load_records(paths), datasets=datasets, methods=methods, where=wheres)
+
+
+def _filters(function):
+    for decorator in reversed([
+        click.argument("runs_dirs", nargs=-1, type=click.Path()),
+        click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable)."),
+        click.option("--method", "methods", multiple=True, help="Only this method (repeatable)."),
+        click.option("--where", "wheres", multiple=True, metavar="KEY=VALUE",
+                     help="Only records whose field or setting KEY is VALUE (repeatable), as in `leaderboard`."),
+        click.option("--output-dir", default="plots", show_default=True, type=click.Path(),
+                     help="Where the PNG and SVG files go."),
+    ]):
+        function = decorator(function)
+    return function
+
+
+@click.group("plot")
+def plot_group() -> None:
+    """Figures from run records: bar charts per dataset, heat-maps over two settings."""
+
+
+@plot_group.command("bars")
+@_filters
+def bars_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
+                 wheres: tuple[str, ...], output_dir: str) -> None:
+    """Per dataset: a bar per method (mean ± std over seeds), with the no-KD and teacher lines."""
+    for path in plot_bars(_records(runs_dirs, datasets, methods, wheres), Path(output_dir)):
+        click.echo(f"wrote {path}")
+
+
+@plot_group.command("heatmap")
+@_filters
+@click.option("--x", "x_key", required=True, help="Setting on the x axis (hyper-parameter, data option or recipe).")
+@click.option("--y", "y_key", required=True, help="Setting on the y axis.")
+def heatmap_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
+                    wheres: tuple[str, ...], output_dir: str, x_key: str, y_key: str) -> None:
+    """A method's test metric over a grid of two settings, e.g. --x w_low --y w_high for fd."""
+    if x_key == y_key:
+        raise UserError(f"--x and --y are both {x_key!r}; a heat-map needs two settings")
+    for path in plot_heatmaps(_records(runs_dirs, datasets, methods, wheres), x_key, y_key, Path(output_dir)):
+        click.echo(f"wrote {path}")

@@ -1,0 +1,635 @@
+"""Suites: a grid of runs (methods x datasets x directions x seeds x settings) defined once.
+
+A suite expands to `cmkd-bench run` requests, each prepared by `runner.prepare`, so run ids,
+defaults and checks are exactly those of a single run; an entry that a single run would refuse
+stops the whole suite, with one line, before anything runs. Runs are identified by their run id:
+started again, a suite skips what has completed and resumes what was interrupted (the run picks
+up its checkpoint). `--jobs N` runs N at once, each in its own `python -m cmkd_bench run` process,
+so that a crash or a kill takes down one run, not the suite; runs that need one teacher train it
+once, the others waiting on the runner's teacher lock.
+
+Suite file (YAML; every key optional except methods and datasets, relative paths are relative to
+the directory the command runs from):
+
+    datasets: [synth-av]          # names, or {name: NAME, sets: {KEY: VALUE}, data_root: PATH}
+    methods: all                  # every method for the dataset's task, or a list of names,
+                                  # or {name: NAME, sets: {KEY: VALUE}, grid: {KEY: [V1, V2]}}
+    directions: both              # default | both | [visual->audio, audio->visual]
+    seeds: [0, 1, 2]
+    sets: {epochs: 12}            # settings for every run, as with `run --set`
+    grid: {T: [2, 4]}             # every combination of these values is a run of its own
+    out: runs                     # runs go to OUT/<run_id>/
+    epochs: / batch_size: / lr: / student: / teacher: / device: / teacher_cache: / data_root: / plugins: [...]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterator, Sequence
+
+import click
+import yaml
+
+from .errors import UserError
+
+DEFAULT_SEEDS = (0, 1, 2)  # the protocol: mean ± std over 3 seeds, both directions
+DEFAULT_DIRECTIONS = "both"
+SUITE_KEYS = ("datasets", "methods", "directions", "seeds", "sets", "grid", "out", "epochs", "batch_size", "lr",
+              "student", "teacher", "device", "teacher_cache", "data_root", "plugins")
+POLL_SECONDS = 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite as data
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    sets: tuple[str, ...] = ()
+    data_root: str | None = None
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    sets: tuple[str, ...] = ()
+    grid: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass
+class Suite:
+    datasets: list[DatasetEntry]
+    methods: list[MethodEntry] | str  # "all": every method that supports the dataset's task
+    directions: str | list[tuple[str, str]] = DEFAULT_DIRECTIONS  # "default", "both" or explicit pairs
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    sets: tuple[str, ...] = ()
+    grid: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    out: str = "runs"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    student: str | None = None
+    teacher: str | None = None
+    device: str = "auto"
+    teacher_cache: str | None = None
+    data_root: str | None = None
+    plugins: tuple[str, ...] = ()
+
+
+@dataclass
+class PlannedRun:
+    request: Any  # runner.RunRequest (runner imports torch; this module stays light)
+    run_id: str
+    label: str
+    state: str  # "done" (completed record), "resume" (checkpoint), "new", "retry" (failed record)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.request.out) / self.run_id
+
+
+@dataclass
+class Outcome:
+    run: PlannedRun
+    status: str  # "completed" or "failed"
+    detail: str  # the test metric, or the reason it failed
+    seconds: float
+    resumed: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a suite file and the command-line flags
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        reason = error.strerror or error
+        raise UserError(f"suite file {str(path)!r} cannot be read ({reason}); pass a .yaml file") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"suite file {str(path)!r} is not valid YAML{line}; fix its syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"suite file {str(path)!r} must be a mapping of keys ({', '.join(SUITE_KEYS)})")
+    return suite_from_mapping(raw, where=str(path))
+
+
+def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
+    unknown = sorted(set(raw) - set(SUITE_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; suite keys are {', '.join(SUITE_KEYS)}")
+    for key in ("datasets", "methods"):
+        if key not in raw:
+            raise UserError(f"{where}: no {key!r}; a suite names its datasets and methods")
+    return Suite(
+        datasets=[_dataset_entry(item, where) for item in _as_list(raw["datasets"], "datasets", where)],
+        methods=_methods(raw["methods"], where),
+        directions=_directions(raw.get("directions", DEFAULT_DIRECTIONS), where),
+        seeds=_seeds(raw.get("seeds", list(DEFAULT_SEEDS)), where),
+        sets=_sets(raw.get("sets") or {}, "sets", where),
+        grid=_grid(raw.get("grid") or {}, where),
+        out=str(raw.get("out", "runs")),
+        epochs=_optional(raw, "epochs", int, where), batch_size=_optional(raw, "batch_size", int, where),
+        lr=_optional(raw, "lr", float, where),
+        student=_optional(raw, "student", str, where), teacher=_optional(raw, "teacher", str, where),
+        device=str(raw.get("device", "auto")),
+        teacher_cache=_optional(raw, "teacher_cache", str, where), data_root=_optional(raw, "data_root", str, where),
+        plugins=tuple(str(p) for p in _as_list(raw["plugins"], "plugins", where)) if raw.get("plugins") else (),
+    )
+
+
+def _as_list(value: Any, key: str, where: str) -> list[Any]:
+    if isinstance(value, (str, dict)):
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where}: {key} must be a name or a non-empty list")
+    return value
+
+
+def _optional(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if raw.get(key) is None:
+        return None
+    value = raw[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UserError(f"{where}: {key} must be an integer, got {value!r}")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise UserError(f"{where}: {key} must be a number, got {value!r}")
+    return kind(value)
+
+
+def _dataset_entry(item: Any, where: str) -> DatasetEntry:
+    if isinstance(item, str):
+        return DatasetEntry(item)
+    if isinstance(item, dict) and "name" in item and set(item) <= {"name", "sets", "data_root"}:
+        root = item.get("data_root")
+        return DatasetEntry(str(item["name"]), _sets(item.get("sets") or {}, "datasets.sets", where),
+                            None if root is None else str(root))
+    raise UserError(f"{where}: a dataset is a name or {{name, sets, data_root}}, got {item!r}")
+
+
+def _methods(value: Any, where: str) -> list[MethodEntry] | str:
+    if value == "all":
+        return "all"
+    return [_method_entry(item, where) for item in _as_list(value, "methods", where)]
+
+
+def _method_entry(item: Any, where: str) -> MethodEntry:
+    if isinstance(item, str):
+        return MethodEntry(item)
+    if isinstance(item, dict) and "name" in item and set(item) <= {"name", "sets", "grid"}:
+        return MethodEntry(str(item["name"]), _sets(item.get("sets") or {}, "methods.sets", where),
+                           _grid(item.get("grid") or {}, where))
+    raise UserError(f"{where}: a method is a name or {{name, sets, grid}}, got {item!r}")
+
+
+def _directions(value: Any, where: str) -> str | list[tuple[str, str]]:
+    if value in ("default", "both"):
+        return value
+    pairs = []
+    for item in _as_list(value, "directions", where):
+        teacher, sep, student = str(item).replace("→", "->").partition("->")
+        if not sep or not teacher.strip() or not student.strip():
+            raise UserError(f"{where}: direction {item!r} is not TEACHER->STUDENT (or default, both)")
+        pairs.append((teacher.strip(), student.strip()))
+    return pairs
+
+
+def _seeds(value: Any, where: str) -> list[int]:
+    seeds = _as_list(value, "seeds", where) if not isinstance(value, int) else [value]
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise UserError(f"{where}: seeds must be integers, got {value!r}")
+    return list(dict.fromkeys(seeds))
+
+
+def _sets(value: Any, key: str, where: str) -> tuple[str, ...]:
+    if isinstance(value, dict):
+        return tuple(f"{name}={setting_text(setting)}" for name, setting in value.items())
+    if isinstance(value, list) and all(isinstance(item, str) and "=" in item for item in value):
+        return tuple(value)
+    raise UserError(f"{where}: {key} must map KEY: VALUE (or list KEY=VALUE strings), got {value!r}")
+
+
+def _grid(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: grid must map KEY: [VALUES], got {value!r}")
+    grid = []
+    for name, values in value.items():
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise UserError(f"{where}: grid key {name!r} has no values")
+        grid.append((str(name), tuple(setting_text(v) for v in values)))
+    return tuple(grid)
+
+
+def setting_text(value: Any) -> str:
+    """A YAML value as the text `--set` parses back to the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def parse_grid_flag(text: str) -> tuple[str, tuple[str, ...]]:
+    key, sep, values = text.partition("=")
+    items = tuple(v.strip() for v in values.split(",") if v.strip())
+    if not sep or not key.strip() or not items:
+        raise UserError(f"--grid {text!r} is not KEY=V1,V2,...; write for example --grid T=1,2,4")
+    return key.strip(), items
+
+
+def merge_grid(base: Sequence[tuple[str, tuple[str, ...]]],
+               extra: Sequence[tuple[str, tuple[str, ...]]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    merged = dict(base)
+    merged.update(extra)  # a flag replaces the file's values for its key
+    return tuple(merged.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Expansion: suite -> prepared run requests
+
+
+def expand(suite: Suite) -> list[PlannedRun]:
+    """Every run of the suite, in order, each checked by runner.prepare; duplicates once."""
+    from .catalog import load_all
+
+    load_all(suite.plugins)
+    planned: dict[str, PlannedRun] = {}
+    for dataset in suite.datasets:  # runner.build_data reuses each dataset it has built
+        for run in _expand_dataset(suite, dataset):
+            planned.setdefault(run.run_id, run)
+    return list(planned.values())
+
+
+def _expand_dataset(suite: Suite, dataset: DatasetEntry) -> Iterator[PlannedRun]:
+    spec = _probe_spec(suite, dataset)
+    for seed in suite.seeds:
+        for teacher_modality, student_modality in _direction_pairs(suite, spec):
+            for method in _method_entries(suite, spec.task):
+                for point in _grid_points(merge_grid(suite.grid, method.grid)):
+                    request = _request(suite, dataset, method, seed, teacher_modality, student_modality, point)
+                    yield _planned(request)
+
+
+def _probe_spec(suite: Suite, dataset: DatasetEntry):
+    """The dataset's spec (modalities, task), read through the first run the suite asks of it."""
+    methods = suite.methods
+    method = MethodEntry("no-kd") if methods == "all" else methods[0]
+    point = next(_grid_points(merge_grid(suite.grid, method.grid)))
+    request = _request(suite, dataset, method, suite.seeds[0], None, None, point)
+    return _prepare(request).data.spec
+
+
+def _direction_pairs(suite: Suite, spec: Any) -> list[tuple[str | None, str | None]]:
+    default = (spec.teacher_modality, spec.student_modality)
+    if suite.directions == "default":
+        return [default]
+    if suite.directions == "both":
+        return [default, default[::-1]]
+    return list(suite.directions)
+
+
+def _method_entries(suite: Suite, task: str) -> list[MethodEntry]:
+    if suite.methods != "all":
+        return list(suite.methods)
+    from .registry import METHODS
+
+    names = METHODS.names(task=task)
+    return [MethodEntry(name) for name in ["no-kd"] + [n for n in names if n != "no-kd"]]
+
+
+def _grid_points(grid: Sequence[tuple[str, tuple[str, ...]]]) -> Iterator[tuple[str, ...]]:
+    keys = [key for key, _ in grid]
+    for values in itertools.product(*(values for _, values in grid)):
+        yield tuple(f"{key}={value}" for key, value in zip(keys, values))
+
+
+def _request(suite: Suite, dataset: DatasetEntry, method: MethodEntry, seed: int, teacher_modality: str | None,
+             student_modality: str | None, point: tuple[str, ...]):
+    from .runner import RunRequest
+
+    return RunRequest(
+        method=method.name, dataset=dataset.name, student_modality=student_modality,
+        teacher_modality=teacher_modality, student_backbone=suite.student, teacher_backbone=suite.teacher,
+        epochs=suite.epochs, batch_size=suite.batch_size, lr=suite.lr, seed=seed, device=suite.device,
+        data_root=dataset.data_root or suite.data_root, out=suite.out,
+        sets=(*dataset.sets, *suite.sets, *method.sets, *point), teacher_cache=suite.teacher_cache,
+    )
+
+
+def _prepare(request: Any):
+    from .runner import prepare
+
+    try:
+        return prepare(request)
+    except UserError as error:
+        raise UserError(f"suite entry {_request_label(request)}: {error}") from None
+
+
+def _request_label(request: Any) -> str:
+    direction = f" {request.teacher_modality}->{request.student_modality}" if request.teacher_modality else ""
+    sets = f" [{' '.join(request.sets)}]" if request.sets else ""
+    return f"(method {request.method}, dataset {request.dataset}{direction}, seed {request.seed}{sets})"
+
+
+def _planned(request: Any) -> PlannedRun:
+    from .runner import existing_record, read_record
+
+    prepared = _prepare(request)
+    config = prepared.config
+    changed = ", ".join(f"{k}={v}" for k, v in sorted(config.hparams_changed.items()))
+    label = (f"{config.method} {config.dataset} {config.teacher_modality}→{config.student_modality} "
+             f"seed {config.seed}" + (f" ({changed})" if changed else ""))
+    if existing_record(prepared) is not None:
+        state = "done"
+    elif (prepared.run_dir / "checkpoint.pt").exists():
+        state = "resume"
+    elif read_record(prepared.run_dir / "result.json") is not None:
+        state = "retry"
+    else:
+        state = "new"
+    return PlannedRun(request=request, run_id=config.run_id, label=label, state=state)
+
+
+@contextmanager
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def run_command(request: Any, device: str, plugins: Sequence[str]) -> list[str]:
+    """The `python -m cmkd_bench run` command line for a request (same request, same run id)."""
+    command = [sys.executable, "-m", "cmkd_bench", "run", "--method", request.method, "--dataset", request.dataset,
+               "--seed", str(request.seed), "--out", str(request.out), "--device", device, "--quiet"]
+    flags = {"--student-modality": request.student_modality, "--teacher-modality": request.teacher_modality,
+             "--student": request.student_backbone, "--teacher": request.teacher_backbone,
+             "--epochs": request.epochs, "--batch-size": request.batch_size, "--lr": request.lr,
+             "--data-root": request.data_root, "--teacher-cache": request.teacher_cache,
+             "--teacher-checkpoint": request.teacher_checkpoint}
+    for flag, value in flags.items():
+        if value is not None:
+            command += [flag, str(value)]
+    for setting in request.sets:
+        command += ["--set", setting]
+    for plugin in plugins:
+        command += ["--plugin", plugin]
+    return command
+
+
+@dataclass
+class _Running:
+    run: PlannedRun
+    process: subprocess.Popen
+    log: IO[str]
+    log_start: int
+    began: float
+    slot: int
+
+
+class Scheduler:
+    """Runs planned runs as subprocesses, `jobs` at a time, each slot bound to a device."""
+
+    def __init__(self, runs: list[PlannedRun], jobs: int, devices: Sequence[str], plugins: Sequence[str],
+                 echo=click.echo) -> None:
+        self.pending = deque(runs)
+        self.total = len(runs)
+        self.slots = [devices[i % len(devices)] for i in range(jobs)]
+        self.free = list(range(jobs))
+        self.plugins = plugins
+        self.echo = echo
+        self.running: list[_Running] = []
+        self.outcomes: list[Outcome] = []
+
+    def run(self) -> list[Outcome]:
+        try:
+            while self.pending or self.running:
+                while self.pending and self.free:
+                    self._start(self.pending.popleft(), self.free.pop(0))
+                if not self._collect():
+                    time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            self._stop_all()
+            raise
+        return self.outcomes
+
+    def _start(self, run: PlannedRun, slot: int) -> None:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(run.run_dir / "run.log", "a", encoding="utf-8")
+        command = run_command(run.request, self.slots[slot], self.plugins)
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+        log.flush()
+        start = log.tell()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.running.append(_Running(run, process, log, start, time.perf_counter(), slot))
+
+    def _collect(self) -> bool:
+        done = [job for job in self.running if job.process.poll() is not None]
+        for job in done:
+            self.running.remove(job)
+            self.free.append(job.slot)
+            job.log.close()
+            outcome = _outcome(job)
+            self.outcomes.append(outcome)
+            self._report(outcome)
+        return bool(done)
+
+    def _report(self, outcome: Outcome) -> None:
+        count = f"[{len(self.outcomes)}/{self.total}]"
+        state = "completed" if outcome.status == "completed" else "FAILED   "
+        resumed = " (resumed)" if outcome.resumed else ""
+        self.echo(f"{count} {state} {outcome.run.run_id}  {outcome.detail}  {outcome.seconds:.1f} s{resumed}")
+
+    def _stop_all(self) -> None:
+        for job in self.running:
+            job.process.terminate()
+        for job in self.running:
+            try:
+                job.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+            job.log.close()
+
+
+def _outcome(job: _Running) -> Outcome:
+    from .runner import read_record
+
+    seconds = time.perf_counter() - job.began
+    code = job.process.returncode
+    record = read_record(job.run.run_dir / "result.json")
+    resumed = job.run.state == "resume"
+    if code == 0 and record is not None and record.get("status") == "completed":
+        metrics = record["metrics"]
+        return Outcome(job.run, "completed", f"test {record['metric']} {metrics['test']:.2f}", seconds, resumed)
+    if code == 1 and record is not None and record.get("status") == "failed" and record.get("error"):
+        reason = str(record["error"])
+    elif code is not None and code < 0:
+        reason = f"killed by signal {-code}"
+    else:
+        reason = _last_line(job.run.run_dir / "run.log", job.log_start) or f"exited with code {code}"
+    return Outcome(job.run, "failed", " ".join(reason.split()), seconds, resumed)
+
+
+def _last_line(path: Path, start: int) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            handle.seek(start)
+            lines = [line.strip() for line in handle if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def plan_text(planned: list[PlannedRun]) -> str:
+    states = {"done": "skip (completed)", "resume": "resume", "new": "run", "retry": "run (failed before)"}
+    lines = [f"{states[run.state]:<20} {run.run_id}  {run.label}" for run in planned]
+    return "\n".join(lines + [counts_line(planned)])
+
+
+def counts_line(planned: list[PlannedRun]) -> str:
+    done = sum(run.state == "done" for run in planned)
+    resume = sum(run.state == "resume" for run in planned)
+    return (f"{len(planned)} runs: {done} already completed (skipped), {resume} to resume, "
+            f"{len(planned) - done - resume} to run")
+
+
+def summary_text(planned: list[PlannedRun], outcomes: list[Outcome], seconds: float) -> str:
+    completed = [o for o in outcomes if o.status == "completed"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    skipped = sum(run.state == "done" for run in planned)
+    resumed = sum(o.resumed for o in completed)
+    lines = [f"suite finished in {seconds:.0f} s: {len(completed)} completed"
+             + (f" ({resumed} resumed)" if resumed else "")
+             + f", {skipped} skipped (already completed), {len(failed)} failed"]
+    lines += [f"  failed: {o.run.run_id} ({o.run.label}): {o.detail}" for o in failed]
+    return "\n".join(lines)
+
+
+def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, echo=click.echo) -> int:
+    """Expand, then run what is left; returns the exit code (0 none failed, 1 some failed)."""
+    planned = expand(suite)
+    if dry_run:
+        echo(plan_text(planned))
+        return 0
+    todo = [run for run in planned if run.state != "done"]
+    echo(f"suite: {counts_line(planned)}; {min(jobs, max(1, len(todo)))} at a time; runs in {suite.out}/")
+    began = time.perf_counter()
+    outcomes = Scheduler(todo, jobs, devices, suite.plugins, echo).run()
+    echo(summary_text(planned, outcomes, time.perf_counter() - began))
+    echo(f"tables: cmkd-bench leaderboard {suite.out}")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+    return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
+
+
+def suite_with_flags(suite_file: str | None, flags: dict[str, Any]) -> Suite:
+    """The suite file (if any) with the command-line flags taking precedence."""
+    if suite_file is not None:
+        suite = load_suite(suite_file)
+    elif flags["methods"] and flags["datasets"]:
+        suite = suite_from_mapping({"datasets": _comma_list(flags["datasets"]),
+                                    "methods": _comma_list(flags["methods"])}, where="command line")
+    else:
+        raise UserError("give a suite file, or --methods and --datasets for a quick grid")
+    if flags["datasets"]:
+        suite.datasets = [DatasetEntry(name) for name in _comma_list(flags["datasets"]) or []]
+    if flags["methods"]:
+        names = _comma_list(flags["methods"]) or []
+        suite.methods = "all" if names == ["all"] else [MethodEntry(name) for name in names]
+    if flags["seeds"] is not None:
+        suite.seeds = _seeds(_int_list(flags["seeds"]), "--seeds")
+    if flags["directions"] is not None:
+        suite.directions = _directions(flags["directions"] if flags["directions"] in ("default", "both")
+                                       else _comma_list(flags["directions"]), "--directions")
+    suite.sets = (*suite.sets, *flags["sets"])
+    suite.grid = merge_grid(suite.grid, [parse_grid_flag(text) for text in flags["grid"]])
+    suite.plugins = (*suite.plugins, *flags["plugins"])
+    for key in ("out", "epochs", "batch_size", "lr", "student", "teacher", "teacher_cache", "data_root"):
+        if flags[key] is not None:
+            setattr(suite, key, flags[key])
+    if not suite.datasets or not suite.methods:
+        raise UserError("the suite names no dataset or no method; list them in the file or with --datasets/--methods")
+    return suite
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in _comma_list(text) or []]
+    except ValueError:
+        raise UserError(f"--seeds {text!r} is not a list of integers; write for example --seeds 0,1,2") from None
+
+
+def _devices(device: str | None, devices: str | None, jobs: int | None) -> tuple[list[str], int]:
+    names = _comma_list(devices) if devices else [device or "auto"]
+    if not names:
+        raise UserError("--devices is empty; write for example --devices cuda:0,cuda:1")
+    jobs = jobs if jobs is not None else len(names)
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    from .engine import resolve_device
+
+    for name in names:
+        resolve_device(name)  # a bad name or a missing GPU: one line, before anything runs
+    return names, jobs
+
+
+@click.command("suite")
+@click.argument("suite_file", required=False, type=click.Path())
+@click.option("--methods", help="Comma-separated methods, or 'all' (every method for the dataset's task).")
+@click.option("--datasets", help="Comma-separated datasets.")
+@click.option("--seeds", help="Comma-separated seeds. Default: the file's, else 0,1,2.")
+@click.option("--directions", help="default, both, or TEACHER->STUDENT pairs, comma-separated. Default: both.")
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
+              help="A run per value (repeatable: every combination).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A setting for every run (repeatable), as in `run`.")
+@click.option("--epochs", type=int, help="Recipe epochs for every run.")
+@click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run.")
+@click.option("--lr", type=float, help="Recipe learning rate for every run.")
+@click.option("--student", help="Student backbone for every run.")
+@click.option("--teacher", help="Teacher backbone for every run.")
+@click.option("--out", help="Runs go to OUT/<run_id>/ (default: the file's, else runs).")
+@click.option("--teacher-cache", "teacher_cache", type=click.Path(),
+              help="Where teachers are cached. Default: OUT/teachers.")
+@click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live.")
+@click.option("--jobs", "-j", type=int, help="Runs at once on this machine. Default: 1 (one per --devices entry).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N for every run. Default: the file's, else auto.")
+@click.option("--devices", help="Comma-separated devices; job slots take them in turn (e.g. cuda:0,cuda:1).")
+@click.option("--dry-run", is_flag=True, help="List the runs and what would happen to each; run nothing.")
+@click.option("--plugin", "plugins", multiple=True, metavar="PATH.py",
+              help="Load a Python file that registers methods, datasets or backbones (repeatable).")
+def suite_command(suite_file: str | None, jobs: int | None, device: str | None, devices: str | None,
+                  dry_run: bool, **flags: Any) -> None:
+    """Run a grid of runs (SUITE_FILE and/or flags); finished runs are skipped, interrupted ones resume.
+
+    Exit code 0 when no run failed, 1 when one did, 2 for bad input (nothing runs).
+    """
+    suite = suite_with_flags(suite_file, flags)
+    if device is not None:
+        suite.device = device
+    device_names, jobs = _devices(None if devices else suite.device, devices, jobs)
+    code = run_suite(suite, jobs, device_names, dry_run)
+    if code:
+        sys.exit(code)

@@ -1,0 +1,82 @@
+"""Plots: the numbers drawn are the leaderboard's, heat-maps average seeds per grid cell, files are
+real PNG and SVG, and a grid that mixes other settings is refused."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from cmkd_bench.errors import UserError
+from cmkd_bench.leaderboard import summarize
+from cmkd_bench.plots import bar_panels, heatmaps, plot_bars, plot_heatmaps
+
+from test_leaderboard import KD_VA, NO_KD_VA, TEACHERS_VA, main_fixture_records, make_record, seed_tests, write_records
+
+# fd over w_low x w_high, two seeds each: test = 50 + 10 w_low + w_high + seed
+W_LOW, W_HIGH = (0.5, 1.0, 2.0), (0.1, 1.0)
+
+
+def grid_records() -> list[dict]:
+    records = []
+    for w_low in W_LOW:
+        for w_high in W_HIGH:
+            for seed in (0, 1):
+                record = make_record("fd", seed, 50 + 10 * w_low + w_high + seed, 49.0,
+                                     run_suffix=f"-{w_low}-{w_high}")
+                record["hparams"] = {"w_low": w_low, "w_high": w_high, "split": 0.5}
+                records.append(record)
+    return records + [make_record("no-kd", 0, 55.0, 54.0)]  # no grid keys: left out
+
+
+def test_bars_hold_the_leaderboard_numbers() -> None:
+    panels = bar_panels(main_fixture_records())
+    assert len(panels) == len(summarize(main_fixture_records()))
+    va = next(p for p in panels if p.title.startswith("visual → audio") and "epochs=15" in p.title)
+    kd = next(bar for bar in va.bars if bar.label == "kd")
+    assert kd.mean == pytest.approx(statistics.mean(seed_tests(KD_VA)))
+    assert kd.std == pytest.approx(statistics.stdev(seed_tests(KD_VA)))
+    assert kd.mark == "†"
+    assert va.no_kd == pytest.approx(statistics.mean(seed_tests(NO_KD_VA)))
+    assert va.teacher == pytest.approx(statistics.mean(t for t, _ in TEACHERS_VA.values()))
+    assert [bar.is_no_kd for bar in va.bars] == [True, False, False, False]
+
+
+def test_heatmap_averages_seeds_in_each_cell() -> None:
+    (heatmap,) = heatmaps(grid_records(), "w_low", "w_high")
+    assert heatmap.x_values == list(W_LOW) and heatmap.y_values == list(W_HIGH)
+    for y, w_high in enumerate(W_HIGH):
+        for x, w_low in enumerate(W_LOW):
+            assert heatmap.means[y][x] == pytest.approx(50 + 10 * w_low + w_high + 0.5)
+            assert heatmap.counts[y][x] == 2
+
+
+def test_heatmap_refuses_a_grid_that_varies_another_setting() -> None:
+    records = grid_records()
+    records[0]["hparams"]["split"] = 0.25
+    with pytest.raises(UserError, match="differ in more than w_low and w_high"):
+        heatmaps(records, "w_low", "w_high")
+    with pytest.raises(UserError, match="no completed run has both"):
+        heatmaps(records, "w_low", "T")
+
+
+def test_plots_are_written_as_png_and_svg(tmp_path: Path) -> None:
+    written = plot_bars(main_fixture_records(), tmp_path) + plot_heatmaps(grid_records(), "w_low", "w_high", tmp_path)
+    assert sorted(p.name for p in written) == sorted([
+        "bars-synth-av.png", "bars-synth-av.svg",
+        "heatmap-fd-synth-av-visual2audio-w_low-w_high.png", "heatmap-fd-synth-av-visual2audio-w_low-w_high.svg"])
+    for path in written:
+        head = path.read_bytes()[:400]
+        assert head.startswith(b"\x89PNG") if path.suffix == ".png" else b"<svg" in head
+
+
+def test_plot_command_writes_the_files(tmp_path: Path, capsys) -> None:
+    from cmkd_bench.cli import main
+
+    write_records(tmp_path / "runs", grid_records())
+    with pytest.raises(SystemExit) as stopped:
+        main(["plot", "heatmap", str(tmp_path / "runs"), "--x", "w_low", "--y", "w_high", "--method", "fd",
+              "--output-dir", str(tmp_path / "plots")])
+    assert stopped.value.code == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "plots").glob("heatmap-*.png"))) == 1
