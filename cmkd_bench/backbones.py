@@ -1,4 +1,6 @@
-"""Backbones: linear and MLP models for vectors, a small fast CNN, and any timm model by name.
+"""Backbones: linear and MLP models for vectors, a small fast CNN, and any timm model by name;
+for segmentation a small fast encoder-decoder and any segmentation-models-pytorch model as
+`ARCH:ENCODER` (e.g. `deeplabv3plus:resnet18`, `unet:tu-convnext_atto`).
 
 A factory takes (input_shape, num_classes, **options) and returns a described `FeatureModel`.
 """
@@ -9,7 +11,8 @@ from collections import OrderedDict
 from functools import lru_cache
 from math import prod
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .errors import UserError
 from .models import FeatureModel
@@ -135,3 +138,113 @@ def _resolve_timm(name: str) -> Entry | None:
 
 
 BACKBONES.add_resolver(_resolve_timm, suggestions=_timm_names)
+
+
+# -- segmentation --------------------------------------------------------------------------------
+class SmallDecoder(nn.Module):
+    """FPN-like: 1x1 laterals, top-down upsample-and-add, one 3x3 conv-BN-ReLU at the finest stage."""
+
+    def __init__(self, widths: tuple[int, ...], width: int) -> None:
+        super().__init__()
+        self.laterals = nn.ModuleList(nn.Conv2d(w, width, 1, bias=False) for w in widths)
+        self.fuse = nn.Sequential(OrderedDict(conv=nn.Conv2d(width, width, 3, 1, 1, bias=False),
+                                              bn=nn.BatchNorm2d(width), act=nn.ReLU()))
+
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        x = self.laterals[-1](feats[-1])
+        for lateral, feat in zip(reversed(self.laterals[:-1]), reversed(feats[:-1])):
+            x = F.interpolate(x, size=feat.shape[-2:], mode="bilinear", align_corners=False) + lateral(feat)
+        return self.fuse(x)
+
+
+class SmallSegNet(nn.Module):
+    """SmallCNN-style stages, all strided (the decoder then works at half the input's size, which
+    keeps CPU runs fast), the small decoder, a 1x1 head, logits resized to the input's size."""
+
+    def __init__(self, in_chans: int, num_classes: int, widths: tuple[int, ...], decoder_width: int) -> None:
+        super().__init__()
+        stages, cin = [], in_chans
+        for width in widths:
+            stages.append(nn.Sequential(OrderedDict(
+                conv1=nn.Conv2d(cin, width, 3, 2, 1, bias=False), bn1=nn.BatchNorm2d(width), act1=nn.ReLU(),
+                conv2=nn.Conv2d(width, width, 3, 1, 1, bias=False), bn2=nn.BatchNorm2d(width), act=nn.ReLU())))
+            cin = width
+        self.stages = nn.Sequential(*stages)
+        self.decoder = SmallDecoder(widths, decoder_width)
+        self.head = nn.Conv2d(decoder_width, num_classes, 1)
+
+    def forward(self, x):
+        size, feats = x.shape[-2:], []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        logits = self.head(self.decoder(feats))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+@BACKBONES.register("small-seg", tasks=("segmentation",),
+                    description="small fast encoder-decoder for segmentation of small images (three stages)")
+def small_seg(input_shape: tuple[int, ...], num_classes: int, width: int = 16, stages: int = 3,
+              decoder_width: int = 16) -> FeatureModel:
+    chans, _, _ = _image_shape("small-seg", input_shape)
+    if stages < 1 or width < 1 or decoder_width < 1:
+        raise UserError(f"small-seg needs stages, width and decoder_width >= 1, got {stages}, {width}, {decoder_width}")
+    net = SmallSegNet(chans, num_classes, tuple(width * 2**i for i in range(stages)), decoder_width)
+    names = [f"stages.{i}" for i in range(stages)] + ["decoder"]
+    model = FeatureModel(net, "small-seg", num_classes, names, head_module="head", preact_module="decoder.fuse.act",
+                         dense=True)
+    return _described(model, input_shape)
+
+
+def smp_backbone(name: str, input_shape: tuple[int, ...], num_classes: int) -> FeatureModel:
+    """`ARCH:ENCODER` from segmentation-models-pytorch, never with downloaded weights.
+
+    Stages are the encoder's feature maps (item i of the encoder's output list; item 0 is the
+    input itself and some encoders return zero-channel placeholders, both skipped), then the
+    decoder's output, which is what the segmentation head reads.
+    """
+    import segmentation_models_pytorch as smp
+
+    arch, encoder = name.split(":", 1)
+    chans, height, width = _image_shape(name, input_shape)
+    net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=chans, classes=num_classes)
+    stages = [f"encoder[{i}]" for i, c in enumerate(net.encoder.out_channels) if i > 0 and c > 0] + ["decoder"]
+    model = FeatureModel(net, name, num_classes, stages, head_module="segmentation_head", dense=True)
+    try:
+        return _described(model, input_shape)
+    except RuntimeError as exc:  # smp checks the input size (multiples of the output stride)
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"backbone {name!r} cannot take {height} x {width} inputs: {first}") from exc
+
+
+@lru_cache(maxsize=1)
+def _smp_parts() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    import segmentation_models_pytorch as smp
+
+    return tuple(smp.MODEL_ARCHITECTURES_MAPPING), tuple(smp.encoders.get_encoder_names())
+
+
+def _smp_names() -> list[str]:
+    archs, encoders = _smp_parts()
+    return [f"{arch}:{encoder}" for arch in archs for encoder in encoders]
+
+
+def _resolve_smp(name: str) -> Entry | None:
+    arch, sep, encoder = name.partition(":")
+    if not sep:  # before importing smp, which is slow
+        return None
+    archs, encoders = _smp_parts()
+    timm_encoder = encoder.startswith("tu-") and encoder[3:] in _timm_names()
+    if arch not in archs or not (encoder in encoders or timm_encoder):
+        return None
+
+    def factory(input_shape: tuple[int, ...], num_classes: int) -> FeatureModel:
+        return smp_backbone(name, input_shape, num_classes)
+
+    hparams, types = signature_hparams(factory, 2)
+    return Entry(name=name, factory=factory, tasks=("segmentation",),
+                 description=f"segmentation-models-pytorch {arch} with encoder {encoder} (encoder_weights=None)",
+                 hparams=hparams, hparam_types=types, meta={"family": "smp"})
+
+
+BACKBONES.add_resolver(_resolve_smp, suggestions=_smp_names)

@@ -7,8 +7,9 @@ its split, for methods that keep per-sample state such as a memory bank).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -163,3 +164,104 @@ def stratified_split(labels: Tensor, fractions: tuple[float, ...], seed: int) ->
 
 
 SPLIT_NAMES = {0: "train", 1: "val", 2: "test"}
+
+
+# -- augmentation and per-sample decoding --------------------------------------------------------
+# A transform takes one sample (modality tensors and "label") and its seed, and returns the sample.
+SampleTransform = Callable[[dict[str, Tensor], int], dict[str, Tensor]]
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """One sample's augmentation seed, from the seed given to `batches` and the sample's index.
+
+    Never from global random state: a resumed run draws the augmentations an uninterrupted run
+    drew, whichever DataLoader worker decodes the sample.
+    """
+    return int(np.random.SeedSequence([seed & (2**64 - 1), index]).generate_state(1)[0])
+
+
+def augments(split: str, shuffle: bool) -> bool:
+    """Only shuffled training batches are augmented; evaluation sees the data as it is."""
+    return split == "train" and shuffle
+
+
+class AugmentedPairs(PairedData):
+    """In-memory paired data whose training batches pass every sample through a transform.
+
+    The transform runs on the CPU (albumentations works on arrays), then the batch moves to the
+    device. Batch order and everything else are the wrapped data's.
+    """
+
+    def __init__(self, data: TensorPairs, transform: SampleTransform) -> None:
+        self.data, self.transform, self.spec = data, transform, data.spec
+        self.splits = data.splits
+
+    def size(self, split: str) -> int:
+        return self.data.size(split)
+
+    def num_batches(self, split: str, batch_size: int, *, shuffle: bool) -> int:
+        return self.data.num_batches(split, batch_size, shuffle=shuffle)
+
+    def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
+                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+        if not augments(split, shuffle):
+            yield from self.data.batches(split, batch_size, shuffle=shuffle, seed=seed, device=device)
+            return
+        for batch in self.data.batches(split, batch_size, shuffle=True, seed=seed, device="cpu"):
+            samples = [self.transform({k: v[i] for k, v in batch.items() if k != "index"}, sample_seed(seed, index))
+                       for i, index in enumerate(batch["index"].tolist())]
+            out = {k: torch.stack([sample[k] for sample in samples]).to(device) for k in samples[0]}
+            out["index"] = batch["index"].to(device)
+            yield out
+
+
+class _SplitView(torch.utils.data.Dataset):
+    """One split of a `DecodedPairs` source as a torch Dataset (what DataLoader workers receive)."""
+
+    def __init__(self, source: Callable[[str, int, int | None], dict[str, Tensor]], split: str, size: int,
+                 seed: int | None) -> None:
+        self.source, self.split, self.size, self.seed = source, split, size, seed
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, position: int) -> dict[str, Tensor]:
+        seed = None if self.seed is None else sample_seed(self.seed, position)
+        sample = self.source(self.split, position, seed)
+        sample["index"] = torch.tensor(position)
+        return sample
+
+
+class DecodedPairs(PairedData):
+    """Paired data decoded one sample at a time by a DataLoader (data too large to hold in memory).
+
+    `source(split, position, seed)` returns one sample's tensors (modalities and "label"); `seed`
+    is the sample's augmentation seed in shuffled training batches and None otherwise. Batches
+    follow TensorPairs' rules, and their order comes from the seed given to `batches` alone.
+    `workers` processes decode in parallel (0: this process); they receive a pickled copy of
+    `source`, so it must open its files lazily.
+    """
+
+    def __init__(self, spec: DatasetSpec, sizes: dict[str, int],
+                 source: Callable[[str, int, int | None], dict[str, Tensor]], workers: int = 0) -> None:
+        for split in SPLITS:
+            if sizes.get(split, 0) < 1:
+                raise UserError(f"dataset {spec.name!r} has an empty {split} split; every split needs samples")
+        self.spec, self.sizes, self.source, self.workers = spec, dict(sizes), source, workers
+
+    def size(self, split: str) -> int:
+        return self.sizes[split]
+
+    num_batches = TensorPairs.num_batches  # the same rule: drop the last incomplete training batch
+
+    def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
+                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+        n, device = self.size(split), torch.device(device)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+        count = self.num_batches(split, batch_size, shuffle=shuffle)
+        chunks = [order[b * batch_size:(b + 1) * batch_size].tolist() for b in range(count)]
+        view = _SplitView(self.source, split, n, seed if augments(split, shuffle) else None)
+        loader = torch.utils.data.DataLoader(view, batch_sampler=chunks, num_workers=self.workers if count > 1 else 0,
+                                             pin_memory=device.type == "cuda")
+        for batch in loader:
+            yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -87,18 +87,36 @@ def trainable_parameters(student: nn.Module, method: Method, teacher: nn.Module 
     return params
 
 
+EVAL_PIXELS = 1 << 21  # per evaluation batch: 2M label pixels, e.g. six 480 x 640 images
+
+
+def eval_batch_size(data: PairedData, modality: str) -> int:
+    """256 samples, fewer for segmentation of large images (logits are B x C x H x W)."""
+    shape = data.spec.modality(modality).shape
+    if data.spec.task != "segmentation" or len(shape) < 3:
+        return 256
+    return max(1, min(256, EVAL_PIXELS // (shape[-1] * shape[-2])))
+
+
 @torch.no_grad()
-def evaluate(model: FeatureModel, data: PairedData, split: str, modality: str, device: torch.device,
-             batch_size: int = 256) -> float:
+def evaluate_metric(model: FeatureModel, data: PairedData, split: str, modality: str, device: torch.device,
+                    batch_size: int | None = None):
+    """The task's metric accumulated over a split (read it with .compute() or .details())."""
     was_training = model.training
     model.eval()
     spec = data.spec
     metric = metric_for(spec.task)(spec.num_classes, spec.ignore_index, device)
     with autocast(device):
-        for batch in data.batches(split, batch_size, shuffle=False, device=device):
+        for batch in data.batches(split, batch_size or eval_batch_size(data, modality), shuffle=False, device=device):
             metric.update(model(batch[modality]).logits.float(), batch["label"])
     model.train(was_training)
-    return metric.compute()
+    return metric
+
+
+def evaluate(model: FeatureModel, data: PairedData, split: str, modality: str, device: torch.device,
+             batch_size: int | None = None) -> float:
+    """The one number model selection reads: top-1 or mIoU, in percent."""
+    return evaluate_metric(model, data, split, modality, device, batch_size).compute()
 
 
 def autocast(device: torch.device):
@@ -126,6 +144,9 @@ class FitResult:
     train_seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None
+    # test at the best-val weights, beyond the one number: for segmentation pixel accuracy and
+    # per-class IoU (percent); empty for classification
+    test_details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def steps_per_s(self) -> float:
@@ -290,7 +311,7 @@ class Fit:
                 self.on_epoch(EpochReport(epoch + 1, self.recipe.epochs, losses, val, best["val"], lr))
         test_last = evaluate(self.student, self.data, "test", self.student_modality, self.device)
         self._load_model_states(best["states"])
-        test = evaluate(self.student, self.data, "test", self.student_modality, self.device)
-        return FitResult(metric=metric, val_best=best["val"], best_epoch=best["epoch"] + 1, test=test,
+        tested = evaluate_metric(self.student, self.data, "test", self.student_modality, self.device)
+        return FitResult(metric=metric, val_best=best["val"], best_epoch=best["epoch"] + 1, test=tested.compute(),
                          test_last=test_last, train_steps=steps_done, train_seconds=seconds, history=history,
-                         resumed_from=start_epoch if resumed is not None else None)
+                         resumed_from=start_epoch if resumed is not None else None, test_details=tested.details())

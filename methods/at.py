@@ -11,6 +11,8 @@ its features) is resized to the teacher's by adaptive average pooling before nor
 averages over cells when shrinking and repeats cells when growing, and keeps the map's total
 energy per area. The paper transfers all residual groups; the default here is the last stage,
 because early stages are the most modality-specific (set `stages=0,1,2` for the paper's choice).
+For segmentation the formula is unchanged; a dense model's stages end with "decoder", so `last`
+transfers the attention of the map the segmentation head reads.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def stage_pairs(student: ModelInfo, teacher: ModelInfo, stages: str) -> list[tup
     return pairs
 
 
-@METHODS.register("at", aliases=("attention-transfer",), tasks=("classification",),
+@METHODS.register("at", aliases=("attention-transfer",), tasks=("classification", "segmentation"),
                   description="MSE between L2-normalised spatial attention maps (channel mean of |A|^p)",
                   reference="Zagoruyko & Komodakis. Paying More Attention to Attention. ICLR 2017")
 class AttentionTransfer(Method):

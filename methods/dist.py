@@ -9,6 +9,11 @@ With Y = softmax(Z / tau) for a batch (B x C) and rho the Pearson correlation of
 with the paper's ImageNet defaults beta = gamma = tau = 1 (its CIFAR-100 runs use other values;
 set them with --set). Pearson is computed as in the official code: cosine similarity of the
 centred vectors with eps = 1e-8 in the denominator.
+
+For segmentation every pixel is a sample, as in the official segmentation code
+(hunto/DIST_KD, segmentation/losses/dist_kd.py): B x C x H x W predictions become (B H W) x C
+rows, so `inter` correlates each pixel's class scores and `intra` each class's scores over all
+pixels of the batch. Like the official code, it uses no labels (ignored pixels included).
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ import torch
 from torch import Tensor
 
 from cmkd_bench.method import Method
+from cmkd_bench.methods.kd import resized_like
 from cmkd_bench.registry import METHODS
+
+
+def rows(z: Tensor) -> Tensor:
+    """B x C -> B x C; B x C x H x W -> (B H W) x C: one row per sample or per pixel."""
+    return z if z.dim() == 2 else z.movedim(1, -1).reshape(-1, z.shape[1])
 
 
 def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -25,7 +36,7 @@ def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
-@METHODS.register("dist", aliases=("dist-kd",), tasks=("classification",),
+@METHODS.register("dist", aliases=("dist-kd",), tasks=("classification", "segmentation"),
                   description="Pearson-correlation matching of predictions across classes (inter) and samples (intra)",
                   reference="Huang, You, Wang, Qian, Xu. Knowledge Distillation from A Stronger Teacher. NeurIPS 2022")
 class DIST(Method):
@@ -36,7 +47,8 @@ class DIST(Method):
         self.beta, self.gamma, self.tau = beta, gamma, tau
 
     def forward(self, student, teacher, batch):
-        z_s, z_t = (z if z.dtype == torch.float64 else z.float() for z in (student.logits, teacher.logits.detach()))
+        logits = (student.logits, resized_like(teacher.logits.detach(), student.logits))
+        z_s, z_t = (rows(z if z.dtype == torch.float64 else z.float()) for z in logits)
         y_s, y_t = (z_s / self.tau).softmax(dim=1), (z_t / self.tau).softmax(dim=1)
         inter = 1 - pearson_rows(y_s, y_t).mean()
         intra = 1 - pearson_rows(y_s.t(), y_t.t()).mean()

@@ -6,7 +6,9 @@ distribution p_hat over the non-target classes alone (softmax of the non-target 
     TCKD = T^2 KL(b_t || b_s),   NCKD = T^2 KL(p_hat_t || p_hat_s)     (batch means)
     loss = CE + w * (alpha * TCKD + beta * NCKD)
 
-with the paper's CIFAR-100 setting alpha = 1, beta = 8, T = 4. The weight w rises linearly over
+with the paper's CIFAR-100 setting alpha = 1, beta = 8, T = 4. For segmentation every labelled
+pixel is a sample: the batch means become means over the pixels whose label is not ignored (the
+paper has no segmentation setting; pixel-wise application is the same extension as pixel-wise KD). The weight w rises linearly over
 the first `warmup` of training, as in the official code (w = min(epoch / 20, 1) with 1-based
 epochs out of 240). Recipes here are much shorter than 240 epochs, so `warmup` is the fraction of
 the run's epochs (default 20/240, the paper's proportion); w = min((epoch + 1) / (warmup * epochs), 1)
@@ -22,17 +24,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cmkd_bench.method import Method
+from cmkd_bench.methods.kd import kl_per_position, masked_mean, resized_like, safe_labels, valid_positions
 from cmkd_bench.registry import METHODS
 
 
 def non_target(z: Tensor, labels: Tensor) -> Tensor:
-    """B x (C-1): every class but the label, in order (a gather: no host sync, unlike a boolean mask)."""
-    others = torch.arange(z.shape[1] - 1, device=z.device).expand(len(z), -1)
-    return z.gather(1, others + (others >= labels[:, None]).long())
+    """B x (C-1) [x H x W]: every class but the label, in order (a gather: no host sync, unlike a boolean mask)."""
+    others = torch.arange(z.shape[1] - 1, device=z.device).view(1, -1, *[1] * (z.dim() - 2))
+    target = labels.unsqueeze(1)
+    return z.gather(1, others + (others >= target).long())
 
 
 def decoupled_log_probs(logits: Tensor, labels: Tensor, T: float) -> tuple[Tensor, Tensor]:
-    """log [p_y, 1 - p_y] (B x 2) and the log-softmax over the non-target classes (B x C-1).
+    """log [p_y, 1 - p_y] (B x 2 [x H x W]) and the log-softmax over the non-target classes (B x C-1 [x H x W]).
 
     In at least float32: bf16 log-sum-exps (autocast) would make the two log-distributions
     inconsistent and the KL terms negative.
@@ -40,11 +44,11 @@ def decoupled_log_probs(logits: Tensor, labels: Tensor, T: float) -> tuple[Tenso
     z = (logits if logits.dtype == torch.float64 else logits.float()) / T
     others = non_target(z, labels)
     total = torch.logsumexp(z, dim=1, keepdim=True)
-    binary = torch.cat([z.gather(1, labels[:, None]), torch.logsumexp(others, dim=1, keepdim=True)], dim=1) - total
+    binary = torch.cat([z.gather(1, labels.unsqueeze(1)), torch.logsumexp(others, dim=1, keepdim=True)], dim=1) - total
     return binary, F.log_softmax(others, dim=1)
 
 
-@METHODS.register("dkd", aliases=("decoupled-kd",), tasks=("classification",),
+@METHODS.register("dkd", aliases=("decoupled-kd",), tasks=("classification", "segmentation"),
                   description="KD decoupled into target-class (TCKD) and non-target-class (NCKD) terms",
                   reference="Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022")
 class DKD(Method):
@@ -63,10 +67,12 @@ class DKD(Method):
 
     def forward(self, student, teacher, batch):
         labels = batch["label"]
-        s_bin, s_nt = decoupled_log_probs(student.logits, labels, self.T)
-        t_bin, t_nt = decoupled_log_probs(teacher.logits.detach(), labels, self.T)
+        valid = valid_positions(labels, self.ignore_index)
+        safe = safe_labels(labels, valid)
+        s_bin, s_nt = decoupled_log_probs(student.logits, safe, self.T)
+        t_bin, t_nt = decoupled_log_probs(resized_like(teacher.logits.detach(), student.logits), safe, self.T)
         scale = self.warmup_factor() * self.T**2
-        tckd = F.kl_div(s_bin, t_bin, reduction="batchmean", log_target=True)
-        nckd = F.kl_div(s_nt, t_nt, reduction="batchmean", log_target=True)
+        tckd = masked_mean(kl_per_position(s_bin, t_bin), valid)
+        nckd = masked_mean(kl_per_position(s_nt, t_nt), valid)
         return {"ce": self.w_ce * self.task_loss(student.logits, labels),
                 "tckd": scale * self.alpha * tckd, "nckd": scale * self.beta * nckd}

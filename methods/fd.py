@@ -8,6 +8,16 @@ A shared ReLU->Linear classifier per band is trained on both the student's and t
 teacher's band feature, so both live in one decision space; extra task heads on the student's
 bands keep them discriminative. Band heads see the band features before scale normalisation.
 The student's main head alone is evaluated.
+
+Segmentation (the paper's NYU-Depth V2 RGB <-> depth setting): the features are dense maps
+(default `seg_map="decoder"`, the map the segmentation head reads; any stage reference works).
+The channel vector at each spatial position plays the role of the classification feature: the
+frequency split runs along the channel dimension per position, scale normalisation divides each
+position's band vector by its L2 norm, and low-band MSE / high-band logMSE average over all
+positions. The shared classifiers are not used, as in the paper's segmentation experiments, and
+the band task heads (classification heads too) go with them, so `w_shared`, `w_task` and
+`shared_heads` have no effect there. A 1x1 convolution projects the student's channels to the
+teacher's when they differ, and the student's map is resized bilinearly to the teacher's size.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmkd_bench.method import Method
+from cmkd_bench.methods.kd import resized_like
 from cmkd_bench.registry import METHODS
 
 
@@ -56,15 +67,17 @@ def band_head(dim: int, num_classes: int) -> nn.Module:
     return nn.Sequential(nn.ReLU(), nn.Linear(dim, num_classes))
 
 
-@METHODS.register("fd", aliases=("fd-cmkd",), tasks=("classification",),
+@METHODS.register("fd", aliases=("fd-cmkd",), tasks=("classification", "segmentation"),
                   description="frequency-decoupled CMKD: strong low-band MSE, weak high-band logMSE, shared heads",
                   reference="Liu et al. Distilling Cross-Modal Knowledge via Feature Disentanglement. AAAI 2026")
 class FDCMKD(Method):
     def __init__(self, student, teacher, spec, split: float = 0.5, w_ce: float = 1.0, w_low: float = 1.0,
                  w_high: float = 1.0, w_shared: float = 1.0, w_task: float = 1.0, freq_split: bool = True,
-                 scale_norm: bool = True, log_high: bool = True, shared_heads: bool = True, eps: float = 1e-8):
+                 scale_norm: bool = True, log_high: bool = True, shared_heads: bool = True, eps: float = 1e-8,
+                 seg_map: str = "decoder"):
         super().__init__(student, teacher, spec)
-        dim = teacher.feature_dim
+        self.dense = spec.task == "segmentation"
+        dim = self._dense_maps(student, teacher, seg_map) if self.dense else teacher.feature_dim
         if not 0 < split < 1:
             raise ValueError(f"split must be in (0, 1), got {split}")
         if freq_split and not 1 <= low_band_cut(dim, split) < dim // 2:
@@ -73,27 +86,46 @@ class FDCMKD(Method):
         self.weights = {"ce": w_ce, "low": w_low, "high": w_high, "full": w_low, "shared": w_shared, "task": w_task}
         self.freq_split, self.scale_norm, self.log_high, self.eps = freq_split, scale_norm, log_high, eps
         bands = ("low", "high") if freq_split else ("full",)
-        self.project = nn.Linear(student.feature_dim, dim) if student.feature_dim != dim else nn.Identity()
-        self.shared = nn.ModuleDict({b: band_head(dim, spec.num_classes) for b in bands}) if shared_heads else None
-        self.task_heads = nn.ModuleDict({b: band_head(dim, spec.num_classes) for b in bands}) if w_task else None
+        if not self.dense:
+            self.project = nn.Linear(student.feature_dim, dim) if student.feature_dim != dim else nn.Identity()
+        with_heads = not self.dense  # classification only (see the module docstring)
+        self.shared = nn.ModuleDict({b: band_head(dim, spec.num_classes) for b in bands}) if shared_heads and with_heads else None
+        self.task_heads = nn.ModuleDict({b: band_head(dim, spec.num_classes) for b in bands}) if w_task and with_heads else None
+
+    def _dense_maps(self, student, teacher, seg_map: str) -> int:
+        """Resolve the map on both models, build the channel projection; returns the teacher's channels."""
+        self.s_map, self.t_map = student.stage(seg_map), teacher.stage(seg_map)
+        s_shape, t_shape = student.stage_shapes[self.s_map], teacher.stage_shapes[self.t_map]
+        if len(s_shape) != 3 or len(t_shape) != 3:
+            raise ValueError(f"fd on segmentation needs C x H x W maps; got {self.s_map} {s_shape} and {self.t_map} {t_shape}")
+        self.project = nn.Conv2d(s_shape[0], t_shape[0], 1) if s_shape[0] != t_shape[0] else nn.Identity()
+        return t_shape[0]
+
+    def features(self, student, teacher) -> tuple[Tensor, Tensor]:
+        """The student's (projected) and the teacher's (detached) feature: vectors, or maps of one size."""
+        if not self.dense:
+            return self.project(student.feature), teacher.feature.detach()
+        t = teacher.stages[self.t_map].detach()
+        return resized_like(self.project(student.stages[self.s_map]), t), t
 
     def bands(self, feature: Tensor) -> dict[str, Tensor]:
+        """Split along dim 1: the feature dimension of vectors, the channels of maps (per position)."""
         if not self.freq_split:
             return {"full": at_least_float32(feature)}
-        low, high = frequency_bands(feature, self.cut)
+        low, high = frequency_bands(feature, self.cut, dim=1)
         return {"low": low, "high": high}
 
     def alignment(self, band: str, s: Tensor, t: Tensor) -> Tensor:
         if self.scale_norm:
-            s, t = scale_normalise(s, self.eps), scale_normalise(t, self.eps)
+            s, t = scale_normalise(s, self.eps, dim=1), scale_normalise(t, self.eps, dim=1)
         if band == "high" and self.log_high:
             s, t = signed_log(s), signed_log(t)
         return F.mse_loss(s, t)
 
     def forward(self, student, teacher, batch):
         labels = batch["label"]
-        s_bands = self.bands(self.project(student.feature))
-        t_bands = self.bands(teacher.feature.detach())
+        s_feature, t_feature = self.features(student, teacher)
+        s_bands, t_bands = self.bands(s_feature), self.bands(t_feature)
         losses = {"ce": self.weights["ce"] * self.task_loss(student.logits, labels)}
         for band, s in s_bands.items():
             t = t_bands[band]

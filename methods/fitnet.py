@@ -1,4 +1,9 @@
-"""FitNets hints (Romero et al., ICLR 2015): regress the teacher's feature map from the student's."""
+"""FitNets hints (Romero et al., ICLR 2015): regress the teacher's feature map from the student's.
+
+For segmentation the stages of a dense model end with "decoder" (the map the segmentation head
+reads), so the default `last` hints the decoder feature, the usual choice in segmentation KD
+(e.g. the feature baselines of Liu et al., CVPR 2019); `-2` picks the last encoder stage.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ def projector(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) ->
     return nn.Sequential(nn.Conv2d(student_shape[0], teacher_shape[0], 1, bias=False), nn.BatchNorm2d(teacher_shape[0]))
 
 
-@METHODS.register("fitnet", aliases=("fitnets", "hint"), tasks=("classification",),
+@METHODS.register("fitnet", aliases=("fitnets", "hint"), tasks=("classification", "segmentation"),
                   description="MSE between a learned projection of a student stage and the teacher's stage",
                   reference="Romero et al. FitNets: Hints for Thin Deep Nets. ICLR 2015")
 class FitNet(Method):

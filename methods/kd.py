@@ -1,18 +1,54 @@
-"""Vanilla knowledge distillation (Hinton et al., 2015)."""
+"""Vanilla knowledge distillation (Hinton et al., 2015), per sample or, for segmentation, per pixel.
+
+For segmentation every labelled pixel is a sample (pixel-wise KD, as in Liu et al., "Structured
+Knowledge Distillation for Semantic Segmentation", CVPR 2019): the KL is summed over classes at
+each pixel and averaged over the pixels whose label is not the ignore index. The helpers below
+work along dim 1 (classes) for B x C and B x C x H x W alike, so one formula serves both tasks.
+"""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from cmkd_bench.method import Method
 from cmkd_bench.registry import METHODS
 
 
-@METHODS.register("kd", aliases=("vanilla-kd", "hinton"), tasks=("classification",),
-                  description="KL between temperature-softened teacher and student predictions",
+def valid_positions(labels: Tensor, ignore_index: int) -> Tensor:
+    """True at every sample / pixel whose label counts."""
+    return labels != ignore_index
+
+
+def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
+    """Mean over the valid positions, without boolean indexing (which would sync the host on CUDA)."""
+    weights = valid.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp(min=1)
+
+
+def safe_labels(labels: Tensor, valid: Tensor) -> Tensor:
+    """Ignored labels replaced by class 0, so that gathers stay in range (their terms are masked)."""
+    return torch.where(valid, labels, torch.zeros_like(labels))
+
+
+def kl_per_position(log_p_s: Tensor, log_p_t: Tensor) -> Tensor:
+    """KL(p_t || p_s) summed over classes (dim 1): one value per sample or per pixel."""
+    return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
+
+
+def resized_like(x: Tensor, reference: Tensor) -> Tensor:
+    """A dense map resized (bilinearly) to the reference's spatial size; vectors pass unchanged."""
+    if x.dim() < 3 or x.shape[2:] == reference.shape[2:]:
+        return x
+    return F.interpolate(x, size=reference.shape[2:], mode="bilinear", align_corners=False)
+
+
+@METHODS.register("kd", aliases=("vanilla-kd", "hinton"), tasks=("classification", "segmentation"),
+                  description="KL between temperature-softened teacher and student predictions (per pixel for segmentation)",
                   reference="Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. 2015")
 class KD(Method):
-    """loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(p_teacher^T || p_student^T)."""
+    """loss = (1 - alpha) * CE(student, y) + alpha * T^2 * mean_valid KL(p_teacher^T || p_student^T)."""
 
     def __init__(self, student, teacher, spec, T: float = 4.0, alpha: float = 0.5):
         super().__init__(student, teacher, spec)
@@ -21,8 +57,9 @@ class KD(Method):
         self.T, self.alpha = T, alpha
 
     def forward(self, student, teacher, batch):
+        labels = batch["label"]
         log_p_s = F.log_softmax(student.logits / self.T, dim=1)
-        log_p_t = F.log_softmax(teacher.logits.detach() / self.T, dim=1)
-        kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-        return {"ce": (1 - self.alpha) * self.task_loss(student.logits, batch["label"]),
+        log_p_t = F.log_softmax(resized_like(teacher.logits.detach(), student.logits) / self.T, dim=1)
+        kl = masked_mean(kl_per_position(log_p_s, log_p_t), valid_positions(labels, self.ignore_index))
+        return {"ce": (1 - self.alpha) * self.task_loss(student.logits, labels),
                 "kd": self.alpha * self.T**2 * kl}
