@@ -59,7 +59,9 @@ def list_command(kind: str | None, plugins: tuple[str, ...]) -> None:
             console.print(_registry_table(registry, name))
             if name == "backbones":
                 console.print("[dim]Also any timm model by name (e.g. resnet18, convnext_atto), pretrained=False, "
-                              "in_chans from the modality.[/dim]")
+                              "in_chans from the modality. Segmentation: any segmentation-models-pytorch model as "
+                              "ARCH:ENCODER (e.g. deeplabv3plus:resnet18, unet:tu-convnext_atto), encoder_weights=None, "
+                              "in_channels from the modality.[/dim]")
 
 
 # -- run -----------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ class Registry:
         return decorator
 
     def register_preset(self, name: str, base: str, *, description: str, aliases: tuple[str, ...] = (),
-                        **overrides: Any) -> Entry:
+                        tasks: tuple[str, ...] | None = None, **overrides: Any) -> Entry:
         """Register `base` under another name with other defaults (an ablation, a paper's setting).
 
         The preset's hyper-parameters stay settable with `--set`; records name the preset.
@@ -109,7 +109,7 @@ class Registry:
         if unknown:
             raise ValueError(f"preset {name!r}: {base!r} has no hyper-parameter {sorted(unknown)[0]!r}")
         entry = Entry(name=name, factory=functools.partial(parent.factory, **overrides), aliases=tuple(aliases),
-                      tasks=parent.tasks, description=description, reference=parent.reference,
+                      tasks=tuple(tasks) if tasks else parent.tasks, description=description, reference=parent.reference,
                       hparams={**parent.hparams, **overrides}, hparam_types=parent.hparam_types,
                       meta={**parent.meta, "preset_of": parent.name})
         self.add(entry)

@@ -354,6 +354,7 @@ def completed_record(result: FitResult, wall: float) -> dict[str, Any]:
         "metric": result.metric,
         "metrics": {"val_best": result.val_best, "test": result.test, "test_last": result.test_last,
                     "best_epoch": result.best_epoch},
+        "test_details": result.test_details,  # segmentation: pixel accuracy and per-class IoU
         "resumed_from_epoch": result.resumed_from,
         "history": result.history,
         "wall_time_s": round(wall, 3),

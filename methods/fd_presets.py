@@ -21,13 +21,14 @@ HIGH_BAND_LOG_TO_MSE = 0.85
 
 METHODS.register_preset("fd-no-freq", "fd", freq_split=False,
                         description="FD-CMKD ablation: no frequency split (the whole feature aligned with MSE)")
-METHODS.register_preset("fd-no-align", "fd", w_low=0.0, w_high=0.0,
+# On segmentation fd has no shared heads, so these two would repeat no-kd and fd: classification only.
+METHODS.register_preset("fd-no-align", "fd", w_low=0.0, w_high=0.0, tasks=("classification",),
                         description="FD-CMKD ablation: no feature alignment (shared and task heads only)")
 METHODS.register_preset("fd-no-scale", "fd", scale_norm=False,
                         description="FD-CMKD ablation: no scale normalisation before alignment")
 METHODS.register_preset("fd-no-log", "fd", aliases=("fd-mse-both",), log_high=False,
                         description="FD-CMKD ablation: plain MSE on the high band too (no logMSE)")
-METHODS.register_preset("fd-no-shared", "fd", shared_heads=False,
+METHODS.register_preset("fd-no-shared", "fd", shared_heads=False, tasks=("classification",),
                         description="FD-CMKD ablation: no shared classifier heads")
 METHODS.register_preset("fd-high-downweight", "fd", log_high=False, w_high=HIGH_BAND_LOG_TO_MSE,
                         description="FD-CMKD ablation: high band MSE down-weighted to logMSE's average scale "

@@ -38,7 +38,7 @@ def channel_projection(s_channels: int, t_channels: int, spatial: bool) -> nn.Mo
     return nn.Linear(s_channels, t_channels, bias=False)
 
 
-@METHODS.register("pkd", aliases=("pearson-kd",), tasks=("classification",),
+@METHODS.register("pkd", aliases=("pearson-kd",), tasks=("classification", "segmentation"),
                   description="MSE of per-channel standardised stage maps (1 - Pearson correlation)",
                   reference="Cao et al. PKD: General Distillation Framework for Object Detectors via "
                             "Pearson Correlation Coefficient. NeurIPS 2022")
