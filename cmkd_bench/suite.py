@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
@@ -364,7 +363,6 @@ def _planned(request: Any) -> PlannedRun:
     return PlannedRun(request=request, run_id=config.run_id, label=label, state=state)
 
 
-@contextmanager
 # ---------------------------------------------------------------------------------------------
 # Running
 

@@ -537,6 +537,8 @@ def test_list_methods_shows_every_name_and_reference():
     result = CliRunner().invoke(cli, ["list", "methods"], env={"COLUMNS": "4000"})
     assert result.exit_code == 0, result.output
     for entry in METHODS:
+        if not method_class(entry).__module__.startswith("cmkd_bench.methods."):
+            continue  # a plug-in another test registered in this process
         assert entry.name in result.output
         if getattr(method_class(entry), "uses_teacher", True):  # every distillation method cites its paper
             assert entry.reference and entry.reference in result.output
