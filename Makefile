@@ -33,7 +33,7 @@ test-slow: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/overhead.py
 
-# Regenerate the committed leaderboard from real runs (about 10 minutes on 2 CPU cores).
+# Regenerate the committed leaderboard from real runs (about 30 minutes on 2 quiet CPU cores; finished runs are skipped).
 leaderboard: $(VENV)/.installed
 	$(BIN)/python leaderboard/regenerate.py
 
