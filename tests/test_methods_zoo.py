@@ -24,6 +24,8 @@ from cmkd_bench.models import FeatureModel, ModelInfo, ModelOutput
 from cmkd_bench.registry import BACKBONES, DATASETS, METHODS
 from cmkd_bench.runner import build_model
 
+from conftest import bilinear
+
 load_all()  # parametrisation below reads the registries at collection time
 
 B, C = 6, 5
@@ -97,23 +99,6 @@ def adaptive_pool(a: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     return torch.stack([torch.stack([a[(i * h) // out_h: -(-((i + 1) * h) // out_h),
                                        (j * w) // out_w: -(-((j + 1) * w) // out_w)].mean()
                                      for j in range(out_w)]) for i in range(out_h)])
-
-
-def bilinear(a: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
-    """H x W -> out_h x out_w, align_corners=False: source = (dst + 0.5) * in / out - 0.5, clamped at 0."""
-    def taps(n_in: int, n_out: int) -> list[tuple[int, int, float]]:
-        result = []
-        for d in range(n_out):
-            src = max((d + 0.5) * n_in / n_out - 0.5, 0.0)
-            i0 = int(math.floor(src))
-            result.append((i0, min(i0 + 1, n_in - 1), src - i0))
-        return result
-
-    def at(y0: int, y1: int, wy: float, x0: int, x1: int, wx: float) -> torch.Tensor:
-        return (1 - wy) * ((1 - wx) * a[y0, x0] + wx * a[y0, x1]) + wy * ((1 - wx) * a[y1, x0] + wx * a[y1, x1])
-
-    rows, cols = taps(a.shape[0], out_h), taps(a.shape[1], out_w)
-    return torch.stack([torch.stack([at(*row, *col) for col in cols]) for row in rows])
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

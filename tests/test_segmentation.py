@@ -19,6 +19,8 @@ from cmkd_bench.models import ModelInfo, ModelOutput
 from cmkd_bench.registry import BACKBONES, DATASETS, METHODS
 from cmkd_bench.runner import build_model
 
+from conftest import bilinear
+
 from conftest import cli
 
 load_all()  # parametrisation below reads the registries at collection time
@@ -92,22 +94,6 @@ def dft_band(dim: int, bins: range) -> torch.Tensor:
     for k in bins:
         out += (1.0 if k == 0 or 2 * k == dim else 2.0) / dim * torch.cos(2 * math.pi * k * diff / dim)
     return out
-
-
-def bilinear_up(a: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
-    """h x w -> out_h x out_w, align_corners=False (source = (dst + 0.5) * in / out - 0.5, clamped)."""
-    def taps(n_in: int, n_out: int) -> list[tuple[int, int, float]]:
-        result = []
-        for d in range(n_out):
-            src = max((d + 0.5) * n_in / n_out - 0.5, 0.0)
-            i0 = int(math.floor(src))
-            result.append((i0, min(i0 + 1, n_in - 1), src - i0))
-        return result
-
-    rows, cols = taps(a.shape[0], out_h), taps(a.shape[1], out_w)
-    return torch.stack([torch.stack([(1 - wy) * ((1 - wx) * a[y0, x0] + wx * a[y0, x1])
-                                     + wy * ((1 - wx) * a[y1, x0] + wx * a[y1, x1])
-                                     for x0, x1, wx in cols]) for y0, y1, wy in rows])
 
 
 def assert_terms(losses: dict[str, torch.Tensor], expected: dict[str, float]) -> None:
@@ -261,7 +247,7 @@ def test_cwd_on_a_map_aligns_channels_and_resizes_the_student():
     for b in range(B):
         aligned = torch.einsum("oc,chw->ohw", weight, s.decoder[b]) + bias.view(-1, 1, 1)
         for c in range(5):
-            resized = bilinear_up(aligned[c], H, W)
+            resized = bilinear(aligned[c], H, W)
             total = total + kl(softmax(t.decoder[b, c].flatten() / 2.0), softmax(resized.flatten() / 2.0))
     assert losses["cwd"].item() == pytest.approx(4.0 * total.item() / (B * 5), abs=ATOL)
     backward_reaches(losses, [s.decoder], t)
@@ -303,7 +289,7 @@ def test_fd_projects_channels_and_resizes_the_student_map():
     losses = method(s, t, {"label": LABELS})
     weight, bias = method.project.weight.detach()[:, :, 0, 0], method.project.bias.detach()
     projected = torch.einsum("oc,bchw->bohw", weight, s.decoder.detach()) + bias.view(1, -1, 1, 1)
-    resized = torch.stack([torch.stack([bilinear_up(projected[b, c], H, W) for c in range(12)]) for b in range(B)])
+    resized = torch.stack([torch.stack([bilinear(projected[b, c], H, W) for c in range(12)]) for b in range(B)])
     expected = {"ce": ce_reference(s.logits).item(), **reference_fd_dense(resized, t.decoder, cut=3)}
     assert_terms(losses, expected)
     backward_reaches(losses, [s.decoder], t)
