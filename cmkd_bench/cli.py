@@ -176,9 +176,12 @@ def run(plugins: tuple[str, ...], quiet: bool, **options) -> None:
               help="Add the numbers published in papers (leaderboard/published.csv) in labelled columns, with the gap.")
 @click.option("--published", "published_file", type=click.Path(),
               help="Published numbers from this CSV instead (implies --with-published).")
+@click.option("--view", default="all", show_default=True, type=click.Choice(["all", "default", "tuned"]),
+              help="Rows: all; only the default configurations; or each tuned method's selected configuration "
+                   "(`cmkd-bench tune`) in place of its default.")
 def leaderboard(runs_dirs: tuple[str, ...], fmt: str, layout: str, output: str | None, datasets: tuple[str, ...],
                 methods: tuple[str, ...], wheres: tuple[str, ...], with_published: bool,
-                published_file: str | None) -> None:
+                published_file: str | None, view: str) -> None:
     """Tables of completed runs: mean ± std over seeds, Δ vs no-KD, teacher row, failed runs listed."""
     from .leaderboard import DEFAULT_PUBLISHED, filter_records, load_published, load_records, print_leaderboard
 
@@ -188,7 +191,66 @@ def leaderboard(runs_dirs: tuple[str, ...], fmt: str, layout: str, output: str |
     if with_published or published_file:
         published = load_published(Path(published_file) if published_file else DEFAULT_PUBLISHED)
     print_leaderboard(records, fmt, Path(output) if output else None, paths=paths, layout=layout,
-                      published=published)
+                      published=published, view=view)
+
+
+# -- tune ----------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("suite_file", required=False, type=click.Path())
+@click.option("--method", "method_names", multiple=True,
+              help="Method to tune (repeatable, or 'all': every method with a search space).")
+@click.option("--dataset", "dataset_names", multiple=True, help="Dataset (repeatable).")
+@click.option("--budget", type=int, help="Configurations per study (default 8, the same for every method).")
+@click.option("--space", "spaces", multiple=True, metavar="KEY=V1,V2",
+              help="Search this space instead of the method's declared one (repeatable; one --method only).")
+@click.option("--sample-seed", type=int, help="Seed of the subset drawn from a space larger than the budget (default 0).")
+@click.option("--seeds", help="Protocol seeds, comma-separated; the first selects. Default: the file's, else 0,1,2.")
+@click.option("--directions", help="default, both, or TEACHER->STUDENT pairs, comma-separated. Default: both.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A setting for every run (repeatable).")
+@click.option("--epochs", type=int, help="Recipe epochs for every run.")
+@click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run.")
+@click.option("--lr", type=float, help="Recipe learning rate for every run.")
+@click.option("--student", help="Student backbone for every run.")
+@click.option("--teacher", help="Teacher backbone for every run.")
+@click.option("--out", help="Runs go to OUT/<run_id>/, study summaries to OUT/tuning/ (default: runs).")
+@click.option("--teacher-cache", "teacher_cache", type=click.Path(), help="Where teachers are cached.")
+@click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live.")
+@click.option("--jobs", "-j", type=int, help="Runs at once on this machine. Default: 1 (one per --devices entry).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N for every run.")
+@click.option("--devices", help="Comma-separated devices; job slots take them in turn.")
+@click.option("--dry-run", is_flag=True, help="List the studies and their configurations; run nothing.")
+@plugin_option
+def tune(suite_file: str | None, method_names: tuple[str, ...], dataset_names: tuple[str, ...], budget: int | None,
+         spaces: tuple[str, ...], sample_seed: int | None, jobs: int | None, device: str | None, devices: str | None,
+         dry_run: bool, **flags) -> None:
+    """Tune METHOD on DATASET under the protocol: every configuration on the first seed, select on val, run all seeds.
+
+    Exit code 0 when no run failed, 1 when one did, 2 for bad input (nothing runs).
+    """
+    from .suite import _devices, suite_with_flags
+    from .tuning import TuneSettings, check_budget, parse_space_flags, plan_studies, plan_text, run_studies
+
+    load_all(flags["plugins"])
+    flags.update(methods=",".join(method_names) or None, datasets=",".join(dataset_names) or None, grid=())
+    suite = suite_with_flags(suite_file, flags)
+    base = suite.tune or TuneSettings()
+    single = method_names[0] if len(method_names) == 1 and method_names[0] != "all" else None
+    settings = TuneSettings(budget=check_budget(budget) if budget is not None else base.budget,
+                            spaces=parse_space_flags(spaces, single) or base.spaces,
+                            sample_seed=base.sample_seed if sample_seed is None else sample_seed)
+    if device is not None:
+        suite.device = device
+    device_names, jobs = _devices(None if devices else suite.device, devices, jobs)
+    studies = plan_studies(suite, settings, strict=suite.methods != "all")
+    if not studies:
+        raise UserError("no method to tune: none of the methods given declares a search space")
+    if dry_run:
+        click.echo(plan_text(studies))
+        return
+    code = run_studies(suite, studies, jobs, device_names, click.echo)
+    click.echo(f"tables: cmkd-bench leaderboard {suite.out}")
+    if code:
+        sys.exit(code)
 
 
 # -- commands defined in their own modules (keep those modules light to import) -----------------

@@ -36,6 +36,8 @@ from .errors import UserError
 
 FORMATS = ("rich", "md", "csv", "latex", "html")
 LAYOUTS = ("long", "wide")
+VIEWS = ("all", "default", "tuned")  # which rows: every row, the defaults only, or tuned ones in their place
+TUNED = "\0tuned"  # the row key of a method's tuned configuration
 NO_KD = "no-kd"
 REQUIRED_KEYS = (
     "run_id", "status", "method", "dataset", "task", "student_modality", "teacher_modality",
@@ -48,6 +50,7 @@ CSV_COLUMNS = (
     # options would give CSV rows that cannot be told apart.
     "data_options", "recipe",
     "p_vs_nokd",  # Welch's t-test against no-KD over seeds; empty with fewer than 2 seeds on a side
+    "selection",  # default, or tuned (the configuration the tuning protocol selected on val)
 )
 PUBLISHED_CSV_COLUMNS = ("published", "published_source", "gap_vs_published")
 HEADERS = ("Method", "test", "test@last", "seeds (n)", "Δ vs no-KD")
@@ -75,6 +78,8 @@ class RowData:
     delta: float | None = None
     is_best: bool = False
     p_value: float | None = None  # Welch's t-test against the table's no-KD row (two-sided)
+    selection: str = "default"  # "tuned": the configuration the tuning protocol selected on val
+    tuning: dict[str, Any] | None = None  # the record's tuning entry (space, budget, scores) for tuned rows
 
 
 @dataclass
@@ -153,15 +158,51 @@ def _check_record(record: Any, path: Path) -> None:
 # Summarizing
 
 
-def summarize(records: Iterable[dict[str, Any]]) -> list[TableData]:
-    """Group completed records into tables of rows; failed records are left out (see `failed_runs`)."""
+def summarize(records: Iterable[dict[str, Any]], view: str = "all") -> list[TableData]:
+    """Group completed records into tables of rows; failed records are left out (see `failed_runs`).
+
+    `view`: "all" rows, the "default" configurations only, or "tuned": each tuned method's
+    selected configuration in place of its default (methods without a search space keep theirs).
+    """
+    _check_view(view)
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in records:
         if record.get("status") == "completed":
             groups.setdefault(_table_key(record), []).append(record)
     keys = sorted(groups)
     extras = _distinguishing_settings([groups[key][0] for key in keys])
-    return [_build_table(groups[key], extra) for key, extra in zip(keys, extras)]
+    return [_build_table(groups[key], extra, view) for key, extra in zip(keys, extras)]
+
+
+def _check_view(view: str) -> None:
+    if view not in VIEWS:
+        raise UserError(f"unknown leaderboard view {view!r}; choose one of {', '.join(VIEWS)}")
+
+
+def tuning_entries(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's entries from tuning studies (see cmkd_bench.tuning), oldest first."""
+    entries = record.get("tuning") or []
+    return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
+
+
+def _row_entries(records: list[dict[str, Any]], view: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+    """(row key, record) pairs. A record is a row of its own settings unless it was only a tuning
+    candidate with other settings than the defaults; a selected one is also its method's tuned row."""
+    entries = []
+    for record in records:
+        tuning = tuning_entries(record)
+        selected = [entry for entry in tuning if entry.get("role") == "selected"]
+        if view != "tuned" or not selected:
+            if not tuning or not _hparams_changed(record):
+                if view != "default" or not _hparams_changed(record):
+                    entries.append((_row_key(record), record))
+        if selected and view != "default":
+            entries.append(((str(record["method"]), TUNED), record))
+    if view == "tuned":  # a tuned method shows only its tuned row
+        tuned = {key[0] for key, _ in entries if key[1] == TUNED}
+        entries = [(key, record) for key, record in entries
+                   if key[1] == TUNED or (key[0] not in tuned and not key[1])]
+    return entries
 
 
 def failed_runs(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -205,7 +246,7 @@ def _settings_text(settings: dict[str, Any], keys: list[str]) -> str:
     return ", ".join(f"{key}={_value_text(settings[key]) if key in settings else 'unset'}" for key in keys)
 
 
-def _build_table(records: list[dict[str, Any]], extra: list[str]) -> TableData:
+def _build_table(records: list[dict[str, Any]], extra: list[str], view: str = "all") -> TableData:
     first = records[0]
     table = TableData(
         title="", dataset=first["dataset"], task=first["task"], metric=_metric_name(first),
@@ -214,8 +255,8 @@ def _build_table(records: list[dict[str, Any]], extra: list[str]) -> TableData:
         data_options=_data_options(first), recipe=_recipe(first),
     )
     table.title = _title(table, extra)
-    per_row = _latest_per_seed(records)
-    method_rows = [_method_row(row_records) for row_records in per_row.values()]
+    per_row = _latest_per_seed(_row_entries(records, view))
+    method_rows = [_method_row(key, row_records) for key, row_records in per_row.items()]
     _set_deltas(method_rows)
     _set_significance(method_rows)
     _mark_best(method_rows)
@@ -232,11 +273,12 @@ def _title(table: TableData, extra: list[str]) -> str:
     return " · ".join(parts)
 
 
-def _latest_per_seed(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def _latest_per_seed(entries: list[tuple[tuple[str, str], dict[str, Any]]]
+                     ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Per row, one record per seed: the most recent, since an older one was the same run repeated."""
     latest: dict[tuple[str, str], dict[Any, dict[str, Any]]] = {}
-    for record in records:
-        seeds = latest.setdefault(_row_key(record), {})
+    for key, record in entries:
+        seeds = latest.setdefault(key, {})
         seed = _canonical(record["seed"])
         if seed not in seeds or _created_at(record) >= _created_at(seeds[seed]):
             seeds[seed] = record
@@ -251,16 +293,24 @@ def _row_key(record: dict[str, Any]) -> tuple[str, str]:
     return str(record["method"]), _hparams_text(_hparams_changed(record))
 
 
-def _method_row(records: list[dict[str, Any]]) -> RowData:
+def _method_row(key: tuple[str, str], records: list[dict[str, Any]]) -> RowData:
     first = records[0]
     hparams = _hparams_changed(first)
-    label = str(first["method"]) + (f" ({_hparams_text(hparams)})" if hparams else "")
-    return _row(
+    tuned = key[1] == TUNED
+    if tuned:
+        label = f"{first['method']} (tuned)"
+    else:
+        label = str(first["method"]) + (f" ({_hparams_text(hparams)})" if hparams else "")
+    row = _row(
         label, "method", str(first["method"]), hparams,
         values=[_metric(r, "test") for r in records],
         last_values=[v for v in (_metric(r, "test_last") for r in records) if _is_number(v)],
         sources=[str(r["run_id"]) for r in records],
     )
+    if tuned:
+        row.selection = "tuned"
+        row.tuning = next(e for e in reversed(tuning_entries(first)) if e.get("role") == "selected")
+    return row
 
 
 def _teacher_row(table: TableData, records: list[dict[str, Any]]) -> RowData:
@@ -316,7 +366,8 @@ def _set_deltas(rows: list[RowData]) -> None:
 
 
 def _no_kd_baseline(rows: list[RowData]) -> RowData | None:
-    no_kd = sorted((row for row in rows if row.method == NO_KD), key=lambda row: bool(row.hparams))
+    no_kd = sorted((row for row in rows if row.method == NO_KD and row.selection == "default"),
+                   key=lambda row: bool(row.hparams))
     return no_kd[0] if no_kd else None
 
 
@@ -418,15 +469,17 @@ def _one_line(value: Any) -> str:
 
 
 def render(records: Sequence[dict[str, Any]], fmt: str, *, paths: Sequence[str | Path] | None = None,
-           width: int = 120, layout: str = "long", published: Sequence[PublishedValue] | None = None) -> str:
+           width: int = 120, layout: str = "long", published: Sequence[PublishedValue] | None = None,
+           view: str = "all") -> str:
     """The leaderboard as text in `fmt` (one of FORMATS); rich output is plain, without colour codes.
 
-    `layout` is "long" or "wide"; `published` (from `load_published`) adds the published columns.
+    `layout` is "long" or "wide"; `published` (from `load_published`) adds the published columns;
+    `view` chooses the rows (see `summarize`).
     """
     _check_format(fmt)
     _check_layout(layout)
-    tables, failed = summarize(records), failed_runs(records)
-    if _needs_grids(fmt, layout, published):
+    tables, failed = summarize(records, view), failed_runs(records)
+    if _needs_grids(fmt, layout, published, records):
         return _render_grids(tables, failed, fmt, layout, _index(published), paths, width)
     if fmt == "csv":
         return _render_csv(tables)
@@ -439,20 +492,21 @@ def render(records: Sequence[dict[str, Any]], fmt: str, *, paths: Sequence[str |
 
 def print_leaderboard(records: Sequence[dict[str, Any]], fmt: str, output_path: str | Path | None = None,
                       *, paths: Sequence[str | Path] | None = None, console: Console | None = None,
-                      layout: str = "long", published: Sequence[PublishedValue] | None = None) -> None:
+                      layout: str = "long", published: Sequence[PublishedValue] | None = None,
+                      view: str = "all") -> None:
     """Print the leaderboard (rich: styled, to the terminal) or write it to `output_path`."""
     _check_format(fmt)
     _check_layout(layout)
     console = console or Console()
-    options = {"paths": paths, "layout": layout, "published": published}
+    options = {"paths": paths, "layout": layout, "published": published, "view": view}
     if output_path is not None:
         _write(Path(output_path), render(records, fmt, **options))
         console.print(Text(f"wrote {fmt} leaderboard to {output_path}"))
-    elif fmt == "rich" and _needs_grids(fmt, layout, published):
-        tables, failed = summarize(records), failed_runs(records)
+    elif fmt == "rich" and _needs_grids(fmt, layout, published, records):
+        tables, failed = summarize(records, view), failed_runs(records)
         _print_rich(console, _grid_renderables(_grids(tables, layout, _index(published)), failed, paths))
     elif fmt == "rich":
-        _print_rich(console, _rich_renderables(summarize(records), failed_runs(records), paths))
+        _print_rich(console, _rich_renderables(summarize(records, view), failed_runs(records), paths))
     else:
         console.file.write(render(records, fmt, **options))
     if fmt == "csv":
@@ -469,9 +523,12 @@ def _check_layout(layout: str) -> None:
         raise UserError(f"unknown leaderboard layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
-def _needs_grids(fmt: str, layout: str, published: Sequence[PublishedValue] | None) -> bool:
-    # The long layout without published numbers keeps its own renderers (and their golden outputs).
-    return fmt == "html" or layout != "long" or published is not None
+def _needs_grids(fmt: str, layout: str, published: Sequence[PublishedValue] | None,
+                 records: Sequence[dict[str, Any]] = ()) -> bool:
+    # The long layout without published numbers or tuned rows keeps its own renderers (and their
+    # golden outputs); tuned rows need the grids' notes (the selected settings).
+    tuned = any(tuning_entries(record) for record in records)
+    return fmt == "html" or layout != "long" or published is not None or (tuned and fmt != "csv")
 
 
 def _write(path: Path, text: str) -> None:
@@ -583,6 +640,7 @@ def _csv_row(table: TableData, row: RowData) -> dict[str, str]:
         "delta_vs_nokd": _number(row.delta), "is_best": "true" if row.is_best else "false",
         "kind": row.kind, "data_options": _canonical(table.data_options),
         "recipe": _canonical(table.recipe), "p_vs_nokd": _number(row.p_value, digits=6),
+        "selection": "" if row.kind == "teacher" else row.selection,
     }
 
 
@@ -789,7 +847,9 @@ def _same_value(actual: Any, wanted_text: str) -> bool:
 # Published numbers (leaderboard/published.csv)
 
 PUBLISHED_COLUMNS = ("method", "dataset", "teacher_modality", "student_modality", "metric", "value",
-                     "source", "table")
+                     "source", "table", "confidence")
+LEGACY_PUBLISHED_COLUMNS = PUBLISHED_COLUMNS[:-1]  # files from before the confidence column: primary
+CONFIDENCES = ("primary", "secondary")  # read in the paper itself / taken from a secondary source
 PUBLISHED_METRICS = ("top1", "miou")
 TEACHER_METHOD = "teacher"  # the method name of a published teacher (own-modality) number
 DEFAULT_PUBLISHED = Path(__file__).resolve().parents[1] / "leaderboard" / "published.csv"
@@ -805,6 +865,7 @@ class PublishedValue:
     value: float
     source: str  # the paper: authors, title, venue, arXiv id
     table: str  # where in the paper: "Table 1"
+    confidence: str = "primary"  # primary: read in the paper; secondary: from a summary of it
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:
@@ -812,7 +873,8 @@ class PublishedValue:
 
     @property
     def citation(self) -> str:
-        return f"{self.source}, {self.table}"
+        standing = "" if self.confidence == "primary" else f" (published, {self.confidence} source)"
+        return f"{self.source}, {self.table}{standing}"
 
 
 def load_published(path: str | Path) -> list[PublishedValue]:
@@ -826,24 +888,24 @@ def load_published(path: str | Path) -> list[PublishedValue]:
                 if line.strip() and not line.lstrip().startswith("#")]
     if not numbered:
         raise UserError(f"{path}: no header; the first non-comment line must be {','.join(PUBLISHED_COLUMNS)}")
-    header = next(csv.reader([numbered[0][1]]))
-    if tuple(cell.strip() for cell in header) != PUBLISHED_COLUMNS:
+    header = tuple(cell.strip() for cell in next(csv.reader([numbered[0][1]])))
+    if header not in (PUBLISHED_COLUMNS, LEGACY_PUBLISHED_COLUMNS):
         raise UserError(f"{path}:{numbered[0][0]}: header must be {','.join(PUBLISHED_COLUMNS)}")
     values: dict[tuple[str, ...], PublishedValue] = {}
     for number, line in numbered[1:]:
-        value = _published_row(path, number, next(csv.reader([line])))
+        value = _published_row(path, number, next(csv.reader([line])), header)
         if value.key in values:
             raise UserError(f"{path}:{number}: a second value for {'/'.join(value.key)}; keep one per key")
         values[value.key] = value
     return list(values.values())
 
 
-def _published_row(path: Path, number: int, cells: list[str]) -> PublishedValue:
+def _published_row(path: Path, number: int, cells: list[str],
+                   columns: tuple[str, ...] = PUBLISHED_COLUMNS) -> PublishedValue:
     where = f"{path}:{number}"
-    if len(cells) != len(PUBLISHED_COLUMNS):
-        expected = ",".join(PUBLISHED_COLUMNS)
-        raise UserError(f"{where}: {len(cells)} cells, expected {len(PUBLISHED_COLUMNS)}: {expected}")
-    row = dict(zip(PUBLISHED_COLUMNS, (cell.strip() for cell in cells)))
+    if len(cells) != len(columns):
+        raise UserError(f"{where}: {len(cells)} cells, expected {len(columns)}: {','.join(columns)}")
+    row = dict(zip(columns, (cell.strip() for cell in cells)))
     empty = [name for name, cell in row.items() if not cell]
     if empty:
         raise UserError(f"{where}: empty {', '.join(empty)}; every column needs a value")
@@ -857,6 +919,8 @@ def _published_row(path: Path, number: int, cells: list[str]) -> PublishedValue:
         raise UserError(f"{where}: metric {row['metric']!r} is not one of {', '.join(PUBLISHED_METRICS)}")
     if row["teacher_modality"] == row["student_modality"]:
         raise UserError(f"{where}: teacher and student modality are both {row['student_modality']!r}")
+    if row.get("confidence", "primary") not in CONFIDENCES:
+        raise UserError(f"{where}: confidence {row['confidence']!r} is not one of {', '.join(CONFIDENCES)}")
     return PublishedValue(**{**row, "value": number_value})
 
 
@@ -869,14 +933,46 @@ class PublishedIndex:
     def lookup(self, table: TableData, row: RowData) -> PublishedValue | None:
         if row.kind == "teacher":
             method = TEACHER_METHOD
-        elif row.hparams:
-            return None  # a paper's number is for the method's own settings, not a variant of ours
+        elif row.hparams or row.selection != "default":
+            return None  # a paper's number is for the method's own settings, not a variant or a tuned one
         else:
             method = row.method
         return self.by_key.get((method, table.dataset, table.teacher_modality, table.student_modality, table.metric))
 
     def has_any(self, table: TableData) -> bool:
         return any(self.lookup(table, row) is not None for row in table.rows)
+
+
+def published_grid(published: Sequence[PublishedValue], metric: str) -> Grid | None:
+    """The published numbers of one metric on their own: a row per method, a column per dataset and direction.
+
+    For datasets this suite has no records of (a paper's real datasets, beside our embedded ones), so
+    that they are shown, labelled, and never mixed with measured numbers.
+    """
+    values = [value for value in published if value.metric == metric]
+    if not values:
+        return None
+    columns = sorted({(v.dataset, v.teacher_modality, v.student_modality) for v in values})
+    methods = sorted({v.method for v in values}, key=lambda m: (m != TEACHER_METHOD, m != NO_KD, m))
+    by_key = {(v.method, v.dataset, v.teacher_modality, v.student_modality): v for v in values}
+    sources = _Sources()
+    rows = []
+    for method in methods:
+        cells = [Cell(method, method)]
+        for column in columns:
+            value = by_key.get((method, *column))
+            cells.append(Cell(MISSING) if value is None else
+                         Cell(f"{value.value:.2f} [{sources.ref(value.citation)}]", value.value))
+        rows.append(cells)
+    headers = ["Method (published)"] + [f"{d} {t}→{s} published" for d, t, s in columns]
+    return Grid(title=f"published {metric} (%), as reported; not measured by this suite", headers=headers,
+                rows=rows, align=["l"] + ["r"] * len(columns), notes=[PUBLISHED_NOTE, *sources.notes()])
+
+
+def render_published(published: Sequence[PublishedValue], fmt: str = "md") -> str:
+    """Every metric's published grid in `fmt` (md, latex or html blocks)."""
+    grids = [grid for metric in PUBLISHED_METRICS if (grid := published_grid(published, metric)) is not None]
+    return "\n\n".join(_GRID_RENDERERS[fmt](grid) for grid in grids)
 
 
 def _index(published: Sequence[PublishedValue] | None) -> PublishedIndex | None:
@@ -891,8 +987,14 @@ SIGNIFICANCE_LEVEL = 0.05
 SIGNIFICANCE_NOTE = (f"{BETTER_MARK} / {WORSE_MARK}: significantly better / worse than no-kd in the same table "
                      f"(Welch's t-test over seeds, two-sided p < {SIGNIFICANCE_LEVEL}; needs 2 or more seeds "
                      "on each side).")
-PUBLISHED_NOTE = ("published: a number reported in the paper cited, not measured by this suite; "
-                  "gap = our mean - published.")
+PUBLISHED_NOTE = ("published: a number reported in the paper cited, not measured by this suite, with its source's "
+                  "standing; gap = our mean - published. Published and measured numbers are not the same statistic: "
+                  "this suite selects the epoch on validation and reports the student's main head, while, for "
+                  "example, FD-CMKD's reference code selects the best epoch on test and takes the maximum over its "
+                  "three heads.")
+TUNED_NOTE = ("(tuned): the configuration with the best validation score among at most {budget} configurations "
+              "of the method's declared search space (the same budget for every method), run on seed {seed} and "
+              "then on every seed; test scores are never read for the selection.")
 RANK_NOTE = ("avg rank: the rank of the method's mean among the methods of each column (1 = best, ties "
              "share the mean rank), averaged over the columns it has; (k/K) when it has k of K columns. "
              "Bold: the best mean of a column.")
@@ -956,11 +1058,35 @@ def _published_cells(value: PublishedValue | None, mean: float | None, sources: 
             Cell("" if gap is None else f"{gap:+.2f}", gap)]
 
 
-def _grid_notes(rows: Iterable[RowData], sources: _Sources, published: PublishedIndex | None) -> list[str]:
+def _grid_notes(rows: Iterable[RowData], sources: _Sources, published: PublishedIndex | None,
+                tables: Sequence[TableData] = ()) -> list[str]:
+    rows = list(rows)
     notes = [SIGNIFICANCE_NOTE] if any(row.p_value is not None for row in rows) else []
+    notes += tuned_notes(tables)
     if published is not None:
         notes += [PUBLISHED_NOTE, *sources.notes()]
     return notes
+
+
+def tuned_notes(tables: Sequence[TableData]) -> list[str]:
+    """The protocol behind "(tuned)" rows, and each one's selected settings per table."""
+    selected: dict[str, list[str]] = {}
+    protocol: set[tuple[int, int]] = set()
+    for table in tables:
+        for row in table.rows:
+            if row.selection != "tuned" or row.tuning is None:
+                continue
+            settings = _hparams_text(row.hparams) or "the defaults"
+            where = f"{table.dataset} {table.teacher_modality}→{table.student_modality}: " if len(tables) > 1 else ""
+            selected.setdefault(row.method, []).append(where + settings)
+            protocol.add((int(row.tuning.get("budget", 0)), int(row.tuning.get("selection_seed", 0))))
+    if not selected:
+        return []
+    budgets = ", ".join(str(budget) for budget in sorted({budget for budget, _ in protocol}))
+    seeds = ", ".join(str(seed) for seed in sorted({seed for _, seed in protocol}))
+    lines = [TUNED_NOTE.format(budget=budgets, seed=seeds)]
+    lines += [f"{method} (tuned) selected {'; '.join(parts)}." for method, parts in sorted(selected.items())]
+    return lines
 
 
 # --- long layout
@@ -972,7 +1098,7 @@ def _long_grid(table: TableData, published: PublishedIndex | None) -> Grid:
     rows = [_long_cells(table, row, published, sources) for row in table.rows]
     return Grid(title=table.title, headers=headers, rows=rows, align=["l"] + ["r"] * (len(headers) - 1),
                 pinned=sum(row.kind == "teacher" for row in table.rows),
-                notes=_grid_notes(table.rows, sources, published))
+                notes=_grid_notes(table.rows, sources, published, [table]))
 
 
 def _long_cells(table: TableData, row: RowData, published: PublishedIndex | None, sources: _Sources) -> list[Cell]:
@@ -1003,7 +1129,7 @@ def _wide_grid(tables: list[TableData], published: PublishedIndex | None) -> Gri
     rows += [_wide_method_cells(label, tables, with_published, published, sources, ranks.get(label))
              for label in _wide_row_order(tables, ranks)]
     all_rows = [row for table in tables for row in table.rows]
-    notes = [RANK_NOTE] + _grid_notes(all_rows, sources, published if any(with_published) else None)
+    notes = [RANK_NOTE] + _grid_notes(all_rows, sources, published if any(with_published) else None, tables)
     return Grid(title=_wide_title(tables), headers=headers, rows=rows,
                 align=["l"] + ["r"] * (len(headers) - 1), pinned=1, notes=notes)
 
@@ -1262,7 +1388,7 @@ def _render_wide_csv(tables: list[TableData], published: PublishedIndex | None) 
     tables = sorted(tables, key=lambda t: (t.dataset, t.teacher_modality, t.student_modality, t.title))
     labels = [label.replace("→", "->") for label in _column_labels(tables)]
     ranks = average_ranks(tables)
-    fields = ["method", "hparams", "kind", "avg_rank", "ranked_columns"]
+    fields = ["method", "hparams", "kind", "selection", "avg_rank", "ranked_columns"]
     for label in labels:
         fields += [f"{label} {part}" for part in ("mean", "std", "n", "p_vs_nokd")]
         if published is not None:
@@ -1275,15 +1401,15 @@ def _render_wide_csv(tables: list[TableData], published: PublishedIndex | None) 
     for label in _wide_row_order(tables, ranks):
         rows = [_method_rows(table).get(label) for table in tables]
         first = next(row for row in rows if row is not None)
-        writer.writerow(_wide_csv_line(first.method, first.hparams, "method", ranks.get(label), tables, labels,
-                                       rows, published))
+        line = _wide_csv_line(first.method, first.hparams, "method", ranks.get(label), tables, labels, rows, published)
+        writer.writerow({**line, "selection": first.selection})
     return buffer.getvalue()
 
 
 def _wide_csv_line(method: str, hparams: dict[str, Any], kind: str, rank: tuple[float, int] | None,
                    tables: list[TableData], labels: list[str], rows: list[RowData | None],
                    published: PublishedIndex | None) -> dict[str, str]:
-    line = {"method": method, "hparams": "" if kind == "teacher" else _canonical(hparams), "kind": kind,
+    line = {"method": method, "hparams": "" if kind == "teacher" else _canonical(hparams), "kind": kind, "selection": "",
             "avg_rank": _number(rank[0] if rank else None), "ranked_columns": str(rank[1]) if rank else ""}
     for table, label, row in zip(tables, labels, rows):
         line.update({f"{label} mean": _number(row.mean if row else None),

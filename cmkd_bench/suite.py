@@ -20,6 +20,8 @@ the directory the command runs from):
     grid: {T: [2, 4]}             # every combination of these values is a run of its own
     out: runs                     # runs go to OUT/<run_id>/
     epochs: / batch_size: / lr: / student: / teacher: / device: / teacher_cache: / data_root: / plugins: [...]
+    tune: {budget: 8}             # also tune every method with a search space (see cmkd_bench.tuning):
+                                  # true, or {budget: N, sample_seed: S, spaces: {METHOD: {KEY: [VALUES]}}}
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from .errors import UserError
 DEFAULT_SEEDS = (0, 1, 2)  # the protocol: mean ± std over 3 seeds, both directions
 DEFAULT_DIRECTIONS = "both"
 SUITE_KEYS = ("datasets", "methods", "directions", "seeds", "sets", "grid", "out", "epochs", "batch_size", "lr",
-              "student", "teacher", "device", "teacher_cache", "data_root", "plugins")
+              "student", "teacher", "device", "teacher_cache", "data_root", "plugins", "tune")
 POLL_SECONDS = 0.05
 
 
@@ -83,6 +85,7 @@ class Suite:
     teacher_cache: str | None = None
     data_root: str | None = None
     plugins: tuple[str, ...] = ()
+    tune: Any = None  # tuning.TuneSettings: after the default runs, tune every method with a search space
 
 
 @dataclass
@@ -147,7 +150,16 @@ def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
         device=str(raw.get("device", "auto")),
         teacher_cache=_optional(raw, "teacher_cache", str, where), data_root=_optional(raw, "data_root", str, where),
         plugins=tuple(str(p) for p in _as_list(raw["plugins"], "plugins", where)) if raw.get("plugins") else (),
+        tune=_tune(raw.get("tune"), where),
     )
+
+
+def _tune(value: Any, where: str) -> Any:
+    if value is None or value is False:
+        return None
+    from .tuning import settings_from_mapping
+
+    return settings_from_mapping(value, where)
 
 
 def _as_list(value: Any, key: str, where: str) -> list[Any]:
@@ -522,16 +534,31 @@ def summary_text(planned: list[PlannedRun], outcomes: list[Outcome], seconds: fl
 def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, echo=click.echo) -> int:
     """Expand, then run what is left; returns the exit code (0 none failed, 1 some failed)."""
     planned = expand(suite)
+    studies = []
+    if suite.tune is not None:
+        from .tuning import plan_studies
+
+        studies = plan_studies(suite, suite.tune, strict=False)
     if dry_run:
         echo(plan_text(planned))
+        if studies:
+            from .tuning import plan_text as tuning_plan_text
+
+            echo(tuning_plan_text(studies))
         return 0
     todo = [run for run in planned if run.state != "done"]
     echo(f"suite: {counts_line(planned)}; {min(jobs, max(1, len(todo)))} at a time; runs in {suite.out}/")
     began = time.perf_counter()
     outcomes = Scheduler(todo, jobs, devices, suite.plugins, echo).run()
     echo(summary_text(planned, outcomes, time.perf_counter() - began))
+    code = 1 if any(o.status == "failed" for o in outcomes) else 0
+    if studies:
+        from .tuning import plan_studies, run_studies
+
+        # planned again: the default runs just completed are candidates of the studies too
+        code = max(code, run_studies(suite, plan_studies(suite, suite.tune, strict=False), jobs, devices, echo))
     echo(f"tables: cmkd-bench leaderboard {suite.out}")
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    return code
 
 
 # ---------------------------------------------------------------------------------------------
