@@ -6,12 +6,22 @@ softmax(y_c / T), and the student's is pulled towards the teacher's with KL:
     cwd  = T^2 / (B C) * sum_{b, c} KL(softmax(y^t_bc / T) || softmax(y^s_bc / T))
     loss = CE + weight * cwd
 
-as in the official code (irfanICMLL/TorchDistiller, SemSeg-distill/utils/criterion.py,
-CriterionCWD with norm_type="channel", divergence="kl"). Defaults are its logits setting for
-segmentation, `exp_cwd.sh channel kl 3 4`: weight 3, T = 4, on the logits. `feature` may name a
-stage map instead ("decoder", "last", an index); a 1x1 convolution then maps the student's
-channels to the teacher's when they differ. The student's map is resized bilinearly to the
-teacher's size when the two differ. Labels are not used (all positions count).
+Checked against the authors' code, irfanICMLL/TorchDistiller: SemSeg-distill/utils/criterion.py
+(CriterionCWD with norm_type="channel", i.e. ChannelNorm's softmax over H W, divergence="kl",
+KLDivLoss(reduction="sum") / (n c) * T^2), applied in SemSeg-distill/networks/kd_model.py to the
+logits, preds_S[0], times --lambda-cwd; and against open-mmlab/mmrazor's port,
+mmrazor/models/losses/cwd.py (ChannelWiseDivergence, the same sum / (C N) * tau^2 * loss_weight).
+Defaults are the authors' logits setting for segmentation, SemSeg-distill/README.md's
+`bash exp_cwd.sh channel kl 3 4 ...`: weight (lambda-cwd) 3, T 4, on the logits.
+mmrazor's configs/distill/mmseg/cwd/cwd_logits_pspnet_r101-d8_pspnet_r18-d8_*.py uses tau 1,
+loss_weight 5 on the logits; the search space contains both settings.
+
+Deliberate differences, for cross-modal backbones: the student's map is resized bilinearly to the
+teacher's size when the two differ (both references require equal sizes). `feature` may name a
+stage map instead of the logits ("decoder", "last", an index; the authors' --cwd-feat option);
+the student's channels are then mapped to the teacher's by a plain 1x1 convolution with bias when
+they differ, a linear connector like fitnet's and pkd's, where the authors' feature setting uses
+1x1 conv (no bias) + BN + ReLU. Labels are not used (all positions count).
 """
 
 from __future__ import annotations
@@ -39,7 +49,8 @@ def channel_wise_kl(s: Tensor, t: Tensor, T: float) -> Tensor:
 
 @METHODS.register("cwd", aliases=("channel-wise",), tasks=("segmentation",),
                   description="KL between per-channel spatial distributions (softmax over positions) of logits or maps",
-                  reference="Shu, Liu, Gao, Yan, Shen. Channel-wise Knowledge Distillation for Dense Prediction. ICCV 2021")
+                  reference="Shu, Liu, Gao, Yan, Shen. Channel-wise Knowledge Distillation for Dense Prediction. ICCV 2021",
+                  search_space={"T": [1.0, 4.0], "weight": [1.0, 3.0, 5.0, 10.0]})
 class CWD(Method):
     def __init__(self, student, teacher, spec, T: float = 4.0, weight: float = 3.0, feature: str = "logits"):
         super().__init__(student, teacher, spec)

@@ -1,23 +1,53 @@
 """FD-CMKD (Liu et al., AAAI 2026): distilling cross-modal knowledge via feature disentanglement.
 
-The pooled pre-activation features of teacher and student are split along the feature dimension
-into a low- and a high-frequency band (rfft; DC bin dropped, which removes the mean). The low
-band, which agrees across modalities, is aligned strongly (MSE); the high band, which does not,
-weakly (MSE of signed logs). Each band is first divided by its L2 norm (scale consistency).
-A shared ReLU->Linear classifier per band is trained on both the student's and the (detached)
-teacher's band feature, so both live in one decision space; extra task heads on the student's
-bands keep them discriminative. Band heads see the band features before scale normalisation.
-The student's main head alone is evaluated.
+Checked against the reference training code zxn0710/re-FD-CMKD-main, a public reproduction of
+the paper's CREMA-D code (its README gives the reproduction steps; the authors' repository named
+in the paper, Johumliu/FD-CMKD, was not available to read): main_fd_cmkd.py (train_epoch: the
+loss), utils/utils.py (FDFilter, norm_feat, log, Classifier), models/basic_model.py and
+models/backbone.py (which feature).
+What it computes, for each direction (teacher of one modality, student of the other):
 
-Segmentation (the paper's NYU-Depth V2 RGB <-> depth setting): the features are dense maps
-(default `seg_map="decoder"`, the map the segmentation head reads; any stage reference works).
-The channel vector at each spatial position plays the role of the classification feature: the
-frequency split runs along the channel dimension per position, scale normalisation divides each
-position's band vector by its L2 norm, and low-band MSE / high-band logMSE average over all
-positions. The shared classifiers are not used, as in the paper's segmentation experiments, and
-the band task heads (classification heads too) go with them, so `w_shared`, `w_task` and
-`shared_heads` have no effect there. A 1x1 convolution projects the student's channels to the
-teacher's when they differ, and the student's map is resized bilinearly to the teacher's size.
+- feature: the pooled last-stage feature of ResNet-18, D = 512. basic_model.py pools what the
+  backbone returns as `pre_out`, but backbone.py's BasicBlock sets `pre_out = out` and then
+  applies an in-place ReLU (nn.ReLU(inplace=True)) to that same tensor, so the feature the
+  reference actually distils is the post-activation one, the classifier's input. That is our
+  default, `feature="post"`; `feature="pre"` gives the pre-activation feature the name suggests.
+- bands (FDFilter): rfft along the feature dimension (257 bins for 512), low = bins 1..128,
+  high = bins 129..256 (Nyquist included), DC dropped, each back in R^512 by irfft. Here the
+  low band is bins 1..cut with cut = int(split * (D // 2)): split = 0.5 gives 128 of 256 at
+  D = 512, and scales with other widths (the reference hard-codes 512).
+- scale normalisation (norm_feat): x / max(||x||_2, 1e-8) per sample.
+- alignment: low = MSE(norm(s_low), norm(t_low)); high = MSE(slog(norm(s_high)), slog(norm(t_high)))
+  with slog(x) = sign(x) log(1 + |x|) (utils.log); nn.MSELoss, the mean over B x D.
+- shared classifiers (cls_align_*: ReLU -> Linear): one per band, trained with CE on the
+  student's band and on the teacher's band (no gradient reaches the teacher), before
+  normalisation; task heads (cls_task_*) on the student's bands; the student's own CE.
+- weights: every term 1 (loss_kd + loss_align + loss_task summed), so the defaults w_ce = w_low =
+  w_high = w_shared = w_task = 1.
+
+Deliberate differences: the reference trains both directions at once in one summed loss; no
+parameter is shared between the halves, so that is two independent single-direction problems,
+and one direction is one run here. The reference keeps, per student, the checkpoint whose best
+of three heads (main, low, high band) scores highest on the test split; here the student's main
+head alone is evaluated, selected on validation like every other method. When the student's
+width differs from the teacher's, a learned linear map projects it first (the reference pairs
+two 512-d ResNet-18s and needs none). irfft is given n = D, so odd widths work.
+
+Search space (tuning): w_low in {1, 3, 10, 30} x w_high in {0.3, 1}, the reference's 1 / 1
+included. The aligned vectors have unit norm, so each MSE is at most 4 / D, small beside CE:
+the grid mostly raises the low band's weight and keeps the high band's at or below it (the
+paper's strong low / relaxed high alignment).
+
+Segmentation (the paper's NYU-Depth V2 RGB <-> depth setting; the reference has no code for it):
+the features are dense maps (default `seg_map="decoder"`, the map the segmentation head reads;
+any stage reference works; `feature` is not used). The channel vector at each spatial position
+plays the role of the classification feature: the frequency split runs along the channel
+dimension per position, scale normalisation divides each position's band vector by its L2 norm,
+and low-band MSE / high-band logMSE average over all positions. The shared classifiers are not
+used, as in the paper's segmentation experiments, and the band task heads (classification heads
+too) go with them, so `w_shared`, `w_task` and `shared_heads` have no effect there. A 1x1
+convolution projects the student's channels to the teacher's when they differ, and the
+student's map is resized bilinearly to the teacher's size.
 """
 
 from __future__ import annotations
@@ -56,11 +86,15 @@ def low_band_cut(size: int, split: float) -> int:
 
 
 def scale_normalise(x: Tensor, eps: float = 1e-8, dim: int = -1) -> Tensor:
-    return x / (x.norm(dim=dim, keepdim=True) + eps)
+    """x / max(||x||_2, eps) along dim (the reference's norm_feat)."""
+    return x / x.norm(dim=dim, keepdim=True).clamp(min=eps)
 
 
 def signed_log(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
+
+
+FEATURES = {"post": "feature_post", "pre": "feature"}
 
 
 def band_head(dim: int, num_classes: int) -> nn.Module:
@@ -69,13 +103,17 @@ def band_head(dim: int, num_classes: int) -> nn.Module:
 
 @METHODS.register("fd", aliases=("fd-cmkd",), tasks=("classification", "segmentation"),
                   description="frequency-decoupled CMKD: strong low-band MSE, weak high-band logMSE, shared heads",
-                  reference="Liu et al. Distilling Cross-Modal Knowledge via Feature Disentanglement. AAAI 2026")
+                  reference="Liu et al. Distilling Cross-Modal Knowledge via Feature Disentanglement. AAAI 2026",
+                  search_space={"w_low": [1.0, 3.0, 10.0, 30.0], "w_high": [0.3, 1.0]})
 class FDCMKD(Method):
     def __init__(self, student, teacher, spec, split: float = 0.5, w_ce: float = 1.0, w_low: float = 1.0,
                  w_high: float = 1.0, w_shared: float = 1.0, w_task: float = 1.0, freq_split: bool = True,
                  scale_norm: bool = True, log_high: bool = True, shared_heads: bool = True, eps: float = 1e-8,
-                 seg_map: str = "decoder"):
+                 seg_map: str = "decoder", feature: str = "post"):
         super().__init__(student, teacher, spec)
+        if feature not in FEATURES:
+            raise ValueError(f"feature must be one of {', '.join(FEATURES)}, got {feature!r}")
+        self.attr = FEATURES[feature]
         self.dense = spec.task == "segmentation"
         dim = self._dense_maps(student, teacher, seg_map) if self.dense else teacher.feature_dim
         if not 0 < split < 1:
@@ -104,7 +142,7 @@ class FDCMKD(Method):
     def features(self, student, teacher) -> tuple[Tensor, Tensor]:
         """The student's (projected) and the teacher's (detached) feature: vectors, or maps of one size."""
         if not self.dense:
-            return self.project(student.feature), teacher.feature.detach()
+            return self.project(getattr(student, self.attr)), getattr(teacher, self.attr).detach()
         t = teacher.stages[self.t_map].detach()
         return resized_like(self.project(student.stages[self.s_map]), t), t
 

@@ -8,8 +8,14 @@ plain MSE with w_high set to the average ratio logMSE / MSE that fd's own high-b
 Those inputs are L2-normalised (scale_norm), so each element is about 1 / sqrt(D) in size, where
 signed_log(x) = x - x|x|/2 + ... is nearly linear: the ratio is about 1 - 2 E|x| ~ 1 - 1.6 / sqrt(D).
 Measured on the high band of random small-cnn features on synth-av (and on Gaussian features):
-0.84 at D = 64 (small-cnn's default width), 0.88 at D = 128, 0.93 at D = 512. The preset uses
-0.85; set w_high yourself for wide backbones (about 0.93 for ResNet-18's 512).
+0.84 at D = 64 (small-cnn's default width; 0.83 on the post-activation feature, fd's default,
+0.84 on the pre-activation one), 0.88 at D = 128, 0.93 at D = 512. The preset uses 0.85; set
+w_high yourself for wide backbones (about 0.93 for ResNet-18's 512).
+
+The presets inherit fd's search space (w_low x w_high); the tuner drops the keys a preset fixes
+(fd-no-align fixes both and has nothing left to tune; fd-high-downweight tunes w_low only).
+fd itself is checked against the reference code in methods/fd.py's docstring; that code has
+no switches for these ablations, each preset turns off one component of fd's loss.
 """
 
 from __future__ import annotations

@@ -1,16 +1,25 @@
 """PKD (Cao et al., NeurIPS 2022): feature imitation through the Pearson correlation coefficient.
 
-Each channel of the student's and the teacher's stage map is standardised over the batch and the
-spatial positions (zero mean, unit unbiased std, + 1e-6 as in the official mmrazor loss); the MSE
-of the standardised maps equals 1 - Pearson correlation per channel, so magnitude and offset
-differences between modalities no longer matter:
+Checked against PKD's reference implementation in open-mmlab/mmrazor: mmrazor/models/losses/pkd_loss.py
+(PKDLoss) and its configs, configs/distill/mmdet/pkd/*.py and configs/distill/mmdet3d/pkd/*.py.
+PKDLoss standardises each channel over the batch and the spatial positions (zero mean, unbiased
+std, + 1e-6), resizes the student bilinearly to the teacher's size (`resize_stu=True`) and takes
+
+    pkd = loss_weight * sum over FPN levels of MSE(norm(F_s), norm(F_t)) / 2
+
+(the MSE of standardised maps is 1 - Pearson correlation per channel, so magnitude and offset
+differences between modalities no longer matter). Here:
 
     loss = CE + weight * MSE(norm(P(F_s)), norm(F_t)) / 2
 
-with weight 6 (the official detection configs, one term per FPN level; here one stage pair).
-P is a learned 1x1 convolution when the channel counts differ (identity otherwise); the student
-map is then resized bilinearly to the teacher's size (the official `resize_stu=True`).
-Vector stages (MLPs) work the same way, standardised over the batch only.
+`weight` is loss_weight; its default 6 is that of pkd_fpn_faster-rcnn_r101_faster-rcnn_r50_2x_coco.py
+and pkd_fpn_mask-rcnn_swin_retina_r50_2x_coco.py (the RetinaNet-X101, FCOS, RepPoints and FCOS3D
+configs use 10; PKDLoss's own default is 1). Deliberate differences, for cross-modal classification / segmentation
+backbones: one stage pair (by default the last stage of each) instead of the four FPN levels;
+P, a learned 1x1 convolution (a linear map for vectors) when the channel counts differ, identity
+otherwise (mmrazor's FPNs share 256 channels, so it has none); the student is resized whenever
+its spatial size differs (mmrazor compares the heights only); vector stages (MLPs) are
+standardised over the batch only.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ def channel_projection(s_channels: int, t_channels: int, spatial: bool) -> nn.Mo
 @METHODS.register("pkd", aliases=("pearson-kd",), tasks=("classification", "segmentation"),
                   description="MSE of per-channel standardised stage maps (1 - Pearson correlation)",
                   reference="Cao et al. PKD: General Distillation Framework for Object Detectors via "
-                            "Pearson Correlation Coefficient. NeurIPS 2022")
+                            "Pearson Correlation Coefficient. NeurIPS 2022",
+                  search_space={"weight": [1.0, 2.0, 6.0, 10.0]})
 class PKD(Method):
     def __init__(self, student, teacher, spec, student_stage: str = "last", teacher_stage: str = "last",
                  weight: float = 6.0):

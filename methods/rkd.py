@@ -1,13 +1,27 @@
 """Relational knowledge distillation (Park et al., CVPR 2019): match distances and angles in a batch.
 
-On the pooled features (by default the post-activation ones the classifier sees, as in the
-official code and mdistiller), with psi_D(i, j) = ||x_i - x_j|| / mean_{i != j} ||x_i - x_j|| and
-psi_A(i, j, k) = <(x_j - x_i)/||.||, (x_k - x_i)/||.||> over all B^3 triplets:
+Checked against the authors' code, lenscloth/RKD (metric/loss.py: RkdDistance, RKdAngle;
+metric/utils.py: pdist), and against HobbitLong/RepDistiller (distiller_zoo/RKD.py, RKDLoss with
+w_d = 25, w_a = 50, applied in helper/loops.py to feat[-1], the pooled post-activation feature
+the classifier sees, with `-a 0 -b 1` in scripts/run_cifar_distill.sh) and
+megvii-research/mdistiller (mdistiller/distillers/RKD.py, the same loss on "pooled_feat";
+cfg.py: DISTANCE_WEIGHT 25, ANGLE_WEIGHT 50, FEAT_WEIGHT 1, CE_WEIGHT 1, eps 1e-12, not squared).
+The formula, all three alike:
 
-    loss = CE + w_distance * smoothL1(psi_D^s, psi_D^t) + w_angle * smoothL1(psi_A^s, psi_A^t)
+    d(i, j)  = sqrt(clamp(|x_i|^2 + |x_j|^2 - 2 <x_i, x_j>, 1e-12)), 0 on the diagonal
+    psi_D    = d / mean(d[d > 0])
+    psi_A    = <unit(x_j - x_i), unit(x_k - x_i)> over all B^3 triplets (i, j, k)
+    loss     = CE + weight * (w_distance * smoothL1(psi_D^s, psi_D^t) + w_angle * smoothL1(psi_A^s, psi_A^t))
 
-with the paper's weights 25 and 50. Relations do not depend on the feature width, so the student
-and teacher dimensions may differ without a projection.
+smooth-L1 with beta 1 and the mean over all entries, teacher relations without gradient.
+`weight` is mdistiller's FEAT_WEIGHT (RepDistiller's -b): one global scale, 1 by default, so the
+defaults are the 25 / 50 of RepDistiller and mdistiller (lenscloth/RKD's metric-learning
+scripts use the same 1 : 2 ratio, --dist_ratio 1 --angle_ratio 2). Relations do not depend on
+the feature width, so the student and teacher dimensions may differ without a projection.
+Implementation details that do not change the value: the mean of the non-zero distances is
+sum(d) / count(d > 0) (no boolean indexing, which would sync the host on CUDA), and the
+relations are computed in float32 even under bf16 autocast. `feature="pre"` (the pre-activation
+pooled feature) is an option of ours; the references use the post-activation one, our default.
 """
 
 from __future__ import annotations
@@ -34,10 +48,9 @@ def pairwise_distances(x: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def distance_relations(x: Tensor) -> Tensor:
-    """Distances divided by their off-diagonal mean (all off-diagonal ones are > 0 after the clamp)."""
+    """Distances divided by the mean of the non-zero ones (the references' d[d > 0].mean())."""
     d = pairwise_distances(x)
-    n = len(x)
-    return d / (d.sum() / (n * (n - 1)))
+    return d / (d.sum() / (d > 0).sum())
 
 
 def angle_relations(x: Tensor) -> Tensor:
@@ -48,15 +61,18 @@ def angle_relations(x: Tensor) -> Tensor:
 
 @METHODS.register("rkd", aliases=("relational-kd",), tasks=("classification",),
                   description="smooth-L1 between normalised pairwise distances and triplet angles of pooled features",
-                  reference="Park, Kim, Lu, Cho. Relational Knowledge Distillation. CVPR 2019")
+                  reference="Park, Kim, Lu, Cho. Relational Knowledge Distillation. CVPR 2019",
+                  search_space={"weight": [0.01, 0.1, 0.3, 1.0]})
 class RKD(Method):
-    def __init__(self, student, teacher, spec, w_distance: float = 25.0, w_angle: float = 50.0, feature: str = "post"):
+    def __init__(self, student, teacher, spec, w_distance: float = 25.0, w_angle: float = 50.0, feature: str = "post",
+                 weight: float = 1.0):
         super().__init__(student, teacher, spec)
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {', '.join(FEATURES)}, got {feature!r}")
-        if w_distance < 0 or w_angle < 0:
-            raise ValueError(f"weights must not be negative, got w_distance={w_distance}, w_angle={w_angle}")
-        self.attr, self.w_distance, self.w_angle = FEATURES[feature], w_distance, w_angle
+        if w_distance < 0 or w_angle < 0 or weight < 0:
+            raise ValueError(f"weights must not be negative, got w_distance={w_distance}, w_angle={w_angle}, "
+                             f"weight={weight}")
+        self.attr, self.w_distance, self.w_angle, self.weight = FEATURES[feature], w_distance, w_angle, weight
 
     def forward(self, student, teacher, batch):
         s = full_precision(getattr(student, self.attr).flatten(1))
@@ -65,4 +81,5 @@ class RKD(Method):
             distance = F.smooth_l1_loss(distance_relations(s), distance_relations(t))
             angle = F.smooth_l1_loss(angle_relations(s), angle_relations(t))
         return {"ce": self.task_loss(student.logits, batch["label"]),
-                "rkd_distance": self.w_distance * distance, "rkd_angle": self.w_angle * angle}
+                "rkd_distance": self.weight * self.w_distance * distance,
+                "rkd_angle": self.weight * self.w_angle * angle}
