@@ -50,7 +50,8 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+def build_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimiser over parameters or parameter groups (a group's own settings override the recipe's)."""
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "adam":
@@ -85,6 +86,17 @@ def trainable_parameters(student: nn.Module, method: Method, teacher: nn.Module 
             seen.add(id(p))
             params.append(p)
     return params
+
+
+def parameter_groups(student: nn.Module, method: Method, teacher: nn.Module | None) -> list[dict[str, Any]]:
+    """The trainable parameters as optimiser groups: one, or two when the method sets the teacher's weight decay."""
+    params = trainable_parameters(student, method, teacher)
+    if teacher is None or not method.trains_teacher or method.teacher_weight_decay is None:
+        return [{"params": params}]
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in teacher_ids]},
+              {"params": [p for p in params if id(p) in teacher_ids], "weight_decay": method.teacher_weight_decay}]
+    return [group for group in groups if group["params"]]
 
 
 EVAL_PIXELS = 1 << 21  # per evaluation batch: 2M label pixels, e.g. six 480 x 640 images
@@ -174,7 +186,7 @@ class Fit:
     def __post_init__(self) -> None:
         self.uses_teacher = self.teacher is not None and self.method.uses_teacher
         self.params = trainable_parameters(self.student, self.method, self.teacher)
-        self.optimizer = build_optimizer(self.params, self.recipe)
+        self.optimizer = build_optimizer(parameter_groups(self.student, self.method, self.teacher), self.recipe)
         self.steps_per_epoch = self.data.num_batches("train", self.recipe.batch_size, shuffle=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(self.recipe, step, self.steps_per_epoch))
@@ -259,6 +271,7 @@ class Fit:
             if steps == 1 and (missing := self.method.needs - batch.keys()):
                 raise UserError(f"method {type(self.method).__name__} needs {', '.join(sorted(missing))} in every batch, "
                                 f"which dataset {self.data.spec.name!r} does not provide")
+            self.method.on_step_start(steps, self.steps_per_epoch)
             with autocast(self.device):
                 teacher_out = self._teacher_output(batch)
                 losses = self.method(self.student(batch[self.student_modality]), teacher_out, batch)

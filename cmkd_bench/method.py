@@ -21,6 +21,8 @@ from .models import FeatureModel, ModelInfo, ModelOutput
 class Method(nn.Module):
     uses_teacher: ClassVar[bool] = True  # False: the engine never runs the teacher in training
     trains_teacher: ClassVar[bool] = False  # True: the teacher is optimised too, in train mode
+    # with trains_teacher: the weight decay of the teacher's parameter group (None: the recipe's)
+    teacher_weight_decay: ClassVar[float | None] = None
     needs: ClassVar[frozenset[str]] = frozenset()  # extra batch keys, e.g. {"index"} for memory banks
     # the run's direction, set by the harness after construction (for preparation steps that
     # read the raw modalities, such as MGDFR's cross-modal ranking)
@@ -34,6 +36,8 @@ class Method(nn.Module):
         self.ignore_index = spec.ignore_index
         self.epoch = 0
         self.epochs = 1
+        self.step = 0  # 1-based training step within the epoch; 0 outside a training step
+        self.steps_per_epoch = 0
 
     def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
@@ -41,6 +45,11 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called by the engine before each epoch (0-based), for schedules such as warm-ups."""
         self.epoch, self.epochs = epoch, epochs
+        self.step = 0
+
+    def on_step_start(self, step: int, steps_per_epoch: int) -> None:
+        """Called by the engine before each training step (1-based within the epoch), for per-step schedules."""
+        self.step, self.steps_per_epoch = step, steps_per_epoch
 
     def prepare(self, teacher: FeatureModel, data: PairedData, device: str, cache_dir: Path | None) -> None:
         """One-time step before student training (for example ranking teacher channels).

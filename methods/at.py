@@ -1,18 +1,43 @@
 """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): the student matches where the teacher looks.
 
+Reference: szagoruyko/attention-transfer (commit 893df54), utils.py `at()` / `at_loss()` and
+cifar.py `h()`; defaults cross-checked with megvii-research/mdistiller, mdistiller/distillers/AT.py
+and mdistiller/engine/cfg.py (CFG.AT: P = 2, FEAT_WEIGHT = 1000, CE_WEIGHT = 1), and with
+HobbitLong/RepDistiller, distiller_zoo/AT.py and scripts/run_cifar_distill.sh (`-b 1000`).
+
 The attention map of a stage map A (C x H x W) is Q = mean_c |A_c|^p (p = 2), flattened and
-L2-normalised per sample. Student and teacher stages are paired by position in `stages`, and
+L2-normalised per sample (the official `at(x) = normalize(x.pow(2).mean(1).view(B, -1))`).
+Student and teacher stages are paired by position in `stages`, and, as in the official cifar.py
+(`loss = ... + opt.beta * sum(loss_groups)`, `at_loss = (at(x) - at(y)).pow(2).mean()`, beta =
+1e3 in its README's command line):
 
-    loss = CE + beta / 2 * sum_pairs mean_{b, hw} (Q_s - Q_t)^2
+    loss = CE + beta * sum_pairs mean_{b, hw} (Q_s - Q_t)^2,      beta = 1000
 
-which is the official code's form (at_loss = (at(x) - at(y)).pow(2).mean(), beta = 1e3).
-Across modalities the two maps rarely share a spatial size, so the student's attention map (not
-its features) is resized to the teacher's by adaptive average pooling before normalising: it
-averages over cells when shrinking and repeats cells when growing, and keeps the map's total
-energy per area. The paper transfers all residual groups; the default here is the last stage,
-because early stages are the most modality-specific (set `stages=0,1,2` for the paper's choice).
+The paper writes beta / 2 in front of a sum of p-norms of the difference; the official code, and
+mdistiller / RepDistiller after it, use beta * mean of squares without the 1/2, which is what is
+implemented here. The CE weight is 1 (cifar.py with alpha = 0, mdistiller CE_WEIGHT = 1).
+
+Stages. The official code transfers every residual group (cifar.py: group0..group2; mdistiller:
+feats[1:]; RepDistiller: feat_s[1:-1], i.e. all residual stages, never the stem or the pooled
+vector). Here the default is `stages=last`, a deliberate difference: early stages are the most
+modality-specific, and across modalities their attention rarely corresponds. The official choice
+is the preset `at-all-stages` (the same as `--set stages=all`): every stage, paired from the
+deepest one back when the two models have different numbers of stages. For backbones whose first
+stage is a stem (timm ResNets list `act1` first) the official residual groups are
+`--set stages=1,2,3,4`.
+
+Deliberate differences, all for cross-modal pairs:
+- Sizes: the official cifar.py assumes equal sizes; mdistiller / RepDistiller pool the larger
+  *feature map* to the smaller (square) size. Here the student's *attention map* (not its
+  features) is always resized to the teacher's size by adaptive average pooling before
+  normalising, so the target never changes with the student and non-square maps work: it
+  averages cells when shrinking and repeats them when growing. With equal sizes this is the
+  official computation exactly.
+- |A|^p rather than A^p: the paper's definition; identical to the official code for even p.
+- Maps are computed in at least float32 (bf16 autocast would round the normalised maps).
 For segmentation the formula is unchanged; a dense model's stages end with "decoder", so `last`
-transfers the attention of the map the segmentation head reads.
+transfers the attention of the map the segmentation head reads (the official code has no
+segmentation setting).
 """
 
 from __future__ import annotations
@@ -35,11 +60,21 @@ def attention_map(stage: Tensor, p: float, size: tuple[int, ...] | None = None) 
 
 
 def stage_pairs(student: ModelInfo, teacher: ModelInfo, stages: str) -> list[tuple[str, str]]:
-    """Resolve each comma-separated stage reference on both models; pairs go by position."""
+    """Resolve each comma-separated stage reference on both models; pairs go by position.
+
+    `all` pairs every stage, from the deepest back when the two models have different numbers of
+    stages (the official code pairs its residual groups one by one, on same-depth networks).
+    """
     refs = [ref.strip() for ref in stages.split(",") if ref.strip()]
     if not refs:
-        raise ValueError(f"stages must name at least one stage (e.g. 'last' or '1,2'), got {stages!r}")
-    pairs = [(student.stage(ref), teacher.stage(ref)) for ref in refs]
+        raise ValueError(f"stages must name at least one stage (e.g. 'last', 'all' or '1,2'), got {stages!r}")
+    if refs == ["all"]:
+        n = min(len(student.stage_names), len(teacher.stage_names))
+        if n == 0:
+            student.stage("last"), teacher.stage("last")  # the one-line error naming the model without stages
+        pairs = list(zip(student.stage_names[-n:], teacher.stage_names[-n:]))
+    else:
+        pairs = [(student.stage(ref), teacher.stage(ref)) for ref in refs]
     for s, t in pairs:
         for who, info, name in (("student", student, s), ("teacher", teacher, t)):
             if len(info.stage_shapes[name]) != 3:
@@ -50,8 +85,11 @@ def stage_pairs(student: ModelInfo, teacher: ModelInfo, stages: str) -> list[tup
 
 @METHODS.register("at", aliases=("attention-transfer",), tasks=("classification", "segmentation"),
                   description="MSE between L2-normalised spatial attention maps (channel mean of |A|^p)",
-                  reference="Zagoruyko & Komodakis. Paying More Attention to Attention. ICLR 2017")
+                  reference="Zagoruyko & Komodakis. Paying More Attention to Attention. ICLR 2017",
+                  search_space={"beta": [50.0, 250.0, 1000.0], "stages": ["last", "all"]})
 class AttentionTransfer(Method):
+    """loss = CE + beta * sum over stage pairs of mean (Q_s - Q_t)^2 (the official code's form)."""
+
     def __init__(self, student, teacher, spec, stages: str = "last", beta: float = 1000.0, p: float = 2.0):
         super().__init__(student, teacher, spec)
         if beta < 0 or p <= 0:
@@ -64,4 +102,9 @@ class AttentionTransfer(Method):
         at = sum((attention_map(student.stages[s], self.p, size)
                   - attention_map(teacher.stages[t].detach(), self.p)).pow(2).mean()
                  for (s, t), size in zip(self.pairs, self.sizes))
-        return {"ce": self.task_loss(student.logits, batch["label"]), "at": self.beta / 2 * at}
+        return {"ce": self.task_loss(student.logits, batch["label"]), "at": self.beta * at}
+
+
+# The official choice of stages: every residual group (szagoruyko/attention-transfer cifar.py).
+METHODS.register_preset("at-all-stages", "at", stages="all",
+                        description="attention transfer on every stage, the official code's choice (beta = 1000)")

@@ -1,19 +1,32 @@
 """DIST (Huang et al., NeurIPS 2022): distil relations, not exact probabilities, via Pearson correlation.
 
+Reference: hunto/DIST_KD (commit 2418f18), whose classification code is the submodule
+hunto/image_classification_sota (pinned commit d9662f7; read at 6f7a70a):
+lib/models/losses/dist_kd.py (`DIST`) and lib/models/losses/kd_loss.py (`KDLoss`: `'dist'` is
+DIST(beta=1, gamma=1, tau=1), `'dist_tN'` the same with tau = N, total
+`ori_loss * ori_loss_weight + kd_loss * kd_loss_weight`). Defaults from its ImageNet config
+configs/strategies/distill/resnet_dist.yaml (`kd: 'dist'`, ori_loss_weight 1, kd_loss_weight 2);
+its CIFAR-100 config dist_cifar.yaml uses `kd: dist_t4` (tau = 4), also with kd_loss_weight 2.
+
 With Y = softmax(Z / tau) for a batch (B x C) and rho the Pearson correlation of two vectors:
 
     inter = 1 - mean_b rho(Y_s[b, :], Y_t[b, :])     (each sample's class ranking)
     intra = 1 - mean_c rho(Y_s[:, c], Y_t[:, c])     (each class's ranking of the samples)
-    loss  = CE + tau^2 * (beta * inter + gamma * intra)
+    loss  = CE + weight * tau^2 * (beta * inter + gamma * intra)
 
-with the paper's ImageNet defaults beta = gamma = tau = 1 (its CIFAR-100 runs use other values;
-set them with --set). Pearson is computed as in the official code: cosine similarity of the
-centred vectors with eps = 1e-8 in the denominator.
+with the official defaults beta = gamma = tau = 1 and weight = 2 (kd_loss_weight). Pearson is
+computed as in the official code: cosine similarity of the centred vectors, eps = 1e-8 in the
+denominator.
 
 For segmentation every pixel is a sample, as in the official segmentation code
 (hunto/DIST_KD, segmentation/losses/dist_kd.py): B x C x H x W predictions become (B H W) x C
 rows, so `inter` correlates each pixel's class scores and `intra` each class's scores over all
-pixels of the batch. Like the official code, it uses no labels (ignored pixels included).
+pixels of the batch. Like the official code, it uses no labels (ignored pixels included); that
+code has no temperature (tau = 1, our default). Deliberate difference: DIST_KD's segmentation
+script (segmentation/train_kd.py) weighs the term with `--lambda-kd`, default 1, while one default
+serves both tasks here (the registry reads a single default per hyper-parameter, and the tuning
+protocol's space must contain it), the classification one; `--set weight=1` reproduces the
+segmentation setting, and the search space includes 1.
 """
 
 from __future__ import annotations
@@ -38,13 +51,16 @@ def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
 
 @METHODS.register("dist", aliases=("dist-kd",), tasks=("classification", "segmentation"),
                   description="Pearson-correlation matching of predictions across classes (inter) and samples (intra)",
-                  reference="Huang, You, Wang, Qian, Xu. Knowledge Distillation from A Stronger Teacher. NeurIPS 2022")
+                  reference="Huang, You, Wang, Qian, Xu. Knowledge Distillation from A Stronger Teacher. NeurIPS 2022",
+                  search_space={"tau": [1.0, 4.0], "weight": [1.0, 2.0, 4.0]})
 class DIST(Method):
-    def __init__(self, student, teacher, spec, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0):
+    def __init__(self, student, teacher, spec, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0,
+                 weight: float = 2.0):
         super().__init__(student, teacher, spec)
-        if tau <= 0 or beta < 0 or gamma < 0:
-            raise ValueError(f"need tau > 0 and beta, gamma >= 0, got tau={tau}, beta={beta}, gamma={gamma}")
-        self.beta, self.gamma, self.tau = beta, gamma, tau
+        if tau <= 0 or beta < 0 or gamma < 0 or weight < 0:
+            raise ValueError(f"need tau > 0 and beta, gamma, weight >= 0, got tau={tau}, beta={beta}, gamma={gamma}, "
+                             f"weight={weight}")
+        self.beta, self.gamma, self.tau, self.weight = beta, gamma, tau, weight
 
     def forward(self, student, teacher, batch):
         logits = (student.logits, resized_like(teacher.logits.detach(), student.logits))
@@ -52,5 +68,6 @@ class DIST(Method):
         y_s, y_t = (z_s / self.tau).softmax(dim=1), (z_t / self.tau).softmax(dim=1)
         inter = 1 - pearson_rows(y_s, y_t).mean()
         intra = 1 - pearson_rows(y_s.t(), y_t.t()).mean()
+        scale = self.weight * self.tau**2
         return {"ce": self.task_loss(student.logits, batch["label"]),
-                "inter": self.tau**2 * self.beta * inter, "intra": self.tau**2 * self.gamma * intra}
+                "inter": scale * self.beta * inter, "intra": scale * self.gamma * intra}

@@ -1,20 +1,41 @@
 """Decoupled knowledge distillation (Zhao et al., CVPR 2022): KD split into target and non-target parts.
 
+Reference: megvii-research/mdistiller (commit a08d46f), mdistiller/distillers/DKD.py (`dkd_loss`,
+`DKD.forward_train`); defaults from mdistiller/engine/cfg.py (CFG.DKD: CE_WEIGHT = 1, ALPHA = 1,
+BETA = 8, T = 4, WARMUP = 20) with the CIFAR-100 schedule of configs/cifar100/dkd/*.yaml (240
+epochs; per-pair BETA overrides 2 and 6; the ImageNet configs configs/imagenet/*/dkd.yaml use BETA
+0.5 / 2, T = 1, WARMUP = 1 of 100 epochs).
+
 With p^T = softmax(z / T), the binary distribution b = [p_y, 1 - p_y] (target vs the rest) and the
 distribution p_hat over the non-target classes alone (softmax of the non-target logits):
 
     TCKD = T^2 KL(b_t || b_s),   NCKD = T^2 KL(p_hat_t || p_hat_s)     (batch means)
-    loss = CE + w * (alpha * TCKD + beta * NCKD)
+    loss = w_ce * CE + w(t) * (alpha * TCKD + beta * NCKD)
 
-with the paper's CIFAR-100 setting alpha = 1, beta = 8, T = 4. For segmentation every labelled
-pixel is a sample: the batch means become means over the pixels whose label is not ignored (the
-paper has no segmentation setting; pixel-wise application is the same extension as pixel-wise KD). The weight w rises linearly over
-the first `warmup` of training, as in the official code (w = min(epoch / 20, 1) with 1-based
-epochs out of 240). Recipes here are much shorter than 240 epochs, so `warmup` is the fraction of
-the run's epochs (default 20/240, the paper's proportion); w = min((epoch + 1) / (warmup * epochs), 1)
-with 0-based epochs, and warmup = 0 turns the ramp off. Log-probabilities come from log-sum-exps
-rather than the official code's "- 1000 * mask" trick, which gives the same values exactly.
-With two classes the non-target distribution has one class and NCKD is zero: DKD is then TCKD.
+as in `dkd_loss` (kl_div with size_average=False, times T^2, divided by the batch size).
+Log-probabilities come from log-sum-exps rather than the official "- 1000 * gt_mask" trick and
+log of the summed softmax; the values are the same (tests/test_fidelity_logit_feature.py checks
+this against the official form). With two classes NCKD is zero: DKD is then TCKD.
+
+Warm-up. The official weight is w = min(epoch / WARMUP, 1) with 1-based epochs, WARMUP = 20 of
+240, held for a whole epoch. Here `warmup` is the fraction of training the ramp lasts (default
+20 / 240) and the ramp advances per training step:
+
+    w = min(progress / warmup, 1),   progress = (epoch * S + step) / (epochs * S)
+
+with 0-based `epoch`, the 1-based `step` within the epoch and S steps per epoch (the engine
+reports the step through `Method.on_step_start`). So in (1-based) epoch e, w rises linearly from
+just above min((e - 1) / (warmup * epochs), 1) to min(e / (warmup * epochs), 1), reached at the
+epoch's last step; with epochs = 240 and warmup = 20 / 240 the value at the last step of every
+epoch is exactly the official min(e / 20, 1), and the first step trains with 1 / (20 S) instead of
+1 / 20. Short recipes therefore still ramp: in a 12-epoch recipe the official min(e / 20, 1) would
+never reach full weight, and its proportional per-epoch form min(e / (warmup * epochs), 1) is
+already 1 in the first epoch; per step, the weight rises over the first 1/12 of the steps.
+Outside a training step (step 0, e.g. a direct call) progress is (epoch + 1) / epochs, the
+per-epoch value. warmup = 0 turns the ramp off.
+
+Segmentation (no official setting): every labelled pixel is a sample; the batch means become
+means over the pixels whose label is not ignored, the same extension as pixel-wise KD.
 """
 
 from __future__ import annotations
@@ -50,7 +71,8 @@ def decoupled_log_probs(logits: Tensor, labels: Tensor, T: float) -> tuple[Tenso
 
 @METHODS.register("dkd", aliases=("decoupled-kd",), tasks=("classification", "segmentation"),
                   description="KD decoupled into target-class (TCKD) and non-target-class (NCKD) terms",
-                  reference="Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022")
+                  reference="Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022",
+                  search_space={"beta": [0.5, 1.0, 2.0, 8.0], "T": [1.0, 4.0]})
 class DKD(Method):
     def __init__(self, student, teacher, spec, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0,
                  warmup: float = 20 / 240, w_ce: float = 1.0):
@@ -58,12 +80,18 @@ class DKD(Method):
         if T <= 0 or alpha < 0 or beta < 0 or w_ce < 0:
             raise ValueError(f"need T > 0 and non-negative weights, got T={T}, alpha={alpha}, beta={beta}, w_ce={w_ce}")
         if not 0 <= warmup < 1:
-            raise ValueError(f"warmup is a fraction of the epochs in [0, 1), got {warmup}")
+            raise ValueError(f"warmup is a fraction of training in [0, 1), got {warmup}")
         self.alpha, self.beta, self.T, self.warmup, self.w_ce = alpha, beta, T, warmup, w_ce
 
+    def progress(self) -> float:
+        """Fraction of training done once the current step is taken (see the module docstring)."""
+        steps = self.steps_per_epoch
+        if self.step < 1 or steps < 1:
+            return (self.epoch + 1) / self.epochs
+        return (self.epoch * steps + self.step) / (self.epochs * steps)
+
     def warmup_factor(self) -> float:
-        ramp = self.warmup * self.epochs
-        return 1.0 if ramp <= 0 else min((self.epoch + 1) / ramp, 1.0)
+        return 1.0 if self.warmup <= 0 else min(self.progress() / self.warmup, 1.0)
 
     def forward(self, student, teacher, batch):
         labels = batch["label"]

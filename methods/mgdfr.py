@@ -1,30 +1,54 @@
-"""Modality-general decisive feature distillation, after "The Modality Focusing Hypothesis" (Xue et al., ICLR 2023).
+"""Modality-general decisive feature distillation: the Modality Focusing Hypothesis (Xue et al., ICLR 2023).
 
-MFH: cross-modal KD helps only through the teacher's decisive features that the student's
-modality also carries ("modality-general"). The paper's Algorithm 1 finds them by permutation
-salience: a model on each modality is fitted so that their outputs agree (MSE); permuting one
-teacher-side channel across samples then raises the disagreement only if that channel carries
-label evidence the other modality sees too. Permuting a modality-specific channel leaves the
-disagreement unchanged in expectation (the other side never predicted it), and permuting a
-non-decisive one does not move the teacher's output at all.
+Reference: github.com/zihuixue/MFH, the RAVDESS pipeline: `ravdess/main_overlap_tag.py` (options,
+`eval_overlap_tag`), `ravdess/utils/helper.py` (`train_network_for_overlap_tag`, `cal_overlap_tag`,
+`train_network_distill`), `ravdess/utils/model.py` (`my_permute_new`, `my_freeze_new`, `place`) and
+`ravdess/utils/dist_utils.py` (`MSE`). Defaults are that script's: `--ratio 0.75 --mode 1
+--num-permute 10 --batch-size2 512 --gt-weight 0 --pl-weight 1`.
 
-Here, once per teacher and student modality in prepare(), cached in the teacher's folder:
-1. the frozen teacher's pooled feature h (what its head sees) and logits z = head(h) on the train
-   split (at most `max_samples` samples, in split order);
-2. the student-modality side of Alg. 1 is a cheap closed-form model instead of a trained network:
-   ridge regression (penalty `ridge` per sample) onto z from the student-modality input, average-
-   pooled to at most pool x pool, standardised, plus `random_features` random ReLU features.
-   It is cross-fitted on two halves of the samples, so it is always scored on samples it was not
-   fitted on;
-3. salience_i = mean over `repeats` permutations of MSE(head(h, channel i permuted), g) - MSE(head(h), g).
-The top `fraction` of channels are kept as modality-general, and training distils only those:
+MFH: cross-modal KD helps through the teacher's decisive features that the student's modality also
+carries. The official pipeline, and this method:
+1. A partner network on the student modality is trained so that its logits agree with the
+   teacher's (official: CE of each network + MSE between their logits, `train_network_for_overlap_tag`).
+2. Salience of teacher channel i (`cal_overlap_tag`): the teacher's channels are those of its head
+   input (the official `--place 5` is the 128-d input of RAVDESS's last layer); on batches of 512
+   training samples, channel i is permuted across the batch (one permutation per channel and
+   repeat, `my_permute_new`) and the salience is MSE(partner logits, teacher logits with channel i
+   permuted), the mean over all elements (`MSE`), averaged over `repeats` = 10, then min-max
+   normalised to [0, 1]. A channel that the partner's prediction depends on raises the disagreement
+   when shuffled; a modality-specific or non-decisive one does not.
+3. The `fraction` = 75 % least salient channels are removed (mode 1: ascending order,
+   int(fraction x D) channels), each replaced by its mean over the current batch (`my_freeze_new`),
+   in the eval-mode teacher at every training step.
+4. The student distils the modified teacher's logits (`train_network_distill`):
 
-    loss = CE + weight * MSE(P(f_s), h[:, kept])        P: a learned linear map of the student's pooled feature
+       loss = w_ce CE + w_kd T^2 KL(softmax(z_t' / T) || softmax(z_s / T))
 
-The paper's own VGGSound run instead zeroes the other channels and distils the teacher's logits;
-feature MSE on the kept channels keeps the teacher's head out of the training loop. The modality
-names come from `teacher_modality` / `student_modality` attributes when the harness sets them,
-otherwise from the dataset's default direction.
+   with w_ce = 0, w_kd = 1, T = 1 and the KL averaged over all B x C elements
+   (KLDivLoss(reduction='mean'), `kd_reduction="mean"`; "batchmean" sums over classes instead).
+
+Deliberate differences, each for the suite's protocol:
+- The teacher is the suite's trained teacher, frozen: the partner is trained against it (CE + MSE
+  to the teacher's logits), where the official script trains a new teacher jointly with the
+  partner (CE + CE + MSE) and then distils from that teacher. Every method here shares one teacher.
+- The partner is the student's backbone (the dataset's default for the student modality when that
+  name is not a registered backbone), trained for `partner_budget` x the dataset recipe's epochs
+  (default half, at least one) with that recipe's optimiser, learning rate, weight decay and
+  schedule (official: as long as the KD run, SGD lr 1e-2, momentum 0.9). It is trained once per
+  teacher and run direction in prepare() and its salience is cached in the teacher's folder.
+- The salience is averaged over every batch of 512 shuffled training samples (up to `max_samples`;
+  augmented where the dataset augments): the official loop assigns rather than accumulates per
+  batch, so only its last batch counts; its VGGSound script (`vggsound/modality_general/
+  cal_overlap_permute.py`) accumulates over batches as here. Permutations are drawn in the official
+  order (repeat-major, then channel) from a generator seeded with `seed`, and evaluated in chunks.
+- The student's recipe (optimiser, learning rate, epochs) is the dataset's shared one (official:
+  SGD lr 1e-2, momentum 0.9, 100 epochs). `T` is an option (official T = 1), with Hinton's T^2.
+The VGGSound code differs from RAVDESS: its salience is a mean absolute difference against an
+independently pre-trained video network (`vggsound/modality_general/cal_overlap_permute.py`), and
+`vggsound/mfh_kd/main.py` zeroes the removed channels and distils with a batchmean KL and no CE;
+this method follows RAVDESS, the pipeline the repository's README documents step by step.
+The modality names come from `teacher_modality` / `student_modality` set by the harness, otherwise
+from the dataset's default direction.
 """
 
 from __future__ import annotations
@@ -37,81 +61,119 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmkd_bench.data import PairedData
-from cmkd_bench.engine import atomic_save
+from cmkd_bench.data import PairedData, Recipe
+from cmkd_bench.engine import atomic_save, autocast, build_optimizer, lr_factor
 from cmkd_bench.errors import UserError
 from cmkd_bench.method import Method
 from cmkd_bench.models import FeatureModel
-from cmkd_bench.registry import METHODS
+from cmkd_bench.registry import BACKBONES, METHODS
 
-CACHE_VERSION = 1
-
-
-def input_representation(x: Tensor, pool: int) -> Tensor:
-    """Images and sequences average-pooled to at most pool (x pool) positions, then flattened."""
-    if x.dim() == 4:
-        x = F.adaptive_avg_pool2d(x, (min(pool, x.shape[2]), min(pool, x.shape[3])))
-    elif x.dim() == 3:
-        x = F.adaptive_avg_pool1d(x, min(pool, x.shape[2]))
-    return x.flatten(1)
+CACHE_VERSION = 2
+REDUCTIONS = ("mean", "batchmean")
+CHUNK_ELEMENTS = 1 << 24  # permuted copies of a batch evaluated at once: at most 16M feature values
 
 
-def ridge_predict(x_fit: Tensor, y_fit: Tensor, x_eval: Tensor, penalty: float) -> Tensor:
-    """Closed-form ridge regression (intercept unpenalised via centring), in float64."""
-    x_fit, y_fit, x_eval = x_fit.double(), y_fit.double(), x_eval.double()
-    x_mean, y_mean = x_fit.mean(dim=0), y_fit.mean(dim=0)
-    xc = x_fit - x_mean
-    gram = xc.t() @ xc + penalty * len(xc) * torch.eye(xc.shape[1], dtype=xc.dtype, device=xc.device)
-    coef = torch.linalg.solve(gram, xc.t() @ (y_fit - y_mean))
-    return (y_mean + (x_eval - x_mean) @ coef).float()
-
-
-def permutation_salience(head: nn.Module, h: Tensor, target: Tensor, repeats: int,
-                         generator: torch.Generator) -> Tensor:
-    """Per channel: mean rise of MSE(head(h), target) when that channel is shuffled across samples."""
-    base = F.mse_loss(head(h), target)
-    salience = torch.zeros(h.shape[1])
-    for i in range(h.shape[1]):
-        for _ in range(repeats):
-            order = torch.randperm(len(h), generator=generator).to(h.device)
-            shuffled = h.clone()
-            shuffled[:, i] = h[order, i]
-            salience[i] += (F.mse_loss(head(shuffled), target) - base).item() / repeats
-    return salience
+def replace_by_batch_mean(h: Tensor, channels: Tensor) -> Tensor:
+    """A copy of B x D features whose `channels` hold their mean over the batch (official `my_freeze_new`)."""
+    out = h.clone()
+    out[:, channels] = h[:, channels].mean(dim=0)
+    return out
 
 
 @torch.no_grad()
-def channel_salience(teacher: FeatureModel, data: PairedData, teacher_modality: str, student_modality: str,
-                     device: str, repeats: int, ridge: float, random_features: int, pool: int, max_samples: int,
+def permutation_salience(head: nn.Module, h: Tensor, target: Tensor, repeats: int, generator: torch.Generator) -> Tensor:
+    """Per channel i: mean over repeats of MSE(target, head(h with channel i permuted across the batch)).
+
+    One permutation per (repeat, channel), drawn with torch.randperm from `generator` in that order
+    (repeat-major), as the official loops draw them; the copies are evaluated a chunk of channels at once.
+    """
+    n, d = h.shape
+    chunk = max(1, CHUNK_ELEMENTS // (n * d))
+    rows = torch.arange(n, device=h.device)
+    values = torch.zeros(repeats, d, dtype=torch.float64)
+    for j in range(repeats):
+        for start in range(0, d, chunk):
+            idx = torch.arange(start, min(start + chunk, d), device=h.device)
+            perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(len(idx))]).to(h.device)
+            copies = h.unsqueeze(0).repeat(len(idx), 1, 1)
+            copies[torch.arange(len(idx), device=h.device)[:, None], rows[None, :], idx[:, None]] = h[perms, idx[:, None]]
+            out = head(copies.view(-1, d)).view(len(idx), n, -1).float()
+            values[j, start:start + len(idx)] = ((out - target.float()) ** 2).mean(dim=(1, 2)).double().cpu()
+    return values.mean(dim=0)
+
+
+def min_max(values: Tensor) -> Tensor:
+    """Linear normalisation to [0, 1] (all zeros when every value is the same)."""
+    span = values.max() - values.min()
+    return (values - values.min()) / span if span > 0 else torch.zeros_like(values)
+
+
+def teacher_output(teacher: FeatureModel, batch: dict[str, Tensor], teacher_modality: str, student_modality: str):
+    try:
+        return teacher(batch[teacher_modality])
+    except RuntimeError as exc:  # a reversed run whose modalities the harness did not pass on
+        reason = str(exc).splitlines()[0]
+        raise UserError(f"mgdfr: the teacher cannot read modality {teacher_modality!r} ({reason}); without the "
+                        f"run's modalities from the harness, mgdfr assumes the dataset's default direction "
+                        f"{teacher_modality}->{student_modality}") from exc
+
+
+def train_partner(partner: FeatureModel, teacher: FeatureModel, data: PairedData, teacher_modality: str,
+                  student_modality: str, device: torch.device, recipe: Recipe, seed: int) -> None:
+    """Fit the student-modality partner to the labels and to the frozen teacher: CE + MSE(logits)."""
+    optimizer = build_optimizer([p for p in partner.parameters() if p.requires_grad], recipe)
+    steps = data.num_batches("train", recipe.batch_size, shuffle=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(recipe, step, steps))
+    partner.train()
+    for epoch in range(recipe.epochs):
+        for batch in data.batches("train", recipe.batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
+                                  device=device):
+            with autocast(device):
+                with torch.no_grad():
+                    z_t = teacher_output(teacher, batch, teacher_modality, student_modality).logits.float()
+                z_p = partner(batch[student_modality]).logits.float()
+                loss = F.cross_entropy(z_p, batch["label"]) + F.mse_loss(z_p, z_t)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    partner.eval()
+
+
+@torch.no_grad()
+def channel_salience(teacher: FeatureModel, partner: FeatureModel, data: PairedData, teacher_modality: str,
+                     student_modality: str, device: torch.device, repeats: int, batch_size: int, max_samples: int,
                      seed: int) -> Tensor:
-    """Algorithm 1 of MFH with a cross-fitted ridge model on the student modality (see the module doc)."""
+    """Raw salience of each teacher channel (the head's input), averaged over batches of shuffled training samples."""
     head = teacher.net.get_submodule(teacher.head_module)
-    features, inputs, seen = [], [], 0
-    for batch in data.batches("train", 256, shuffle=False, device=device):
-        try:
-            features.append(teacher(batch[teacher_modality]).feature_post.float())
-        except RuntimeError as exc:  # a reversed run whose modalities the harness did not pass on
-            reason = str(exc).splitlines()[0]
-            raise UserError(f"mgdfr: the teacher cannot read modality {teacher_modality!r} ({reason}); without the "
-                            f"run's modalities from the harness, mgdfr assumes the dataset's default direction "
-                            f"{teacher_modality}->{student_modality}") from exc
-        inputs.append(input_representation(batch[student_modality].float(), pool))
-        seen += len(batch["label"])
-        if seen >= max_samples:
-            break
-    h, r = torch.cat(features)[:max_samples], torch.cat(inputs)[:max_samples]
-    logits = head(h)
     generator = torch.Generator().manual_seed(seed)
-    r = (r - r.mean(dim=0)) / (r.std(dim=0) + 1e-6)
-    weights = torch.randn(r.shape[1], random_features, generator=generator).to(r.device) / r.shape[1] ** 0.5
-    bias = torch.randn(random_features, generator=generator).to(r.device)
-    design = torch.cat([r, torch.relu(r @ weights + bias)], dim=1)
-    halves = torch.randperm(len(h), generator=generator).to(h.device).chunk(2)
-    salience = torch.zeros(h.shape[1])
-    for fit, held in (halves, halves[::-1]):
-        predicted = ridge_predict(design[fit], logits[fit], design[held], ridge)
-        salience += permutation_salience(head, h[held], predicted, repeats, generator) / 2
-    return salience
+    total, batches, seen = None, 0, 0
+    for batch in data.batches("train", batch_size, shuffle=True, seed=seed, device=device):
+        out = teacher_output(teacher, batch, teacher_modality, student_modality)
+        h = out.feature_post.float()
+        if batches == 0 and not torch.allclose(head(h), out.logits.float(), rtol=1e-3, atol=1e-4):
+            raise UserError(f"mgdfr: the head of teacher {teacher.name!r} does not map its pooled feature to its "
+                            f"logits, so its channels cannot be permuted or replaced there")
+        salience = permutation_salience(head, h, partner(batch[student_modality]).logits.float(), repeats, generator)
+        total = salience if total is None else total + salience
+        batches, seen = batches + 1, seen + len(h)
+        if max_samples and seen >= max_samples:
+            break
+    return total / batches
+
+
+def rank_channels(teacher: FeatureModel, data: PairedData, key: dict, device: str) -> Tensor:
+    """Train the partner (seeded, without touching the global RNG) and return the raw per-channel salience."""
+    device_ = torch.device(device)
+    recipe = Recipe(**key["partner_recipe"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(key["seed"])
+        entry = BACKBONES.get(key["partner"])
+        partner = entry.factory(data.spec.modality(key["student_modality"]).shape, data.spec.num_classes).to(device_)
+        train_partner(partner, teacher, data, key["teacher_modality"], key["student_modality"], device_, recipe,
+                      key["seed"])
+    return channel_salience(teacher, partner, data, key["teacher_modality"], key["student_modality"], device_,
+                            key["repeats"], key["salience_batch"], key["max_samples"], key["seed"])
 
 
 def load_cached(path: Path) -> dict | None:
@@ -123,40 +185,55 @@ def load_cached(path: Path) -> dict | None:
 
 
 @METHODS.register("mgdfr", aliases=("mfh",), tasks=("classification",),
-                  description="MSE on the teacher channels that permutation salience ranks modality-general "
-                              "(MFH Alg. 1)",
+                  description="KD from the teacher with its 75 % least modality-general channels (permutation "
+                              "salience against a trained student-modality partner) replaced by their batch mean",
                   reference="Xue, Gao, Ren, Zhao. The Modality Focusing Hypothesis: Towards Understanding "
-                            "Crossmodal Knowledge Distillation. ICLR 2023")
+                            "Crossmodal Knowledge Distillation. ICLR 2023",
+                  search_space={"fraction": [0.5, 0.75, 0.9], "T": [1.0, 2.0, 4.0]})
 class MGDFR(Method):
-    def __init__(self, student, teacher, spec, fraction: float = 0.5, weight: float = 1.0, repeats: int = 5,
-                 ridge: float = 1.0, random_features: int = 512, pool: int = 8, max_samples: int = 4096,
-                 seed: int = 0):
+    def __init__(self, student, teacher, spec, fraction: float = 0.75, T: float = 1.0, w_kd: float = 1.0,
+                 w_ce: float = 0.0, kd_reduction: str = "mean", repeats: int = 10, salience_batch: int = 512,
+                 max_samples: int = 0, partner_budget: float = 0.5, seed: int = 0):
         super().__init__(student, teacher, spec)
-        if not 0 < fraction <= 1 or weight < 0:
-            raise ValueError(f"need 0 < fraction <= 1 and weight >= 0, got fraction={fraction}, weight={weight}")
-        if repeats < 1 or ridge <= 0 or random_features < 0 or pool < 1 or max_samples < 4:
-            raise ValueError(f"need repeats >= 1, ridge > 0, random_features >= 0, pool >= 1, max_samples >= 4; got "
-                             f"repeats={repeats}, ridge={ridge}, random_features={random_features}, pool={pool}, "
-                             f"max_samples={max_samples}")
-        kept = max(1, round(fraction * teacher.feature_dim))
-        self.weight, self.spec = weight, spec
-        self.ranking = {"repeats": repeats, "ridge": ridge, "random_features": random_features, "pool": pool,
-                        "max_samples": max_samples, "seed": seed}
-        self.project = nn.Linear(student.feature_dim, kept)
-        self.register_buffer("channels", torch.arange(kept))
-        self.ranked = False
+        if not 0 <= fraction < 1 or T <= 0 or w_kd < 0 or w_ce < 0:
+            raise ValueError(f"need 0 <= fraction < 1, T > 0 and non-negative weights, got fraction={fraction}, "
+                             f"T={T}, w_kd={w_kd}, w_ce={w_ce}")
+        if kd_reduction not in REDUCTIONS:
+            raise ValueError(f"kd_reduction must be one of {', '.join(REDUCTIONS)}, got {kd_reduction!r}")
+        if repeats < 1 or salience_batch < 2 or max_samples < 0 or not partner_budget > 0:
+            raise ValueError(f"need repeats >= 1, salience_batch >= 2, max_samples >= 0 and partner_budget > 0; got "
+                             f"repeats={repeats}, salience_batch={salience_batch}, max_samples={max_samples}, "
+                             f"partner_budget={partner_budget}")
+        self.T, self.w_kd, self.w_ce, self.kd_reduction = T, w_kd, w_ce, kd_reduction
+        self.spec, self.partner_backbone = spec, student.name
+        self.ranking = {"repeats": repeats, "salience_batch": salience_batch, "max_samples": max_samples,
+                        "partner_budget": partner_budget, "seed": seed}
+        self.register_buffer("removed", torch.arange(int(fraction * teacher.feature_dim)))
+        self.head: nn.Module | None = None  # the teacher's head, set by prepare() (not a submodule: never trained)
+
+    def __setattr__(self, name, value):
+        if name == "head":  # keep the teacher's head out of this module's parameters and state
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def modalities(self) -> tuple[str, str]:
         return (getattr(self, "teacher_modality", None) or self.spec.teacher_modality,
                 getattr(self, "student_modality", None) or self.spec.student_modality)
 
-    def cache_key(self) -> dict:
+    def cache_key(self, data: PairedData) -> dict:
         teacher_modality, student_modality = self.modalities()
+        partner = self.partner_backbone if self.partner_backbone in BACKBONES else \
+            data.spec.modality(student_modality).backbone
+        recipe = data.spec.recipe
+        epochs = max(1, round(self.ranking["partner_budget"] * recipe.epochs))
+        recipe = recipe.updated(epochs=epochs, warmup_epochs=min(recipe.warmup_epochs, epochs - 1))
         return {"method": "mgdfr", "version": CACHE_VERSION, "teacher_modality": teacher_modality,
-                "student_modality": student_modality, **self.ranking}
+                "student_modality": student_modality, "partner": partner, "partner_recipe": recipe.as_dict(),
+                **self.ranking}
 
     def prepare(self, teacher, data, device, cache_dir: Path | None) -> None:
-        key = self.cache_key()
+        key = self.cache_key(data)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         path = Path(cache_dir) / f"mgdfr-{digest}.pt" if cache_dir is not None else None
         cached = load_cached(path) if path is not None else None
@@ -165,17 +242,31 @@ class MGDFR(Method):
         else:
             was_training = teacher.training
             teacher.eval()
-            salience = channel_salience(teacher, data, key["teacher_modality"], key["student_modality"], device,
-                                        **self.ranking)
-            teacher.train(was_training)
+            try:
+                salience = min_max(rank_channels(teacher, data, key, device))
+            finally:
+                teacher.train(was_training)
             if path is not None:
                 atomic_save({"key": key, "salience": salience}, path)
-        self.channels.copy_(salience.argsort(descending=True)[:len(self.channels)])
-        self.ranked = True
+        order = torch.argsort(salience, stable=True)  # ascending: the least modality-general first (mode 1)
+        self.removed.copy_(order[:len(self.removed)])
+        self.head = teacher.net.get_submodule(teacher.head_module)
+
+    def modified_teacher_logits(self, teacher_feature: Tensor) -> Tensor:
+        assert self.head is not None
+        with torch.no_grad():
+            return self.head(replace_by_batch_mean(teacher_feature.detach(), self.removed))
 
     def forward(self, student, teacher, batch):
-        if not self.ranked:
+        if self.head is None:
             raise RuntimeError("mgdfr: prepare() must run before training; it ranks the teacher's channels")
-        target = teacher.feature_post.detach()[:, self.channels]
-        return {"ce": self.task_loss(student.logits, batch["label"]),
-                "mgd": self.weight * F.mse_loss(self.project(student.feature_post), target)}
+        z_t = self.modified_teacher_logits(teacher.feature_post)
+        z_s = student.logits
+        z_t, z_s = (z if z.dtype == torch.float64 else z.float() for z in (z_t, z_s))
+        kl = F.kl_div(F.log_softmax(z_s / self.T, dim=1), F.log_softmax(z_t / self.T, dim=1), reduction="none",
+                      log_target=True)
+        kd = kl.mean() if self.kd_reduction == "mean" else kl.sum(1).mean()
+        losses = {"kd": self.w_kd * self.T ** 2 * kd}
+        if self.w_ce:
+            losses["ce"] = self.w_ce * self.task_loss(student.logits, batch["label"])
+        return losses
