@@ -36,12 +36,18 @@ def _format_value(value: object) -> str:
 
 
 def _registry_table(registry: Registry, title: str) -> Table:
+    from .tuning import declared_space
+
     table = Table(title=title, show_lines=False, header_style="bold")
     for column in ("name", "aliases", "tasks", "description", "hyper-parameters (defaults)"):
         table.add_column(column, overflow="fold")
     for entry in registry:
         described = entry.description + (f"\n[dim]{entry.reference}[/dim]" if entry.reference else "")
         hparams = ", ".join(f"{k}={_format_value(v)}" for k, v in entry.hparams.items())
+        space = declared_space(entry) if registry is METHODS else {}
+        if space:
+            hparams += "\n[dim]tuned over " + "; ".join(
+                f"{k}={','.join(map(_format_value, values))}" for k, values in space.items()) + "[/dim]"
         table.add_row(entry.name, ", ".join(entry.aliases), ", ".join(entry.tasks), described, hparams)
     return table
 
