@@ -159,3 +159,19 @@ def test_untuned_variants_stay_rows_of_their_own():
                {**base, "run_id": "2", "method": "kd", "seed": 0, "hparams_changed": {"T": 2.0},
                 "metrics": {"test": 60.0}}]
     assert [row.label for row in summarize(records)[0].rows][1:] == ["kd (T=2)", "kd"]
+
+
+def test_a_suite_file_with_tune_plans_the_default_runs_then_the_studies(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("datasets: [synth-av]\nmethods: [no-kd, dkd]\ndirections: default\nseeds: [0, 1]\n"
+                     "sets: {train: 64, val: 32, test: 32, image_size: 16}\ntune: {budget: 3}\n"
+                     f"out: {tmp_path / 'runs'}\n")
+    done = cli("suite", str(suite), "--dry-run", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "4 runs: 0 already completed" in done.stdout  # the defaults: no-kd and dkd on two seeds
+    [study] = [line for line in lines if line.startswith("dkd on synth-av")]
+    assert "3 of 8 configurations (budget 3) on seed 0" in study
+    assert sum(line.startswith("  run ") for line in lines) == 3
+    assert not any(line.startswith("no-kd on") for line in lines)  # no search space: defaults only
+    assert not (tmp_path / "runs").exists()
