@@ -266,9 +266,12 @@ def _build_table(records: list[dict[str, Any]], extra: list[str], view: str = "a
 
 
 def _title(table: TableData, extra: list[str]) -> str:
+    # A real dataset's preprocessing protocol is always named: numbers of two protocols never compare.
+    named = "protocol" in table.data_options and not any("protocol=" in part for part in extra)
+    protocol = [f"protocol={table.data_options['protocol']}"] if named else []
     parts = [
         table.dataset, table.direction, f"{table.metric} (%)",
-        f"student {table.student_backbone}, teacher {table.teacher_backbone}", *extra,
+        f"student {table.student_backbone}, teacher {table.teacher_backbone}", *protocol, *extra,
     ]
     return " · ".join(parts)
 

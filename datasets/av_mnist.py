@@ -1,17 +1,22 @@
 """av-mnist: AV-MNIST (Vielzeuf et al., CentralNet, ECCV-W 2018), spoken and written digits, 10 classes.
 
-Read from the common `.npy` release layout of MultiBench (Liang et al., NeurIPS 2021 Datasets and
-Benchmarks; github.com/pliang279/MultiBench), which MFH and MST-Distill also use:
+Read from the `.npy` release layout of MultiBench (Liang et al., NeurIPS 2021 Datasets and
+Benchmarks; github.com/pliang279/MultiBench, datasets/avmnist/get_data.py), which MST-Distill's
+loader reads too (Gray-OREO/MST-Distill, utils.py `get_av_mnist`):
 
     avmnist/image/train_data.npy   60000 x 784 (or x 28 x 28): MNIST digits, PCA-degraded
     avmnist/image/test_data.npy    10000 x 784
     avmnist/audio/train_data.npy   60000 x 12544 (or x 112 x 112): spectrograms of spoken digits
     avmnist/audio/test_data.npy    10000 x 12544
-    avmnist/train_labels.npy       60000 class ids 0-9
+    avmnist/train_labels.npy       60000 class ids 0-9 (integers, or integer-valued floats)
     avmnist/test_labels.npy        10000
 
-Split as MultiBench: the first 55,000 training samples train, the last 5,000 (`val_size`)
-validate, the 10,000 test samples test. Values are divided by 255 (MultiBench's normalisation).
+Protocol `multibench` (the only one), as get_data.py: the first 55,000 training samples train, the
+last 5,000 (`val_size`) validate, the 10,000 test samples test; values divided by 255; labels cast
+to integers (`astype(int)`, so labels stored as integer-valued floats are accepted; other floats
+are refused). MST-Distill instead pools train and test, min-max normalises each modality and splits
+60/20/20 at random from a permutation file (utils.py `get_indices`, metadata/ on Google Drive), so
+its numbers are not comparable with this protocol's.
 `--data-root` may be the release folder itself; `cmkd-bench prepare av-mnist --src avmnist/
 --dst DIR` only checks every array and links them into DIR. Samples are read from memory-mapped
 arrays, so the 60000 x 12544 audio array is never loaded whole.
@@ -64,6 +69,16 @@ def _open(path: Path) -> np.ndarray:
         raise UserError(f"av-mnist: {str(path)!r} is not a readable .npy file ({exc})") from None
 
 
+def _class_ids(labels: np.ndarray) -> bool:
+    """Class ids 0-9, stored as integers or as integer-valued floats (some copies of the release store 3.0)."""
+    if labels.size == 0 or not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        return False
+    values = np.asarray(labels)
+    if np.issubdtype(values.dtype, np.floating) and not (np.isfinite(values).all() and (values == np.round(values)).all()):
+        return False
+    return bool(values.min() >= 0 and values.max() < NUM_CLASSES)
+
+
 def check_release(root: Path) -> dict[tuple[str, str], np.ndarray]:
     """Every array opened (memory-mapped) and checked against the others; one line per problem."""
     if not root.is_dir():
@@ -71,8 +86,9 @@ def check_release(root: Path) -> dict[tuple[str, str], np.ndarray]:
     arrays = {key: _open(path) for key, path in release_files(root).items()}
     for split in ("train", "test"):
         labels = arrays[("label", split)]
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES:
-            raise UserError(f"av-mnist: {split}_labels.npy must hold class ids 0-9, one per sample")
+        if labels.ndim != 1 or not _class_ids(labels):
+            raise UserError(f"av-mnist: {split}_labels.npy must hold class ids 0-9, one per sample "
+                            f"(integers, or floats with integer values); it has shape {labels.shape}, dtype {labels.dtype}")
         for modality, shape in SHAPES.items():
             array = arrays[(modality, split)]
             if len(array) != len(labels) or int(np.prod(array.shape[1:])) != int(np.prod(shape)):
@@ -103,7 +119,10 @@ class AvMnistReader:
                    prepare=lambda src, dst, workers, force, console: link_release(src, dst, console),
                    description="AV-MNIST (10 digits): 28 x 28 image + 112 x 112 audio spectrogram; MultiBench .npy layout",
                    reference="Vielzeuf et al., CentralNet, ECCV-W 2018; release and split of MultiBench (NeurIPS 2021 D&B)")
-def av_mnist(data_root: Path | None, val_size: int = 5000, normalize: bool = True, num_workers: int = 0) -> DecodedPairs:
+def av_mnist(data_root: Path | None, protocol: str = "multibench", val_size: int = 5000, normalize: bool = True,
+             num_workers: int = 0) -> DecodedPairs:
+    if protocol != "multibench":
+        raise UserError(f"av-mnist: unknown protocol {protocol!r}; av-mnist has one, multibench (MultiBench's release and split)")
     if data_root is None:
         raise UserError(f"dataset av-mnist needs --data-root DIR; {WHERE}")
     arrays = check_release(data_root)
@@ -123,7 +142,7 @@ def av_mnist(data_root: Path | None, val_size: int = 5000, normalize: bool = Tru
                     "audio": Modality(SHAPES["audio"], "small-cnn", "112 x 112 spoken-digit spectrogram")},
         teacher_modality="visual", student_modality="audio", recipe=VIDEO_RECIPE,
         split_sizes={split: len(rows) for split, (_, rows) in parts.items()}, recipe_source=RECIPE_SOURCE,
-        options={"val_size": val_size, "normalize": normalize,
+        options={"protocol": protocol, "val_size": val_size, "normalize": normalize,
                  "labels": file_sha256(files[("label", "train")])[:16] + file_sha256(files[("label", "test")])[:16]},
     )
     return DecodedPairs(spec, readers, num_workers)

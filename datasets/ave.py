@@ -1,19 +1,44 @@
-"""ave: Audio-Visual Event dataset (Tian et al., ECCV 2018), 28 event classes, 10 s YouTube clips.
+"""ave: AVE, Audio-Visual Event localisation (Tian et al., ECCV 2018), 28 event classes.
 
-The release (github.com/YapengTian/AVE-ECCV18, "AVE_Dataset") has the videos `AVE/VIDEOID.mp4`
-and the official split files `Annotations.txt`, `trainSet.txt`, `valSet.txt`, `testSet.txt`
-(3,339 / 402 / 402 clips; lines `Category&VideoID&Quality&StartTime&EndTime`). Pass the
-AVE_Dataset folder as --src; the suite ships none of it. Class ids are the 28 categories of
-Annotations.txt in sorted order. Videos are found anywhere under --src by their VideoID.
+The release (the AVE_Dataset folder linked from github.com/YapengTian/AVE-ECCV18) holds the 4,143
+10 s videos `AVE/VIDEOID.mp4` and the official split files `trainSet.txt` (3,339 rows),
+`valSet.txt` (402) and `testSet.txt` (402), rows `Category&VideoID&Quality&StartTime&EndTime`
+(e.g. `Church bell&RUhOCu3LNXM&good&0&10`), no header (one is skipped if present), LF or CRLF,
+read with utf-8-sig. Only the three split files are needed (Annotations.txt is their union). Put
+them in --src with the videos anywhere under it. Class ids: the order in which categories first
+appear in testSet.txt, as C2KD's loader numbers them (huofushuo/C2KD, ave/utils/AVEDataset.py).
+
+Split rule (the suite's, applied once before any clip is prepared; every step is listed in
+ROOT/excluded.csv and counted in prepare's summary). 45 VideoIDs occur more than once in the
+official files, always with different categories (in the copies read, from C2KD's
+ave/utils/data/AVE/: 27 twice within trainSet.txt, 1 within valSet.txt, 10 in both trainSet.txt
+and valSet.txt, 8 in both trainSet.txt and testSet.txt). C2KD keeps the first row per VideoID and
+split (`if audio_path not in self.audio`), OGM-GE the last (GeWu-Lab/OGM-GE_CVPR2022,
+dataset/dataset.py, "delete repeated labels"); both then train on a label the official files
+contradict, and both keep a clip in train that they test on. The suite instead drops a VideoID
+listed with two categories within one split from that split, and keeps a VideoID of train and
+val/test only in val/test: test keeps its 402 clips, val 400, train 3,267, and no run trains on an
+ambiguous label or on a clip it is evaluated on. One row of trainSet.txt (VWi2ENBuTbw, line 64)
+has the empty segment 0-0 s, for which C2KD's extraction yields no audio: it is left out too.
 
     cmkd-bench prepare ave --src AVE_Dataset/ --dst data/ave
     cmkd-bench run --method fd --dataset ave --data-root data/ave
 
-Preprocessing (OGM-GE / C2KD reference code): frames at 1 fps; one frame per clip, random at
-train (with RandomResizedCrop and flip), the middle one at test, 224 px, ImageNet normalisation;
-`--set frames=3` stacks three. Audio: the track resampled to 16 kHz and looped to 10 s, log
-spectrogram with scipy.signal.spectrogram (nperseg 512, noverlap 353): 1 x 257 x 1004,
-standardised per clip; `--set seconds=S` keeps the first S seconds.
+`prepare` stores the frames at 1 fps (frame k at second k), the audio track at 16 kHz, and each
+clip's StartTime-EndTime. Protocols (`--set protocol=NAME`):
+
+c2kd (default; FD-CMKD's reference code has no AVE loader): huofushuo/C2KD, ave/utils/AVEDataset.py
+  reading what ave/utils/data/AVE/video_preprocessing.py's `extractWav_SE` / `extractImage_SE`
+  write: the audio at 16 kHz cut to [16000 StartTime, 16000 EndTime), np.tile(x, 10) (and 10 times
+  more if still under 160000 samples), the first 160000, clipped, log(|scipy.signal.spectrogram(
+  fs=16000, nperseg=512, noverlap=353)| + 1e-7), standardised over the clip (257 x 1004), then
+  np.resize(..., (257, 1024)) as the loader does: 1 x 257 x 1024. Frames: the 1 fps frames of
+  seconds StartTime..EndTime (both included); the first listed one at train and at test.
+  `segment=false` uses the whole clip instead of the annotated segment (recorded in the run).
+
+RandomResizedCrop(224) + flip at train, a 224 x 224 resize at test, ImageNet normalisation. Not
+reproduced: os.listdir's order (the earliest frame is taken), the random frames C2KD adds to
+segments with fewer than 10, OpenCV's frame positions, moviepy/librosa's resampling.
 """
 
 from __future__ import annotations
@@ -21,60 +46,96 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmkd_bench.errors import UserError
-from cmkd_bench.media import VIDEO_SUFFIXES, AudioFeatures, FrameSampling
+from cmkd_bench.media import VIDEO_SUFFIXES, FrameSampling
 from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.registry import DATASETS
 
-from ._av_common import ClipOptions, DecodedPairs, build_clip_dataset, index_files, require_file
+from ._av_common import (AudioRecipe, DecodedPairs, Listed, Protocol, VisualRecipe, build_clip_dataset,
+                         choose_protocol, index_files, one_row_per_clip, read_text)
 
 NUM_CLASSES = 28
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
-WHERE = "--src must be the AVE_Dataset folder of github.com/YapengTian/AVE-ECCV18 (it holds the split files)"
-AUDIO = AudioFeatures("spectrogram", rate=16000, seconds=10.0, params=(("noverlap", 353), ("nperseg", 512)))
+WHERE = ("put the official trainSet.txt, valSet.txt and testSet.txt of the AVE_Dataset folder "
+         "(github.com/YapengTian/AVE-ECCV18) in --src")
+STORED_RATE = 16000
+
+PROTOCOLS = {
+    "c2kd": Protocol(
+        "c2kd", "huofushuo/C2KD: ave/utils/AVEDataset.py, ave/utils/data/AVE/video_preprocessing.py (extractWav_SE, extractImage_SE)",
+        AudioRecipe(rate=16000, transform="scipy-spectrogram", n_fft=512, hop=512 - 353, seconds=10.0, tiles=(10, 10),
+                    standardize=True, resize=(257, 1024), segment=True),
+        VisualRecipe(frames=1, train="first", test="first"),
+        "os.listdir order; the random extra frames of short segments; the split rule (see the module docstring)"),
+}
+DEFAULT_PROTOCOL = "c2kd"
 
 
-def _read_annotations(path: Path) -> list[tuple[str, str]]:
-    """(category, video id) per line of an AVE split file; the header line is skipped."""
+def _seconds(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"ave: {where} has StartTime/EndTime {text!r}; expected a number of seconds") from None
+
+
+def _read_split(path: Path, split: str) -> list[Listed]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        fields = line.strip().split("&")
+    for number, line in enumerate(read_text("ave", path, WHERE).splitlines(), start=1):
+        fields = [field.strip() for field in line.split("&")]
         if not line.strip() or fields[:2] == ["Category", "VideoID"]:
             continue
-        if len(fields) < 2 or not fields[0] or not fields[1]:
-            raise UserError(f"ave: {str(path)!r} line {number} is not `Category&VideoID&Quality&StartTime&EndTime`")
-        rows.append((fields[0], fields[1]))
+        where = f"{path.name} line {number}"
+        if len(fields) < 5 or not fields[0] or not fields[1]:
+            raise UserError(f"ave: {str(path)!r} line {number} is not `Category&VideoID&Quality&StartTime&EndTime` "
+                            f"(got {line.strip()!r}); {WHERE}")
+        start, end = _seconds(fields[3], where), _seconds(fields[4], where)
+        if not 0 <= start <= end:
+            raise UserError(f"ave: {where} has the segment {start:g}-{end:g} s; StartTime must not exceed EndTime")
+        rows.append(Listed(fields[1], split, fields[0], where, start, end))
     return rows
 
 
 def plan(src: Path) -> ClipPlan:
-    annotations = _read_annotations(require_file("ave", src / "Annotations.txt", WHERE))
-    classes = sorted({category for category, _ in annotations})
+    listed = {split: _read_split(src / name, split) for split, name in SPLIT_FILES.items()}
+    classes = list(dict.fromkeys(row.category for row in listed["test"]))
     if len(classes) != NUM_CLASSES:
-        raise UserError(f"ave: {str(src / 'Annotations.txt')!r} lists {len(classes)} categories; AVE has {NUM_CLASSES}")
+        raise UserError(f"ave: {str(src / SPLIT_FILES['test'])!r} names {len(classes)} categories; AVE has {NUM_CLASSES}; {WHERE}")
+    for split in ("train", "val"):
+        unknown = next((row for row in listed[split] if row.category not in classes), None)
+        if unknown is not None:
+            raise UserError(f"ave: {unknown.where} names category {unknown.category!r}, which testSet.txt does not; {WHERE}")
+    rows = [row for split_rows in listed.values() for row in split_rows]
+    empty = [row for row in rows if row.start == row.end]  # trainSet.txt lists VWi2ENBuTbw with the segment 0-0
+    kept, excluded, notes = one_row_per_clip([row for row in rows if row.start != row.end], SPLIT_FILES)
+    excluded += [(row.clip, row.split, f"{row.where}: the annotated segment {row.start:g}-{row.end:g} s is empty, so "
+                                       f"C2KD's segment extraction has no audio for it") for row in empty]
+    if empty:
+        notes.append(f"{len(empty)} row(s) with an empty annotated segment (StartTime = EndTime) left out, "
+                     f"first: {empty[0].clip} ({empty[0].where})")
     videos = index_files(src, VIDEO_SUFFIXES)
     clips, missing = [], []
-    for split, file_name in SPLIT_FILES.items():
-        for category, video_id in _read_annotations(require_file("ave", src / file_name, WHERE)):
-            if category not in classes:
-                raise UserError(f"ave: {file_name} names category {category!r}, which Annotations.txt does not list")
-            if video_id not in videos:
-                missing.append((video_id, f"no video {video_id}.mp4 under {src}"))
-                continue
-            clips.append(Clip(video_id, classes.index(category), split, videos[video_id], videos[video_id]))
-    return ClipPlan(classes, clips, missing)
+    for row in kept:
+        video = videos.get(row.clip)
+        if video is None:
+            missing.append((row.clip, f"no video {row.clip}.mp4 under {src}"))
+            continue
+        clips.append(Clip(row.clip, classes.index(row.category), row.split, video, video, row.start, row.end))
+    return ClipPlan(classes, clips, missing, excluded, notes)
 
 
-PREPARER = ClipPreparer("ave", plan, AUDIO, FrameSampling(mode="fps", fps=1.0))
+PREPARER = ClipPreparer("ave", plan, STORED_RATE, FrameSampling(mode="fps", fps=1.0))
 
 
 @DATASETS.register("ave", tasks=("classification",), prepare=PREPARER,
-                   description="AVE events (28 classes): 1 fps frame + 10 s log spectrogram; official 3339/402/402 split",
+                   description="AVE events (28 classes): frame + spectrogram of the annotated segment; official split, "
+                               "one row per VideoID; protocol c2kd",
                    reference="Tian et al., Audio-Visual Event Localization in Unconstrained Videos, ECCV 2018; "
-                             "preprocessing of OGM-GE (CVPR 2022) / C2KD (CVPR 2024)")
-def ave(data_root: Path | None, image_size: int = 224, frames: int = 1, seconds: float = 10.0, augment: bool = True,
-        standardize: bool = True, num_workers: int = 4) -> DecodedPairs:
-    options = ClipOptions(image_size=image_size, frames=frames, augment=augment, standardize=standardize)
-    recorded = {"image_size": image_size, "frames": frames, "seconds": seconds, "augment": augment, "standardize": standardize}
+                             "protocol from the code of C2KD (huofushuo/C2KD)")
+def ave(data_root: Path | None, protocol: str = DEFAULT_PROTOCOL, image_size: int = 224, frames: int | None = None,
+        augment: bool = True, standardize: bool | None = None, segment: bool | None = None,
+        num_workers: int = 4) -> DecodedPairs:
+    """`frames`, `standardize` and `segment` left unset take the protocol's values."""
+    chosen = choose_protocol("ave", PROTOCOLS, protocol)
     return build_clip_dataset("ave", data_root, num_classes=NUM_CLASSES, teacher="audio", student="visual",
-                              options=options, seconds=seconds, val_fraction=0.1, split_seed=0,
-                              num_workers=num_workers, recorded=recorded)
+                              protocol=chosen, image_size=image_size, frames=frames, augment=augment,
+                              standardize=standardize, segment=segment, val_fraction=0.1, split_seed=0,
+                              num_workers=num_workers)

@@ -4,7 +4,7 @@
 the 40-class labelling of Gupta et al. (CVPR 2013); unlabelled pixels are ignored (index 255).
 A fixed, seeded `val_fraction` of the 795 train images is held out for model selection.
 
-`--data-root` holds one of two layouts:
+`--data-root` holds one of three layouts:
 
 1. the official files, side by side (or `--data-root` names the .mat file itself):
      nyu_depth_v2_labeled.mat  the labelled set (HDF5, MATLAB v7.3), from
@@ -12,12 +12,19 @@ A fixed, seeded `val_fraction` of the 795 train images is held out for model sel
      splits.mat                trainNdxs (795) and testNdxs (654), 1-based, from
                                http://horatio.cs.nyu.edu/mit/silberman/indoor_seg_sup/splits.mat
      classMapping40.mat        mapClass: the 894 labels -> 40 classes (Gupta et al.), as shipped by
-                               github.com/ankurhanda/nyuv2-meta-data (also in VainF/nyuv2-python-toolkit)
+                               github.com/ankurhanda/nyuv2-meta-data (and TUI-NICR/ESANet, src/datasets/nyuv2/)
    The .mat's `depths` (in-painted depth, metres) are used.
-2. a plain folder:
-     rgb/NAME.png     8-bit RGB             depth/NAME.png   16-bit depth in millimetres, 0 = missing
-     label/NAME.png   8-bit 40-class labels, 1..40, 0 = unlabelled (ESANet's labels_40 layout)
-     train.txt, test.txt   one NAME per line (with or without .png)
+2. ESANet's prepared folder, as TUI-NICR/ESANet's src/datasets/nyuv2/prepare_dataset.py writes it
+   (and src/datasets/nyuv2/pytorch_dataset.py reads it):
+     train.txt, test.txt               the 1-based image numbers, `%04d`, one per line (np.savetxt)
+     train/rgb/0003.png                8-bit RGB (written BGR by OpenCV, read back as RGB)
+     train/depth/0003.png              16-bit refined depth in millimetres, 0 = missing
+     train/labels_40/0003.png          8-bit 40-class labels, 1..40, 0 = void
+     test/...                          the same for the test images
+   (depth_raw/, labels_13/, labels_894/ and the *_colored/ folders ESANet also writes are not read.)
+3. a flat folder (the suite's own): rgb/NAME.png, depth/NAME.png, label/NAME.png as in 2, with
+   train.txt and test.txt listing NAME (with or without .png).
+The lists are read as UTF-8 with or without a byte-order mark.
 
 Samples are decoded one at a time by `num_workers` DataLoader processes (the set is ~4 GB as
 float tensors).
@@ -133,16 +140,30 @@ class MatSource:
         return _finish(rgb, depth_mm, label, self.size, seed if self.augment else None)
 
 
-class FolderSource:
-    """Samples of the plain folder layout (PNG files)."""
+FOLDERS = {"esanet": {"rgb": "rgb", "depth": "depth", "label": "labels_40"},
+           "folder": {"rgb": "rgb", "depth": "depth", "label": "label"}}
 
-    def __init__(self, root: Path, names: dict[str, list[str]], size: tuple[int, int], augment: bool) -> None:
-        self.root, self.names, self.size, self.augment = root, names, size, augment
+
+class FolderSource:
+    """Samples of a folder layout (PNG files): ESANet's (ROOT/{train,test}/KIND/NAME.png) or the
+    flat one (ROOT/KIND/NAME.png)."""
+
+    def __init__(self, root: Path, layout: str, names: dict[str, list[str]], size: tuple[int, int],
+                 augment: bool) -> None:
+        self.root, self.layout, self.names, self.size, self.augment = root, layout, names, size, augment
+        # ESANet: each name lives in the folder of the list it came from (val names come from train.txt)
+        self.home = {name: listed for listed, split_names in names.items() for name in split_names}
+
+    def path(self, kind: str, name: str) -> Path:
+        folder = FOLDERS[self.layout][kind]
+        if self.layout == "esanet":
+            return self.root / self.home[name] / folder / f"{name}.png"
+        return self.root / folder / f"{name}.png"
 
     def read(self, kind: str, name: str) -> np.ndarray:
         import cv2
 
-        path = self.root / kind / f"{name}.png"
+        path = self.path(kind, name)
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise _fail(path, "is not a readable PNG")
@@ -184,21 +205,33 @@ def _mat_layout(mat: Path, size: tuple[int, int], augment: bool) -> tuple[MatSou
 
 def _read_names(path: Path) -> list[str]:
     if not path.is_file():
-        raise _fail(path, "does not exist; list one sample name per line (the folder layout needs train.txt and test.txt)")
-    names = [line.strip().removesuffix(".png") for line in path.read_text().splitlines() if line.strip()]
+        raise _fail(path, "does not exist; the folder layouts need train.txt and test.txt (one image name per line)")
+    raw = path.read_bytes()
+    if raw.startswith(b"version https://git-lfs.github.com/spec/"):
+        raise _fail(path, "is a Git LFS pointer file, not the list; run `git lfs pull` in its clone")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _fail(path, "is not UTF-8 text; list one image name per line") from None
+    names = [line.strip().removesuffix(".png") for line in text.splitlines() if line.strip()]
     if not names:
         raise _fail(path, "lists no samples")
     return names
 
 
-def _folder_layout(root: Path, size: tuple[int, int], augment: bool) -> tuple[FolderSource, dict[str, list[str]], str]:
+def _folder_layout(root: Path, layout: str, size: tuple[int, int], augment: bool) -> tuple[FolderSource, dict[str, list[str]], str]:
     names = {"train": _read_names(root / "train.txt"), "test": _read_names(root / "test.txt")}
-    for split_names in names.values():
-        for name in split_names:
-            for kind in ("rgb", "depth", "label"):
-                if not (root / kind / f"{name}.png").is_file():
-                    raise _fail(root / kind / f"{name}.png", "does not exist (listed in train.txt/test.txt)")
-    source = FolderSource(root, names, size, augment)
+    both = set(names["train"]) & set(names["test"])
+    if both:
+        raise _fail(root / "test.txt", f"lists {sorted(both)[0]}, which train.txt lists too ({len(both)} such names); "
+                                       f"a sample belongs to one split")
+    source = FolderSource(root, layout, {k: list(v) for k, v in names.items()}, size, augment)
+    absent = [source.path(kind, name) for split_names in names.values() for name in split_names
+              for kind in ("rgb", "depth", "label") if not source.path(kind, name).is_file()]
+    if absent:
+        more = f" (and {len(absent) - 1} more listed files are missing)" if len(absent) > 1 else ""
+        raise _fail(absent[0], f"does not exist (listed in train.txt/test.txt){more}; "
+                               f"{'ESANet writes ROOT/{train,test}/{rgb,depth,labels_40}/NNNN.png' if layout == 'esanet' else 'the flat layout needs ROOT/{rgb,depth,label}/NAME.png'}")
     first = source("train", 0, None)  # a malformed file fails here, in one line, not in a worker
     if first["label"].shape != size:
         raise _fail(root, f"decodes to {tuple(first['label'].shape)} labels; expected {size}")
@@ -227,13 +260,15 @@ def _hold_out(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
 
 @DATASETS.register("nyuv2", aliases=("nyu-depth-v2", "nyudv2"), tasks=("segmentation",),
                    description="NYU-Depth V2 labelled set, RGB <-> depth, 40 classes (795 train / 654 test); --data-root")
-def nyuv2(data_root: Path | None, height: int = 480, width: int = 640, val_fraction: float = 0.1, split_seed: int = 0,
-          augment: bool = True, num_workers: int = 4) -> DecodedPairs:
+def nyuv2(data_root: Path | None, protocol: str = "esanet", height: int = 480, width: int = 640, val_fraction: float = 0.1,
+          split_seed: int = 0, augment: bool = True, num_workers: int = 4) -> DecodedPairs:
     """`height` x `width` is the working size (the standard evaluation is at the native 480 x 640).
     `num_workers` decoding processes change no result, so they are not part of the run's identity."""
+    if protocol != "esanet":
+        raise UserError(f"nyuv2: unknown protocol {protocol!r}; nyuv2 has one, esanet (ESANet's inputs and normalisation)")
     if data_root is None:
         raise UserError(f"dataset nyuv2 needs --data-root: a folder with {MAT_FILE}, {SPLITS_FILE} and {MAPPING_FILE}, "
-                        "or with rgb/, depth/, label/, train.txt and test.txt")
+                        "or ESANet's prepared folder (train.txt, test.txt, train/, test/)")
     if not data_root.exists():
         raise _fail(data_root, "does not exist; pass the folder that holds the NYUv2 files")
     if height < 32 or width < 32 or not 0 < val_fraction < 1 or num_workers < 0:
@@ -244,18 +279,22 @@ def nyuv2(data_root: Path | None, height: int = 480, width: int = 640, val_fract
     if mat is not None:
         source, lists, fingerprint = _mat_layout(mat, size, augment)
         layout = "mat"
+    elif (data_root / "train" / "rgb").is_dir() or (data_root / "test" / "rgb").is_dir():
+        layout = "esanet"
+        source, lists, fingerprint = _folder_layout(data_root, layout, size, augment)
     elif (data_root / "train.txt").exists() or (data_root / "rgb").is_dir():
-        source, lists, fingerprint = _folder_layout(data_root, size, augment)
         layout = "folder"
+        source, lists, fingerprint = _folder_layout(data_root, layout, size, augment)
     else:
-        raise _fail(data_root, f"holds neither {MAT_FILE} nor the folder layout (rgb/, depth/, label/, train.txt, test.txt)")
+        raise _fail(data_root, f"holds neither {MAT_FILE} nor ESANet's prepared folder (train.txt, test.txt, "
+                               f"train/rgb/, train/depth/, train/labels_40/, test/...) nor the flat folder layout")
     keep, held = _hold_out(len(lists["train"]), val_fraction, split_seed)
     train_list = lists["train"]
     chosen = {"train": [train_list[i] for i in keep], "val": [train_list[i] for i in held], "test": list(lists["test"])}
     if layout == "mat":
         source.indices = {k: np.asarray(v, dtype=np.int64) for k, v in chosen.items()}
     else:
-        source.names = chosen
+        source.names = chosen  # source.home still maps each name to the folder of its list
     spec = DatasetSpec(
         name="nyuv2", task="segmentation", num_classes=NUM_CLASSES, ignore_index=IGNORE,
         modalities={"rgb": Modality((3, height, width), "deeplabv3plus:resnet18", "RGB, ImageNet-normalised"),
@@ -263,7 +302,7 @@ def nyuv2(data_root: Path | None, height: int = 480, width: int = 640, val_fract
                                       "depth standardised (mm, mean 2841.95, std 1417.26), 0 = missing")},
         teacher_modality="rgb", student_modality="depth", recipe=RECIPE,
         split_sizes={k: len(v) for k, v in chosen.items()}, recipe_source=RECIPE_SOURCE,
-        options={"height": height, "width": width, "val_fraction": val_fraction, "split_seed": split_seed,
+        options={"protocol": protocol, "height": height, "width": width, "val_fraction": val_fraction, "split_seed": split_seed,
                  "augment": augment, "layout": layout, "fingerprint": fingerprint},
     )
     return DecodedPairs(spec, spec.split_sizes, source, workers=num_workers)

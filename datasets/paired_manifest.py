@@ -17,9 +17,10 @@ images (.jpg .png .bmp .webp) become 3 x image_size x image_size, ImageNet-norma
 `augment=true`, a random resized crop and flip at train); .npy arrays are used as stored (a 2-D
 array is a one-channel image, a 1-D array a vector, every file of a column must have one shape);
 audio (.wav .flac .mp3 ...) is resampled to `sample_rate`, looped to `seconds` and turned into a
-`spectrogram` ("spectrogram": log PSD, nperseg 512 / noverlap 353 as crema-d; "stft": log |STFT|
-256 / 128 as vggsound-50; "mel": 128-band log-mel, 25 ms / 10 ms as ravdess), 1 x F x T,
-standardised per file. Without `split`, a seeded stratified 70/15/15 split is made; with a
+`spectrogram` ("spectrogram": log PSD, scipy.signal.spectrogram nperseg 512 / noverlap 353, the
+transform of crema-d's fd-cmkd protocol; "stft": log |scipy.signal.stft|, 256 / 128 (not
+librosa.stft, which vggsound-50's c2kd protocol reproduces); "mel": 128-band log-mel, 25 ms /
+10 ms as ravdess), 1 x F x T, standardised per file. Without `split`, a seeded stratified 70/15/15 split is made; with a
 `split` that has no val rows, a seeded stratified `val_fraction` of train is held out. The first
 two modality columns are the default teacher and student. Backbones default to `small-cnn` for
 images and spectrograms, `mlp` for vectors. The run id covers the CSV's content, not the files'.

@@ -8,19 +8,28 @@ Unzip the Video_Speech_Actor_*.zip files (and, optionally, Audio_Speech_Actors_0
 under --src. Speech only (1,440 clips); label = emotion - 1. The video comes from the 01 (or 02)
 .mp4, the audio from the 03 .wav when present, else from the 01 .mp4's track.
 
-Split (the suite's own, fixed, speaker-disjoint and gender-balanced; the split is derived from the
-file names, so nothing needs to be downloaded): actors 1-16 train (960 clips), 17-20 val (240),
-21-24 test (240).
+Split: actors 1-16 train (960 clips), 17-20 val (240), 21-24 test (240): speaker-disjoint and
+gender-balanced, derived from the file names, so nothing needs to be downloaded.
 
     cmkd-bench prepare ravdess --src RAVDESS/ --dst data/ravdess
     cmkd-bench run --method fd --dataset ravdess --data-root data/ravdess
 
-Preprocessing: the middle frame of the clip, as MFH (Xue et al., ICLR 2023) uses one face frame;
-no face detector is downloaded, so the face is the centred square of side = frame height (RAVDESS
-films one frontal, centred actor), resized to 224 px, ImageNet normalisation. Audio at 16 kHz,
-looped to 4 s, log-mel spectrogram, 128 HTK mel bands, 25 ms window, 10 ms hop (centred):
-1 x 128 x 401, standardised per clip. These log-mel parameters are the suite's choice (the common
-Kaldi-style filterbank setting), not a paper's.
+`prepare` stores the middle frame of the clip (the centred square of side = frame height: RAVDESS
+films one frontal, centred actor, and no face detector is downloaded) and the audio at 16 kHz.
+One protocol, `suite` (the suite's own; it reproduces no paper): the frame resized to 224 px,
+ImageNet normalisation, RandomResizedCrop + flip at train; the audio looped to 4 s, log-mel
+spectrogram, 128 HTK mel bands, 25 ms window, 10 ms hop (centred): 1 x 128 x 401, standardised per
+clip (the common Kaldi-style filterbank setting).
+
+Neither paper that uses RAVDESS for CMKD can be reproduced from its public code, so neither is a
+protocol here. MFH (Xue et al., ICLR 2023; zihuixue/MFH, ravdess/utils/helper.py and
+dataloader.py) reads pre-extracted features and its split files `spa_dl.csv` / `spa_val.csv` /
+`spa_test.csv` from a Google Drive folder, audio normalised with mean -10.59, std 85.66; the
+extraction code is not published. MST-Distill (Li et al., ACM MM 2025; Gray-OREO/MST-Distill,
+data_preprocess/preprocess_RAVDESS_*.py, utils.py) crops 15 faces per clip with MTCNN
+(facenet_pytorch weights), takes 15 MFCCs of 3.6 s of audio at 22.05 kHz, and splits the clips at
+random 60/20/20 (not by actor) from a permutation file, metadata/RAVDESS_indices.csv, also on
+Google Drive. Numbers of either paper are therefore not comparable with runs of this protocol.
 """
 
 from __future__ import annotations
@@ -29,16 +38,24 @@ import re
 from pathlib import Path
 
 from cmkd_bench.errors import UserError
-from cmkd_bench.media import AudioFeatures, FrameSampling
+from cmkd_bench.media import FrameSampling
 from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.registry import DATASETS
 
-from ._av_common import ClipOptions, DecodedPairs, build_clip_dataset
+from ._av_common import AudioRecipe, DecodedPairs, Protocol, VisualRecipe, build_clip_dataset, choose_protocol
 
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 SPLIT_ACTORS = {"train": range(1, 17), "val": range(17, 21), "test": range(21, 25)}
 NAME = re.compile(r"^(0[123])-(0[12])-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d\d)$")
-AUDIO = AudioFeatures("mel", rate=16000, seconds=4.0, params=(("hop", 160), ("n_fft", 512), ("n_mels", 128), ("window", 400)))
+STORED_RATE = 16000
+PROTOCOLS = {
+    "suite": Protocol(
+        "suite", "the suite's own (no paper's code reproduces RAVDESS from the raw release; see the module docstring)",
+        AudioRecipe(rate=16000, transform="mel", n_fft=512, hop=160, seconds=4.0, standardize=True, n_mels=128,
+                    mel_window=400),
+        VisualRecipe(frames=1, train="first", test="first")),
+}
+DEFAULT_PROTOCOL = "suite"
 
 
 def _split_of(actor: int) -> str | None:
@@ -77,16 +94,17 @@ def plan(src: Path) -> ClipPlan:
     return ClipPlan(list(EMOTIONS), clips, missing)
 
 
-PREPARER = ClipPreparer("ravdess", plan, AUDIO, FrameSampling(mode="middle", square=True))
+PREPARER = ClipPreparer("ravdess", plan, STORED_RATE, FrameSampling(mode="middle", square=True))
 
 
 @DATASETS.register("ravdess", tasks=("classification",), prepare=PREPARER,
-                   description="RAVDESS speech emotions (8 classes): middle face frame + 4 s log-mel; actors 1-16/17-20/21-24",
-                   reference="Livingstone & Russo, RAVDESS, PLoS ONE 2018; setting of MFH (ICLR 2023) / MST-Distill (ACM MM 2025)")
-def ravdess(data_root: Path | None, image_size: int = 224, seconds: float = 4.0, augment: bool = True,
-            standardize: bool = True, num_workers: int = 4) -> DecodedPairs:
-    options = ClipOptions(image_size=image_size, frames=1, augment=augment, standardize=standardize)
-    recorded = {"image_size": image_size, "seconds": seconds, "augment": augment, "standardize": standardize}
+                   description="RAVDESS speech emotions (8 classes): middle face frame + 4 s log-mel; actors 1-16/17-20/21-24; "
+                               "protocol suite (no paper's)",
+                   reference="Livingstone & Russo, RAVDESS, PLoS ONE 2018; the suite's split and protocol (MFH and "
+                             "MST-Distill cannot be reproduced from their public code)")
+def ravdess(data_root: Path | None, protocol: str = DEFAULT_PROTOCOL, image_size: int = 224, augment: bool = True,
+            standardize: bool | None = None, num_workers: int = 4) -> DecodedPairs:
+    chosen = choose_protocol("ravdess", PROTOCOLS, protocol)
     return build_clip_dataset("ravdess", data_root, num_classes=len(EMOTIONS), teacher="audio", student="visual",
-                              options=options, seconds=seconds, val_fraction=0.1, split_seed=0,
-                              num_workers=num_workers, recorded=recorded)
+                              protocol=chosen, image_size=image_size, frames=1, augment=augment,
+                              standardize=standardize, val_fraction=0.1, split_seed=0, num_workers=num_workers)

@@ -1,108 +1,168 @@
 """vggsound-50: the 50-class subset of VGGSound (Chen et al., ICASSP 2020) used by C2KD (Huo et al., CVPR 2024).
 
-VGGSound is distributed as a list, `vggsound.csv` (www.robots.ox.ac.uk/~vgg/data/vggsound/, CC BY
-4.0; rows `YouTubeID,start_seconds,label,train|test`), plus the 10 s clips the user downloaded,
-named `YouTubeID_START.mp4` with START zero-padded to 6 digits (also accepted: unpadded START,
-`YouTubeID_START_END`, or just `YouTubeID`), anywhere under --src, with the audio track inside
-(a same-named .wav/.flac beside it is used instead when present). The 50-class subset is given
-by a class list, `vggsound50_classes.txt`: the 50 VGGSound label strings of C2KD's subset, one
-per line, in class-id order (take it from C2KD's release; the suite does not ship one). Put
-both files in --src. C2KD's subset has 25,835 train / 2,500 test clips; clips missing from your
-copy are reported by `prepare`, and comparisons with the paper hold only for a complete copy.
-VGGSound has no validation split: a seeded, stratified `val_fraction` of train is held out.
+The subset's lists are C2KD's `vggsound/datasplit.zip` (github.com/huofushuo/C2KD), which holds
+`train.csv` / `test.csv` (all of VGGSound) and `train_tiny.csv` (25,835 rows) / `test_tiny.csv`
+(2,500 rows): rows `YouTubeID,start_seconds,label,train|test` (e.g. `--0PQM4-hqg,30,waterfall
+burbling,train`), CRLF line ends, no header, labels with commas quoted (`"subway, metro,
+underground"`). Put train_tiny.csv and test_tiny.csv in --src; they are read as they are (utf-8-sig,
+so a byte-order mark changes nothing). Without them, VGGSound's own list `vggsound.csv`
+(www.robots.ox.ac.uk/~vgg/data/vggsound/, same row format) is read instead: the subset is exactly
+its rows whose label is one of C2KD's 50 (checked: train_tiny.csv and test_tiny.csv are the rows of
+C2KD's train.csv and test.csv with those labels, in the same order). Class ids: the order in which
+labels first appear in train_tiny.csv, as C2KD's loader numbers them (vggsound/utils/
+VGGSoundDataset.py; `C2KD_CLASSES` below, the same order when read from vggsound.csv's train rows).
+
+The clips: the 10 s videos the user downloaded, named `YouTubeID_START.mp4` with START zero-padded
+to 6 digits as C2KD's loader names them (`item[1].zfill(6)`; also accepted: unpadded START,
+`YouTubeID_START_END`, or just `YouTubeID`), anywhere under --src, the audio track inside (a
+same-named .wav/.flac beside it is used instead when present). Clips missing from the copy are
+counted in one line of prepare's summary and listed in ROOT/failed.csv; comparisons with the
+paper hold only for a complete copy. C2KD keeps only clips with more than 3 frames
+(`len(os.listdir(video_dir)) > 3`); `prepare` leaves the others out the same way (listed too).
+C2KD validates on the training set; the suite holds out a seeded, stratified `val_fraction` of
+train instead.
 
     cmkd-bench prepare vggsound-50 --src VGGSound/ --dst data/vggsound-50
     cmkd-bench run --method fd --dataset vggsound-50 --data-root data/vggsound-50
 
-Preprocessing (C2KD): frames at 1 fps, one per clip, random at train (RandomResizedCrop and
-flip), the middle one at test, 224 px, ImageNet normalisation (`--set frames=3` stacks three).
-Audio at 16 kHz, a 5 s window of a centred STFT with window 256 and hop 128, log magnitude:
-1 x 129 x 626, standardised per clip. `prepare` stores the STFT of the whole clip looped to
-10 s (1251 frames); the loader takes a random 5 s window at train and the centre one at test.
-`--set seconds=10` uses the whole clip, as the original VGGSound baseline does.
+`prepare` stores the frames at 1 fps and the audio track at 16 kHz. Protocol (`--set protocol=`):
+
+c2kd (default; FD-CMKD's reference code has no VGGSound loader): huofushuo/C2KD,
+  vggsound/utils/VGGSoundDataset.py: librosa.load(sr=16000, mono=True); np.tile(x, 2) until at
+  least 10 s; a 5 s window from a random start in [0, 80000] (random.randint, both ends included),
+  drawn at train and at test too (the suite draws the test window once per clip from a fixed seed,
+  so every evaluation sees the same input); clipped; log(|librosa.stft(n_fft=256, hop_length=128)|
+  + 1e-7) with librosa 0.10.1's zero centre padding; not standardised: 1 x 129 x 626. Frames: the
+  first 3 listed (`use_video_frames` = 3 in vggsound/main_overlap_tag.py) at train and at test,
+  stacked on the channels (9 x 224 x 224; C2KD's ResNet runs per frame and averages,
+  vggsound/utils/model_res.py, which the suite's backbones do not do; `frames=1` takes one).
+
+RandomResizedCrop(224) + flip at train (one crop for the clip's frames), a 224 x 224 resize at
+test, ImageNet normalisation. Not reproduced: os.listdir's order (the earliest frames are taken).
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from cmkd_bench.errors import UserError
-from cmkd_bench.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES, AudioFeatures, FrameSampling
+from cmkd_bench.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES, FrameSampling
 from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.registry import DATASETS
 
-from ._av_common import ClipOptions, DecodedPairs, build_clip_dataset, index_files, require_file
+from ._av_common import (AudioRecipe, DecodedPairs, Listed, Protocol, VisualRecipe, build_clip_dataset,
+                         choose_protocol, index_files, one_row_per_clip, read_csv_rows)
 
 NUM_CLASSES = 50
-LIST_FILE, CLASS_FILE = "vggsound.csv", "vggsound50_classes.txt"
-WHERE = {LIST_FILE: "get vggsound.csv from www.robots.ox.ac.uk/~vgg/data/vggsound/ and put it in --src",
-         CLASS_FILE: "put C2KD's list of the 50 VGGSound classes (one label per line) in --src as vggsound50_classes.txt"}
-AUDIO = AudioFeatures("stft", rate=16000, seconds=10.0, params=(("noverlap", 128), ("nperseg", 256)))
+TINY_FILES = {"train": "train_tiny.csv", "test": "test_tiny.csv"}
+LIST_FILE = "vggsound.csv"
+WHERE = (f"put C2KD's train_tiny.csv and test_tiny.csv (vggsound/datasplit.zip of github.com/huofushuo/C2KD) in --src, "
+         f"or VGGSound's {LIST_FILE} (www.robots.ox.ac.uk/~vgg/data/vggsound/)")
+STORED_RATE = 16000
+MIN_FRAMES = 4  # C2KD: len(os.listdir(video_dir)) > 3
+# The 50 labels of C2KD's train_tiny.csv, in the order they first appear there (its class ids).
+C2KD_CLASSES = (
+    "waterfall burbling", "playing tennis", "alarm clock ringing", "wind noise", "playing bongo", "playing congas",
+    "subway, metro, underground", "playing acoustic guitar", "dog growling", "horse neighing", "pigeon, dove cooing",
+    "playing trumpet", "footsteps on snow", "playing accordion", "turkey gobbling", "playing clarinet", "dog whimpering",
+    "car engine idling", "people farting", "people marching", "helicopter", "cell phone buzzing", "cat meowing",
+    "playing double bass", "people hiccup", "playing snare drum", "baby laughter", "people coughing",
+    "plastic bottle crushing", "goose honking", "dog barking", "smoke detector beeping", "people sniggering",
+    "people eating crisps", "thunder", "ferret dooking", "firing muskets", "cow lowing", "eating with cutlery",
+    "playing timbales", "people slapping", "pumping water", "playing tuning fork", "tornado roaring", "dog howling",
+    "strike lighter", "blowtorch igniting", "sea lion barking", "cutting hair with electric trimmers", "otter growling",
+)
+
+PROTOCOLS = {
+    "c2kd": Protocol(
+        "c2kd", "huofushuo/C2KD: vggsound/utils/VGGSoundDataset.py, vggsound/main_overlap_tag.py; librosa==0.10.1",
+        AudioRecipe(rate=16000, transform="librosa-stft", n_fft=256, hop=128, seconds=5.0, double_until=10.0,
+                    window="random", pad_mode="constant"),
+        VisualRecipe(frames=3, train="first", test="first"),
+        "os.listdir order; the test window is drawn once per clip (fixed seed), not anew at every evaluation"),
+}
+DEFAULT_PROTOCOL = "c2kd"
 
 
-def _read_classes(src: Path) -> list[str]:
-    path = require_file("vggsound-50", src / CLASS_FILE, WHERE[CLASS_FILE])
-    classes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(classes) != NUM_CLASSES or len(set(classes)) != NUM_CLASSES:
-        raise UserError(f"vggsound-50: {str(path)!r} lists {len(set(classes))} distinct classes; it needs {NUM_CLASSES}, one per line")
-    return classes
-
-
-def _read_list(src: Path) -> list[tuple[str, int, str, str]]:
-    """(YouTube id, start second, label, split) per row of vggsound.csv."""
-    path = require_file("vggsound-50", src / LIST_FILE, WHERE[LIST_FILE])
+def _rows(path: Path, splits: tuple[str, ...]) -> list[tuple[str, int, str, str, str]]:
+    """(YouTube id, start second, label, split, where) per row; a header line is skipped."""
     rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for number, row in enumerate(csv.reader(handle), start=1):
-            if len(row) < 4 or not row[1].strip().lstrip("-").isdigit():
-                if number == 1:  # a header line
-                    continue
-                raise UserError(f"vggsound-50: {str(path)!r} line {number} is not `YouTubeID,start_seconds,label,split`")
-            rows.append((row[0].strip(), int(row[1]), row[2].strip(), row[3].strip()))
+    for number, row in read_csv_rows("vggsound-50", path, WHERE):
+        if len(row) < 4 or not row[1].lstrip("-").isdigit():
+            if number == 1:
+                continue
+            raise UserError(f"vggsound-50: {str(path)!r} line {number} is not `YouTubeID,start_seconds,label,split` "
+                            f"(got {','.join(row)!r})")
+        if row[3] not in splits:
+            raise UserError(f"vggsound-50: {str(path)!r} line {number} has the split {row[3]!r}; expected {' or '.join(splits)}")
+        rows.append((row[0], int(row[1]), row[2], row[3], f"{path.name} line {number}"))
     return rows
 
 
-def _find(files: dict[str, Path], video_id: str, start: int) -> Path | None:
-    for stem in (f"{video_id}_{start:06d}", f"{video_id}_{start}", f"{video_id}_{start:06d}_{start + 10:06d}", video_id):
+def _listed(src: Path) -> tuple[list[Listed], list[str]]:
+    """The subset's rows and its class names in class-id order."""
+    present = {split: (src / name).is_file() for split, name in TINY_FILES.items()}
+    if any(present.values()):
+        absent = [TINY_FILES[split] for split, there in present.items() if not there]
+        if absent:
+            raise UserError(f"vggsound-50: {str(src / absent[0])!r} is missing (its partner is there); {WHERE}")
+        rows = [row for split, name in TINY_FILES.items() for row in _rows(src / name, (split,))]
+        classes = list(dict.fromkeys(row[2] for row in rows if row[3] == "train"))
+        test_classes = {row[2] for row in rows if row[3] == "test"}
+        if len(classes) != NUM_CLASSES or test_classes != set(classes):
+            raise UserError(f"vggsound-50: {TINY_FILES['train']} names {len(classes)} labels and {TINY_FILES['test']} "
+                            f"{len(test_classes)} ({len(test_classes - set(classes))} not in train); the subset has "
+                            f"{NUM_CLASSES} in both; {WHERE}")
+    elif (src / LIST_FILE).is_file():
+        rows = [row for row in _rows(src / LIST_FILE, ("train", "test")) if row[2] in C2KD_CLASSES]
+        classes = list(dict.fromkeys(row[2] for row in rows if row[3] == "train"))
+        absent = [label for label in C2KD_CLASSES if label not in classes]
+        if absent:
+            raise UserError(f"vggsound-50: {str(src / LIST_FILE)!r} has no train row labelled {absent[0]!r}, one of "
+                            f"C2KD's 50 classes; is it VGGSound's list? {WHERE}")
+    else:
+        raise UserError(f"vggsound-50: {str(src)!r} has neither {TINY_FILES['train']} + {TINY_FILES['test']} nor "
+                        f"{LIST_FILE}; {WHERE}")
+    return [Listed(f"{yid}_{start:06d}", split, label, where) for yid, start, label, split, where in rows], classes
+
+
+def _find(files: dict[str, Path], name: str) -> Path | None:
+    video_id, start = name.rsplit("_", 1)
+    for stem in (name, f"{video_id}_{int(start)}", f"{name}_{int(start) + 10:06d}", video_id):
         if stem in files:
             return files[stem]
     return None
 
 
 def plan(src: Path) -> ClipPlan:
-    classes = _read_classes(src)
-    listed = [row for row in _read_list(src) if row[2] in classes]
-    unknown = set(classes) - {row[2] for row in listed}
-    if unknown:
-        raise UserError(f"vggsound-50: class {sorted(unknown)[0]!r} of {CLASS_FILE} has no row in {LIST_FILE}; check the spelling")
+    listed, classes = _listed(src)
+    kept, excluded, notes = one_row_per_clip(listed, {"train": "the train rows", "test": "the test rows"})
     videos, audios = index_files(src, VIDEO_SUFFIXES), index_files(src, AUDIO_SUFFIXES)
     clips, missing = [], []
-    for video_id, start, label, split in listed:
-        name = f"{video_id}_{start:06d}"
-        if split not in ("train", "test"):
-            raise UserError(f"vggsound-50: {LIST_FILE} gives clip {name} the split {split!r}; expected train or test")
-        video = _find(videos, video_id, start)
+    for row in kept:
+        video = _find(videos, row.clip)
         if video is None:
-            missing.append((name, f"no video {name}.mp4 under {src}"))
+            missing.append((row.clip, f"no video {row.clip}.mp4 under {src}"))
             continue
-        clips.append(Clip(name, classes.index(label), split, video, _find(audios, video_id, start) or video))
-    return ClipPlan(classes, clips, missing)
+        clips.append(Clip(row.clip, classes.index(row.category), row.split, video, _find(audios, row.clip) or video))
+    return ClipPlan(classes, clips, missing, excluded, notes)
 
 
-PREPARER = ClipPreparer("vggsound-50", plan, AUDIO, FrameSampling(mode="fps", fps=1.0))
+PREPARER = ClipPreparer("vggsound-50", plan, STORED_RATE, FrameSampling(mode="fps", fps=1.0), min_frames=MIN_FRAMES,
+                        min_frames_reason="C2KD keeps clips with more than 3 (vggsound/utils/VGGSoundDataset.py)")
 
 
 @DATASETS.register("vggsound-50", aliases=("vggsound50",), tasks=("classification",), prepare=PREPARER,
-                   description="VGGSound 50-class subset (C2KD): 1 fps frame + 5 s log STFT (129 x 626)",
-                   reference="Chen et al., VGGSound, ICASSP 2020; 50-class subset and preprocessing of C2KD (Huo et al., CVPR 2024)")
-def vggsound_50(data_root: Path | None, image_size: int = 224, frames: int = 1, seconds: float = 5.0,
-                augment: bool = True, standardize: bool = True, val_fraction: float = 0.1, split_seed: int = 0,
+                   description="VGGSound 50-class subset (C2KD's train_tiny/test_tiny): 3 frames + 5 s log STFT "
+                               "(129 x 626); protocol c2kd",
+                   reference="Chen et al., VGGSound, ICASSP 2020; 50-class subset and protocol from the code of C2KD "
+                             "(huofushuo/C2KD)")
+def vggsound_50(data_root: Path | None, protocol: str = DEFAULT_PROTOCOL, image_size: int = 224, frames: int | None = None,
+                augment: bool = True, standardize: bool | None = None, val_fraction: float = 0.1, split_seed: int = 0,
                 num_workers: int = 4) -> DecodedPairs:
-    options = ClipOptions(image_size=image_size, frames=frames, audio_window="random", augment=augment,
-                          standardize=standardize)
-    recorded = {"image_size": image_size, "frames": frames, "seconds": seconds, "augment": augment,
-                "standardize": standardize, "val_fraction": val_fraction, "split_seed": split_seed}
+    """`frames` and `standardize` left unset take the protocol's values (3 frames, not standardised)."""
+    chosen = choose_protocol("vggsound-50", PROTOCOLS, protocol)
     return build_clip_dataset("vggsound-50", data_root, num_classes=NUM_CLASSES, teacher="audio", student="visual",
-                              options=options, seconds=seconds, val_fraction=val_fraction, split_seed=split_seed,
-                              num_workers=num_workers, recorded=recorded)
+                              protocol=chosen, image_size=image_size, frames=frames, augment=augment,
+                              standardize=standardize, val_fraction=val_fraction, split_seed=split_seed,
+                              num_workers=num_workers)

@@ -1,16 +1,16 @@
 """The real audio-visual loaders and paired-manifest, on tiny fake releases prepared by `prepare`.
 
-Images are tiny (image_size=32) but the spectrograms have their full, real size: the fake clips
-are looped to the datasets' real durations, exactly as real clips are.
+The fake releases use excerpts of the real split files (see test_prepare.py). Images are tiny
+(image_size=32) but the spectrograms have their full, real size: each protocol loops and cuts the
+fake clips exactly as it does real ones. Each protocol's audio parameters are checked against the
+reference formula (a tone's bin, the spectrogram's shape, librosa.stft's framing).
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import wave
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +19,29 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cmkd_bench.datasets import ave as ave_module
+from cmkd_bench.datasets import crema_d as crema_module
+from cmkd_bench.datasets import ravdess as ravdess_module
+from cmkd_bench.datasets import vggsound_50 as vggsound_module
 from cmkd_bench.errors import UserError
-from cmkd_bench.media import IMAGENET_MEAN, IMAGENET_STD, AudioFeatures
+from cmkd_bench.media import IMAGENET_MEAN, IMAGENET_STD, AudioFeatures, librosa_stft_magnitude
 from cmkd_bench.registry import DATASETS
 from cmkd_bench.runner import build_model
 
 from conftest import cli
-from test_prepare import FAKES, fake_crema_d, frame_colour, prepare_in_process, tone
+from test_prepare import FAKES, fake_crema_d, frame_colour, prepare_in_process, read_clips, tone
 
 TINY = {"image_size": 32, "num_workers": 0}
-# name: (options, classes, visual shape, audio shape, split sizes of the fake release)
+# name: (options, classes, visual shape, audio shape, split sizes of the fake release), default protocols
 EXPECTED = {
-    "crema-d": ({**TINY, "val_fraction": 0.34}, 6, (3, 32, 32), (1, 257, 299), {"train": 12, "val": 6, "test": 6}),
-    "ave": (TINY, 28, (3, 32, 32), (1, 257, 1004), {"train": 8, "val": 4, "test": 4}),
-    "vggsound-50": ({**TINY, "val_fraction": 0.34}, 50, (3, 32, 32), (1, 129, 626), {"train": 8, "val": 4, "test": 4}),
+    "crema-d": ({**TINY, "val_fraction": 0.5}, 6, (3, 32, 32), (1, 257, 299), {"train": 6, "val": 6, "test": 6}),
+    "ave": (TINY, 28, (3, 32, 32), (1, 257, 1024), {"train": 8, "val": 5, "test": 5}),
+    "vggsound-50": ({**TINY, "val_fraction": 0.5}, 50, (9, 32, 32), (1, 129, 626), {"train": 4, "val": 4, "test": 4}),
     "ravdess": (TINY, 8, (3, 32, 32), (1, 128, 401), {"train": 8, "val": 4, "test": 4}),
     "av-mnist": ({"val_size": 10}, 10, (1, 28, 28), (1, 112, 112), {"train": 30, "val": 10, "test": 20}),
 }
+PROTOCOLS = {"crema-d": crema_module.PROTOCOLS, "ave": ave_module.PROTOCOLS, "vggsound-50": vggsound_module.PROTOCOLS,
+             "ravdess": ravdess_module.PROTOCOLS}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +81,7 @@ def test_loader_shapes_classes_splits_and_one_training_step(name, prepared):
     assert spec.num_classes == classes and spec.task == "classification"
     assert spec.modalities["visual"].shape == visual and spec.modalities["audio"].shape == audio
     assert spec.split_sizes == sizes
+    assert spec.options["protocol"] == DATASETS.get(name).hparams["protocol"]  # recorded in every run's data_options
     if name != "av-mnist":
         assert spec.modalities["audio"].backbone == "resnet18" == spec.modalities["visual"].backbone
         assert (spec.recipe.optimizer, spec.recipe.lr, spec.recipe.schedule, spec.recipe.epochs, spec.recipe.batch_size) == \
@@ -91,15 +98,22 @@ def test_loader_shapes_classes_splits_and_one_training_step(name, prepared):
         one_training_step(data, modality)
 
 
-def test_the_literature_options(prepared):
+def test_the_protocols_of_crema_d(prepared):
+    default = build("crema-d", prepared["crema-d"])
+    assert default.spec.options["protocol"] == "fd-cmkd" and default.spec.options["standardize"] is False
+    for protocol in ("c2kd", "ogm-ge"):
+        data = build("crema-d", prepared["crema-d"], protocol=protocol)
+        assert data.spec.modalities["audio"].shape == (1, 257, 188) and data.spec.options["protocol"] == protocol
+        assert next(data.batches("test", 6, shuffle=False))["audio"].shape == (6, 1, 257, 188)
     assert build("crema-d", prepared["crema-d"], frames=3).spec.modalities["visual"].shape == (9, 32, 32)
-    assert build("vggsound-50", prepared["vggsound-50"], seconds=10.0).spec.modalities["audio"].shape == (1, 129, 1251)
-    assert build("ave", prepared["ave"], seconds=3.0).spec.modalities["audio"].shape == (1, 257, 299)
-    with pytest.raises(UserError, match=r"seconds must be in \(0, 10\], the audio length prepared"):
-        build("ave", prepared["ave"], seconds=11.0)
-    default = build("crema-d", prepared["crema-d"], image_size=224)
-    assert default.spec.modalities["visual"].shape == (3, 224, 224)
-    assert next(default.batches("test", 2, shuffle=False))["visual"].shape == (2, 3, 224, 224)
+    standardised = build("crema-d", prepared["crema-d"], standardize=True)
+    audio = next(standardised.batches("test", 6, shuffle=False))["audio"]
+    assert torch.allclose(audio.mean(dim=(1, 2, 3)), torch.zeros(6), atol=1e-4) and standardised.spec.options["standardize"]
+    with pytest.raises(UserError, match="unknown protocol 'mfh'; choose one of fd-cmkd, c2kd, ogm-ge"):
+        build("crema-d", prepared["crema-d"], protocol="mfh")
+    with pytest.raises(UserError, match="frames must be an integer"):
+        build("crema-d", prepared["crema-d"], frames="three")
+    assert build("vggsound-50", prepared["vggsound-50"], frames=1).spec.modalities["visual"].shape == (3, 32, 32)
 
 
 def test_validation_is_a_seeded_stratified_part_of_train_never_test(prepared):
@@ -107,28 +121,119 @@ def test_validation_is_a_seeded_stratified_part_of_train_never_test(prepared):
     assert torch.bincount(a.labels("val")).tolist() == [1] * 6
     names = {split: set(a.readers[split].names) for split in ("train", "val", "test")}
     assert not names["val"] & names["test"] and not names["val"] & names["train"]
-    with open(prepared["crema-d"] / "clips.csv") as handle:
-        official_train = {r["clip"] for r in csv.DictReader(handle) if r["split"] == "train"}
+    official_train = {r["clip"] for r in read_clips(prepared["crema-d"]) if r["split"] == "train"}
     assert names["val"] | names["train"] == official_train
     assert set(b.readers["val"].names) != names["val"] and set(b.readers["test"].names) == names["test"]
     assert a.spec.options["split_seed"] == 0 and "num_workers" not in a.spec.options
 
 
+# -- each protocol's audio against the reference formula ------------------------------------------------
+def hann_periodic(n: int) -> np.ndarray:
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)  # scipy.signal.get_window("hann", n, fftbins=True)
+
+
+def librosa_by_the_book(y: np.ndarray, n_fft: int, hop: int, pad_mode: str) -> np.ndarray:
+    """librosa.stft's documented framing, one frame at a time: centre padding of n_fft // 2,
+    periodic Hann window, frame t = padded[t * hop : t * hop + n_fft], one-sided FFT."""
+    padded = np.pad(y.astype(np.float64), n_fft // 2, mode=pad_mode)
+    count = 1 + (len(padded) - n_fft) // hop
+    return np.stack([np.abs(np.fft.rfft(padded[t * hop:t * hop + n_fft] * hann_periodic(n_fft))) for t in range(count)], 1)
+
+
+@pytest.mark.parametrize("n, n_fft, hop, pad_mode", [(66150, 512, 353, "constant"), (66150, 512, 353, "reflect"),
+                                                     (80000, 256, 128, "constant"), (1000, 256, 100, "reflect")])
+def test_librosa_stft_framing(n, n_fft, hop, pad_mode):
+    y = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 0.2
+    ours = librosa_stft_magnitude(y, n_fft, hop, pad_mode)
+    assert ours.dtype == np.float32 and ours.shape == (n_fft // 2 + 1, 1 + n // hop)
+    assert np.allclose(ours, librosa_by_the_book(y, n_fft, hop, pad_mode), rtol=1e-5, atol=1e-5)
+    try:
+        import librosa  # not a dependency; when present, the numbers must be librosa's own
+    except ImportError:
+        return
+    assert np.array_equal(ours, np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop, pad_mode=pad_mode)))
+
+
+@pytest.mark.parametrize("dataset, protocol, shape, rate, n_fft", [
+    ("crema-d", "fd-cmkd", (257, 299), 16000, 512), ("crema-d", "c2kd", (257, 188), 22050, 512),
+    ("crema-d", "ogm-ge", (257, 188), 22050, 512), ("ave", "c2kd", (257, 1024), 16000, 512),
+    ("vggsound-50", "c2kd", (129, 626), 16000, 256),
+])
+def test_a_tone_through_each_protocol_lands_in_its_bin(dataset, protocol, shape, rate, n_fft):
+    recipe = PROTOCOLS[dataset][protocol].audio
+    assert (recipe.rate, recipe.n_fft) == (rate, n_fft) and recipe.shape() == shape
+    freq = 1250.0
+    stored = tone(1.3, freq)  # what `prepare` stores: the clip at 16 kHz
+    out = recipe.spectrogram(stored, 16000, (0.0, 1.3) if recipe.segment else None, np.random.default_rng(0))
+    assert out.shape == shape and out.dtype == np.float32 and np.isfinite(out).all()
+    frames = out[:, 2:200] if recipe.resize is None else out.reshape(-1)[:257 * 1004].reshape(257, 1004)[:, 2:200]
+    assert np.bincount(frames.argmax(axis=0)).argmax() == round(freq * n_fft / rate)
+
+
+def test_the_reference_loops_cuts_and_standardisation():
+    wave = tone(1.3, 500.0)
+    fd = PROTOCOLS["crema-d"]["fd-cmkd"].audio
+    from scipy import signal
+
+    looped = np.clip(np.tile(wave, 3)[:48000], -1, 1)  # FD-CMKD: np.tile(samples, 3)[:sr * 3]
+    expected = np.log(np.abs(signal.spectrogram(looped, 16000, nperseg=512, noverlap=353)[2]) + 1e-7)
+    assert np.array_equal(fd.spectrogram(wave, 16000, None, None), expected.astype(np.float32))
+    c2kd = PROTOCOLS["crema-d"]["c2kd"].audio
+    ogm = PROTOCOLS["crema-d"]["ogm-ge"].audio
+    a, b = c2kd.spectrogram(wave, 16000, None, None), ogm.spectrogram(wave, 16000, None, None)
+    assert not np.allclose(a[:, 0], b[:, 0]) and np.array_equal(a[:, 1:-1], b[:, 1:-1])  # only the padded edge frames differ
+    ave = PROTOCOLS["ave"]["c2kd"].audio
+    ten = np.concatenate([tone(3.0, 3000.0), tone(2.0, 1000.0), tone(5.0, 3000.0)])  # 1 kHz in seconds 3-5 only
+    trimmed = ave.spectrogram(ten, 16000, (3.0, 5.0), None)
+    flat = trimmed.reshape(-1)[:257 * 1004].reshape(257, 1004)
+    assert abs(flat.mean()) < 1e-4 and abs(flat.std() - 1) < 1e-3  # standardised before np.resize
+    assert np.array_equal(trimmed.reshape(-1)[257 * 1004:], trimmed.reshape(-1)[:257 * 20])  # np.resize repeats
+    assert np.bincount(flat.argmax(axis=0)).argmax() == 32  # 1 kHz: the segment, looped
+    whole = ave.__class__(**{**ave.__dict__, "segment": False}).spectrogram(ten, 16000, (3.0, 5.0), None)
+    assert np.bincount(whole.reshape(-1)[:257 * 1004].reshape(257, 1004).argmax(axis=0)).argmax() == 96  # 3 kHz
+
+
+def test_vggsound_windows_are_random_at_train_and_fixed_per_clip_at_test(prepared):
+    data = build("vggsound-50", prepared["vggsound-50"])
+    first, again = next(data.batches("test", 4, shuffle=False)), next(data.batches("test", 4, shuffle=False))
+    assert torch.equal(first["audio"], again["audio"])
+    recipe = PROTOCOLS["vggsound-50"]["c2kd"].audio
+    steps = np.concatenate([tone(0.25, 500.0 + 250 * k) for k in range(12)])  # 3 s, a new pitch every 250 ms
+    # looped to 12 s (doubled twice), a 5 s window from a random start in [0, 5] s: its second frame's pitch shows where
+    pitches = {int(recipe.spectrogram(steps, 16000, None, np.random.default_rng(seed))[:, 1].argmax()) for seed in range(8)}
+    assert len(pitches) > 3
+
+
+# -- which frame each protocol takes ------------------------------------------------------------------
 def red_of_first_frame(batch: dict) -> torch.Tensor:
     """The red level (0..255) of each sample's visual, undoing the ImageNet normalisation."""
     red = batch["visual"][:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
     return red.mean(dim=(1, 2)) * 255
 
 
-def test_middle_frame_at_test_random_frames_at_train(prepared):
-    # The fake clips are 2 s at 4 fps: 1 fps gives the frames at 0 s and 1 s; frame k has red 20 + 40 k.
-    data = build("ave", prepared["ave"])
-    assert set(data.readers["test"].frame_counts.tolist()) == {2}
-    middle = frame_colour(4, 0)[0]  # the frame at 1 s, the 4th at 4 fps
-    assert torch.allclose(red_of_first_frame(next(data.batches("test", 4, shuffle=False))), torch.tensor(float(middle)), atol=12)
-    plain = build("ave", prepared["ave"], augment=False)
-    reds = torch.cat([red_of_first_frame(b) for seed in range(6) for b in plain.batches("train", 8, shuffle=True, seed=seed)])
-    assert (reds < 60).any() and (reds > 140).any()  # both the 0 s and the 1 s frame were drawn
+def test_frame_choice_per_protocol(prepared):
+    # The fake CREMA-D clips are 2 s at 4 fps: 1 fps stores the frames at 0 s and 1 s; frame k has red 20 + 40 k.
+    early, late = frame_colour(0, 0)[0], frame_colour(4, 0)[0]
+    fd = build("crema-d", prepared["crema-d"], augment=False)
+    assert set(fd.readers["test"].frame_counts.tolist()) == {2}
+    assert torch.allclose(red_of_first_frame(next(fd.batches("test", 6, shuffle=False))), torch.tensor(float(late)), atol=12)
+    reds = torch.cat([red_of_first_frame(b) for seed in range(4) for b in fd.batches("train", 6, shuffle=True, seed=seed)])
+    assert (reds < early + 20).any() and (reds > late - 20).any()  # FD-CMKD: a random frame at train
+    c2kd = build("crema-d", prepared["crema-d"], protocol="c2kd", augment=False)
+    assert torch.allclose(red_of_first_frame(next(c2kd.batches("test", 6, shuffle=False))), torch.tensor(float(early)), atol=12)
+    reds = torch.cat([red_of_first_frame(b) for seed in range(4) for b in c2kd.batches("train", 6, shuffle=True, seed=seed)])
+    assert torch.allclose(reds, torch.tensor(float(early)), atol=12)  # C2KD: the first frame, always
+
+
+def test_ave_frames_come_from_the_annotated_segment(prepared):
+    data = build("ave", prepared["ave"], augment=False)
+    plain = build("ave", prepared["ave"], augment=False, segment=False)
+    assert data.spec.options["segment"] is True and plain.spec.options["segment"] is False
+    reader, plain_reader = data.readers["val"], plain.readers["val"]
+    for index, (start, _) in enumerate(reader.segments):
+        red = (reader.read(index, None)["visual"][0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).mean() * 255
+        plain_red = (plain_reader.read(index, None)["visual"][0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).mean() * 255
+        assert abs(red - min(255, 20 + 40 * start)) < 12 and abs(plain_red - 20) < 12  # frame k: second k
 
 
 def test_batches_are_deterministic_from_the_seed_whatever_the_workers(prepared):
@@ -157,32 +262,40 @@ def test_num_batches_matches_what_batches_yields(prepared, batch_size):
                 assert sum(sizes) == data.size(split)
 
 
-def test_kd_run_from_the_command_line(prepared, tmp_path):
-    result = cli("run", "--method", "kd", "--dataset", "crema-d", "--data-root", str(prepared["crema-d"]), "--epochs", "1",
-                 "--batch-size", "4", "--set", "image_size=32", "--set", "val_fraction=0.34", "--set", "num_workers=0",
-                 "--student", "small-cnn", "--teacher", "small-cnn", "--out", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    record = json.loads(next(tmp_path.glob("kd-crema-d-*/result.json")).read_text())
-    assert record["status"] == "completed" and record["teacher_modality"] == "audio"
-    assert record["data_options"]["prepared"] and record["data_options"]["image_size"] == 32
+def test_kd_runs_record_their_protocol_and_tables_keep_protocols_apart(prepared, tmp_path):
+    from cmkd_bench.leaderboard import load_records, summarize
+
+    for protocol in ("fd-cmkd", "c2kd"):
+        result = cli("run", "--method", "kd", "--dataset", "crema-d", "--data-root", str(prepared["crema-d"]), "--epochs", "1",
+                     "--batch-size", "4", "--set", "image_size=32", "--set", "val_fraction=0.5", "--set", "num_workers=0",
+                     "--set", f"protocol={protocol}", "--student", "small-cnn", "--teacher", "small-cnn", "--out", str(tmp_path))
+        assert result.returncode == 0, result.stderr
+    records = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("kd-crema-d-*/result.json"))]
+    assert sorted(r["data_options"]["protocol"] for r in records) == ["c2kd", "fd-cmkd"]
+    assert all(r["status"] == "completed" and r["teacher_modality"] == "audio" and r["data_options"]["prepared"] for r in records)
+    tables = summarize(load_records(tmp_path))
+    assert len(tables) == 2 and {t.data_options["protocol"] for t in tables} == {"c2kd", "fd-cmkd"}
+    assert all(t.title.count(f"protocol={t.data_options['protocol']}") == 1 for t in tables)
+    [alone] = summarize([r for r in load_records(tmp_path) if r["data_options"]["protocol"] == "c2kd"])
+    assert "protocol=c2kd" in alone.title  # named even when no other table differs from it
 
 
 # -- errors: one line naming the file --------------------------------------------------------------
 @pytest.fixture
 def crema_copy(tmp_path) -> Path:
     dst = tmp_path / "prepared"
-    prepare_in_process("crema-d", fake_crema_d(tmp_path / "raw", train_per_class=2, test_per_class=1), dst)
+    prepare_in_process("crema-d", fake_crema_d(tmp_path / "raw"), dst)
     return dst
 
 
 def first_test_clip(root: Path) -> str:
-    with open(root / "clips.csv") as handle:
-        return next(r["clip"] for r in csv.DictReader(handle) if r["split"] == "test")
+    return next(r["clip"] for r in read_clips(root) if r["split"] == "test")
 
 
 @pytest.mark.parametrize("damage, expected", [
-    (lambda root, clip: (root / "audio" / f"{clip}.npy").write_bytes(b"garbage"), "not a readable .npy file"),
-    (lambda root, clip: (root / "audio" / f"{clip}.npy").unlink(), "file not found"),
+    (lambda root, clip: (root / "waveforms" / f"{clip}.npy").write_bytes(b"garbage"), "not a readable .npy file"),
+    (lambda root, clip: (root / "waveforms" / f"{clip}.npy").unlink(), "file not found"),
+    (lambda root, clip: np.save(root / "waveforms" / f"{clip}.npy", np.zeros((257, 299), np.float32)), "not a waveform"),
     (lambda root, clip: (root / "frames" / clip / "0001.jpg").write_bytes(b"garbage"), "not a readable image"),
 ])
 def test_damaged_prepared_files_give_one_line_naming_the_file(crema_copy, damage, expected):
@@ -190,11 +303,11 @@ def test_damaged_prepared_files_give_one_line_naming_the_file(crema_copy, damage
     damage(crema_copy, clip)
     data = DATASETS.build("crema-d", crema_copy, image_size=32, num_workers=0, val_fraction=0.5)
     with pytest.raises(UserError, match=expected) as caught:
-        list(data.batches("test", 4, shuffle=False))
+        list(data.batches("test", 6, shuffle=False))
     assert clip in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_unprepared_or_foreign_data_roots_are_refused(crema_copy, tmp_path):
+def test_unprepared_older_or_foreign_data_roots_are_refused(crema_copy, tmp_path):
     with pytest.raises(UserError, match="needs --data-root DIR"):
         DATASETS.build("crema-d", None)
     with pytest.raises(UserError, match="prepared.json' is missing.*cmkd-bench prepare crema-d"):
@@ -202,6 +315,10 @@ def test_unprepared_or_foreign_data_roots_are_refused(crema_copy, tmp_path):
         DATASETS.build("crema-d", tmp_path / "empty")
     with pytest.raises(UserError, match="was prepared for 'crema-d', not 'ave'"):
         DATASETS.build("ave", crema_copy)
+    info = json.loads((crema_copy / "prepared.json").read_text())
+    (crema_copy / "prepared.json").write_text(json.dumps({**info, "layout": 1}))
+    with pytest.raises(UserError, match="has prepared layout 1, this version reads 2.*--force"):
+        DATASETS.build("crema-d", crema_copy)
     result = cli("run", "--method", "kd", "--dataset", "ravdess", "--data-root", str(tmp_path / "absent"), "--out", str(tmp_path))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "is not a folder" in result.stderr
@@ -281,17 +398,7 @@ def test_paired_manifest_missing_file_is_named_when_decoded(tmp_path):
         list(data.batches("test", 4, shuffle=False))
 
 
-# -- spectrogram parameters ----------------------------------------------------------------------------
-@pytest.mark.parametrize("module, seconds, shape", [
-    ("crema_d", 3.0, (257, 299)), ("ave", 10.0, (257, 1004)), ("vggsound_50", 5.0, (129, 626)), ("ravdess", 4.0, (128, 401)),
-])
-def test_the_datasets_audio_parameters_give_the_papers_shapes(module, seconds, shape):
-    features = replace(importlib.import_module(f"cmkd_bench.datasets.{module}").AUDIO, seconds=seconds)
-    spectrogram = features.compute(tone(1.3, 440.0))
-    assert spectrogram.shape == shape == (features.bins(), features.frames_for(seconds))
-    assert spectrogram.dtype == np.float32 and np.isfinite(spectrogram).all()
-
-
+# -- paired-manifest's spectrograms -----------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["spectrogram", "stft", "mel"])
 @pytest.mark.parametrize("seconds", [0.77, 2.5])
 def test_frames_for_predicts_every_spectrogram_width(kind, seconds):

@@ -1,5 +1,6 @@
-"""Segmentation data: synth-rgbd, paired augmentation seeded per sample, and NYU-Depth V2 in both
-layouts (a tiny fake set written here: an HDF5 .mat with its split and mapping files, and folders)."""
+"""Segmentation data: synth-rgbd, paired augmentation seeded per sample, and NYU-Depth V2 in its three
+layouts (a tiny fake set written here: an HDF5 .mat with its split and mapping files; ESANet's
+prepared folder as TUI-NICR/ESANet's src/datasets/nyuv2/prepare_dataset.py writes it; a flat folder)."""
 
 from __future__ import annotations
 
@@ -87,9 +88,9 @@ def test_augmented_batches_come_from_the_batch_seed_alone():
     assert all(torch.equal(val[k], val_plain[k]) for k in val)  # evaluation is never augmented
 
 
-# -- NYU-Depth V2: a tiny fake set in both layouts ---------------------------------------------------
-N, HEIGHT, WIDTH = 5, 32, 48
-TRAIN_IDS, TEST_IDS = [1, 2, 3, 5], [4]  # 1-based, as in splits.mat
+# -- NYU-Depth V2: a tiny fake set in the three layouts ----------------------------------------------
+N, HEIGHT, WIDTH = 6, 32, 48
+TRAIN_IDS, TEST_IDS = [3, 4, 5, 6], [1, 2]  # 1-based, the first of the real splits.mat (trainNdxs 3 4 5 6 ..., testNdxs 1 2 9 ...)
 
 
 def fake_nyu() -> dict[str, np.ndarray]:
@@ -131,12 +132,35 @@ def write_folder_layout(root, arrays) -> None:
     (root / "test.txt").write_text("".join(f"{i:04d}.png\n" for i in TEST_IDS))
 
 
+def write_esanet_layout(root, arrays, bom: bool = False) -> None:
+    """What ESANet's prepare_dataset.py writes: ROOT/{train,test}/{rgb,depth,depth_raw,labels_40}/%04d.png
+    (RGB written BGR by OpenCV, depth in mm as uint16, labels 0 = void, 1..40) and train.txt /
+    test.txt from np.savetxt(fmt='%04d')."""
+    import cv2
+
+    labels_40 = np.concatenate([[0], arrays["mapping"]]).astype(np.uint8)[arrays["raw"]]
+    for split, ids in (("train", TRAIN_IDS), ("test", TEST_IDS)):
+        for kind in ("rgb", "depth", "depth_raw", "labels_40", "labels_40_colored"):
+            (root / split / kind).mkdir(parents=True, exist_ok=True)
+        for idx in ids:
+            name, i = f"{idx:04d}", idx - 1
+            cv2.imwrite(str(root / split / "rgb" / f"{name}.png"), cv2.cvtColor(arrays["rgb"][i], cv2.COLOR_RGB2BGR))
+            depth_mm = (arrays["depth"][i] * 1e3).astype("uint16")
+            cv2.imwrite(str(root / split / "depth" / f"{name}.png"), depth_mm)
+            cv2.imwrite(str(root / split / "depth_raw" / f"{name}.png"), depth_mm // 2)  # never read
+            cv2.imwrite(str(root / split / "labels_40" / f"{name}.png"), labels_40[i])
+        np.savetxt(root / f"{split}.txt", np.array(ids), fmt="%04d")
+    if bom:
+        (root / "train.txt").write_bytes(b"\xef\xbb\xbf" + (root / "train.txt").read_bytes())
+
+
 @pytest.fixture(scope="module")
 def nyu_roots(tmp_path_factory):
     arrays = fake_nyu()
     root = tmp_path_factory.mktemp("nyu")
     write_mat_layout(root / "mat", arrays)
     write_folder_layout(root / "folder", arrays)
+    write_esanet_layout(root / "esanet", arrays)
     return root, arrays
 
 
@@ -149,10 +173,11 @@ def test_nyuv2_mat_layout_decodes_orientation_labels_depth_and_splits(nyu_roots)
     data = build_nyu(root / "mat")
     spec = data.spec
     assert spec.num_classes == 40 and spec.ignore_index == 255 and spec.task == "segmentation"
-    assert spec.split_sizes == {"train": 3, "val": 1, "test": 1} and spec.options["layout"] == "mat"
+    assert spec.split_sizes == {"train": 3, "val": 1, "test": 2} and spec.options["layout"] == "mat"
+    assert spec.options["protocol"] == "esanet"
     assert "num_workers" not in spec.options  # decoding processes do not name the run
     batch = next(data.batches("test", 4, shuffle=False))
-    assert batch["rgb"].shape == (1, 3, HEIGHT, WIDTH) and batch["depth"].shape == (1, 1, HEIGHT, WIDTH)
+    assert batch["rgb"].shape == (2, 3, HEIGHT, WIDTH) and batch["depth"].shape == (2, 1, HEIGHT, WIDTH)
     i = TEST_IDS[0] - 1
     rgb = batch["rgb"][0] * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     assert torch.allclose(rgb * 255, torch.from_numpy(arrays["rgb"][i]).permute(2, 0, 1).float(), atol=1e-3)
@@ -172,6 +197,26 @@ def test_nyuv2_folder_layout_gives_the_same_samples(nyu_roots):
         assert torch.equal(a["label"], b["label"]) and torch.allclose(a["rgb"], b["rgb"])
         assert torch.allclose(a["depth"], b["depth"], atol=1e-5)
     build_nyu(root / "mat" / "nyu_depth_v2_labeled.mat")  # the .mat itself also works
+
+
+def test_nyuv2_reads_esanet_s_prepared_folder_as_it_is(nyu_roots, tmp_path):
+    root, arrays = nyu_roots
+    assert (root / "esanet" / "train.txt").read_text() == "0003\n0004\n0005\n0006\n"  # np.savetxt(fmt='%04d')
+    from_mat, from_esanet = build_nyu(root / "mat"), build_nyu(root / "esanet")
+    assert from_esanet.spec.options["layout"] == "esanet" and from_esanet.spec.split_sizes == from_mat.spec.split_sizes
+    for split in ("train", "val", "test"):  # val images are read from train/, test images from test/
+        a, b = next(from_mat.batches(split, 8, shuffle=False)), next(from_esanet.batches(split, 8, shuffle=False))
+        assert torch.equal(a["label"], b["label"]) and torch.allclose(a["rgb"], b["rgb"])
+        assert torch.allclose(a["depth"], b["depth"], atol=1e-3)
+    bom = tmp_path / "bom"
+    write_esanet_layout(bom, arrays, bom=True)
+    assert build_nyu(bom).spec.split_sizes == from_mat.spec.split_sizes  # a byte-order mark renames no image
+    (bom / "train" / "depth" / "0005.png").unlink()
+    (bom / "train" / "rgb" / "0006.png").unlink()
+    with pytest.raises(UserError, match=r"train/depth/0005\.png' does not exist .listed in train.txt/test.txt. "
+                                        r"\(and 1 more listed files are missing\); ESANet writes") as caught:
+        build_nyu(bom)
+    assert "\n" not in str(caught.value)
 
 
 def test_nyuv2_shuffles_and_augments_from_the_seed_whatever_the_workers(nyu_roots):
@@ -209,8 +254,11 @@ def test_nyuv2_missing_or_malformed_files_are_one_line_errors(nyu_roots, tmp_pat
     with pytest.raises(UserError, match=r"depth/0002\.png.*does not exist"):
         build_nyu(folder)
     (folder / "depth" / "0002.png").write_bytes(b"garbage")
-    (folder / "rgb" / "0001.png").write_bytes(b"garbage")
-    with pytest.raises(UserError, match=r"rgb/0001\.png.*not a readable PNG"):
+    (folder / "rgb" / "0003.png").write_bytes(b"garbage")
+    with pytest.raises(UserError, match=r"rgb/0003\.png.*not a readable PNG"):
+        build_nyu(folder)
+    (folder / "train.txt").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    with pytest.raises(UserError, match="Git LFS pointer"):
         build_nyu(folder)
     with pytest.raises(UserError, match="neither"):
         build_nyu(tmp_path)
