@@ -8,9 +8,12 @@ logs each by name, and optimises the student together with the method's own para
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -60,3 +63,27 @@ class Method(nn.Module):
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
+
+
+def cached_per_teacher(cache_dir: Path | None, prefix: str, key: dict, compute: Callable[[], Tensor]) -> Tensor:
+    """A tensor that depends only on the teacher, the data and `key`, computed once per teacher.
+
+    Stored as `<cache_dir>/<prefix>-<hash of key>.pt` (the teacher's cache folder, see `prepare`);
+    a missing, unreadable or stale file (another key) is recomputed and rewritten atomically.
+    """
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        path = Path(cache_dir) / f"{prefix}-{digest}.pt"
+        try:
+            cached = torch.load(path, weights_only=True) if path.exists() else None
+        except Exception:  # a torn or foreign file: recompute
+            cached = None
+        if isinstance(cached, dict) and cached.get("key") == key and "value" in cached:
+            return cached["value"]
+    value = compute()
+    if path is not None:
+        from .engine import atomic_save  # the engine imports this module
+
+        atomic_save({"key": key, "value": value}, path)
+    return value

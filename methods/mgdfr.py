@@ -53,8 +53,6 @@ from the dataset's default direction.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -62,9 +60,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmkd_bench.data import PairedData, Recipe
-from cmkd_bench.engine import atomic_save, autocast, build_optimizer, lr_factor
+from cmkd_bench.engine import autocast, build_optimizer, lr_factor
 from cmkd_bench.errors import UserError
-from cmkd_bench.method import Method
+from cmkd_bench.method import Method, cached_per_teacher
 from cmkd_bench.models import FeatureModel
 from cmkd_bench.registry import BACKBONES, METHODS
 
@@ -176,14 +174,6 @@ def rank_channels(teacher: FeatureModel, data: PairedData, key: dict, device: st
                             key["repeats"], key["salience_batch"], key["max_samples"], key["seed"])
 
 
-def load_cached(path: Path) -> dict | None:
-    """A cached ranking, or None when there is none or it cannot be read (it is then recomputed)."""
-    try:
-        return torch.load(path, weights_only=True) if path.exists() else None
-    except Exception:
-        return None
-
-
 @METHODS.register("mgdfr", aliases=("mfh",), tasks=("classification",),
                   description="KD from the teacher with its 75 % least modality-general channels (permutation "
                               "salience against a trained student-modality partner) replaced by their batch mean",
@@ -234,20 +224,16 @@ class MGDFR(Method):
 
     def prepare(self, teacher, data, device, cache_dir: Path | None) -> None:
         key = self.cache_key(data)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-        path = Path(cache_dir) / f"mgdfr-{digest}.pt" if cache_dir is not None else None
-        cached = load_cached(path) if path is not None else None
-        if cached is not None and cached.get("key") == key:
-            salience = cached["salience"]
-        else:
+
+        def rank() -> Tensor:
             was_training = teacher.training
             teacher.eval()
             try:
-                salience = min_max(rank_channels(teacher, data, key, device))
+                return min_max(rank_channels(teacher, data, key, device))
             finally:
                 teacher.train(was_training)
-            if path is not None:
-                atomic_save({"key": key, "salience": salience}, path)
+
+        salience = cached_per_teacher(cache_dir, "mgdfr", key, rank)
         order = torch.argsort(salience, stable=True)  # ascending: the least modality-general first (mode 1)
         self.removed.copy_(order[:len(self.removed)])
         self.head = teacher.net.get_submodule(teacher.head_module)

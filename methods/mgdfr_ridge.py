@@ -32,8 +32,6 @@ attributes when the harness sets them, otherwise from the dataset's default dire
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -41,9 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmkd_bench.data import PairedData
-from cmkd_bench.engine import atomic_save
 from cmkd_bench.errors import UserError
-from cmkd_bench.method import Method
+from cmkd_bench.method import Method, cached_per_teacher
 from cmkd_bench.models import FeatureModel
 from cmkd_bench.registry import METHODS
 
@@ -117,14 +114,6 @@ def channel_salience(teacher: FeatureModel, data: PairedData, teacher_modality: 
     return salience
 
 
-def load_cached(path: Path) -> dict | None:
-    """A cached ranking, or None when there is none or it cannot be read (it is then recomputed)."""
-    try:
-        return torch.load(path, weights_only=True) if path.exists() else None
-    except Exception:
-        return None
-
-
 @METHODS.register("mgdfr-ridge", tasks=("classification",),
                   description="this suite's MFH variant: a ridge partner on the raw student input ranks the teacher "
                               "channels; feature MSE on the kept half (not the authors' algorithm, see mgdfr)",
@@ -161,19 +150,17 @@ class MGDFRRidge(Method):
 
     def prepare(self, teacher, data, device, cache_dir: Path | None) -> None:
         key = self.cache_key()
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-        path = Path(cache_dir) / f"mgdfr-ridge-{digest}.pt" if cache_dir is not None else None
-        cached = load_cached(path) if path is not None else None
-        if cached is not None and cached.get("key") == key:
-            salience = cached["salience"]
-        else:
+
+        def rank() -> Tensor:
             was_training = teacher.training
             teacher.eval()
-            salience = channel_salience(teacher, data, key["teacher_modality"], key["student_modality"], device,
+            try:
+                return channel_salience(teacher, data, key["teacher_modality"], key["student_modality"], device,
                                         **self.ranking)
-            teacher.train(was_training)
-            if path is not None:
-                atomic_save({"key": key, "salience": salience}, path)
+            finally:
+                teacher.train(was_training)
+
+        salience = cached_per_teacher(cache_dir, "mgdfr-ridge", key, rank)
         self.channels.copy_(salience.argsort(descending=True)[:len(self.channels)])
         self.ranked = True
 
