@@ -28,8 +28,7 @@ def steps_per_second(method_name: str, data, device: torch.device, steps: int, w
     spec = data.spec
     teacher = build_model(spec.modalities[spec.teacher_modality].backbone, data, spec.teacher_modality, 0, device).eval()
     student = build_model(spec.modalities[spec.student_modality].backbone, data, spec.student_modality, 1, device)
-    method = METHODS.build(method_name, student.info, teacher.info, spec).to(device)
-    method.teacher_modality, method.student_modality = spec.teacher_modality, spec.student_modality
+    method = METHODS.build(method_name, student.info, teacher.info, spec).to(device)  # the default direction
     began = time.perf_counter()
     method.prepare(teacher, data, str(device), None)
     prepare_seconds = time.perf_counter() - began

@@ -14,14 +14,29 @@ students from the weights a run saves (`<run_dir>/student.pt`) or a path given w
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
+from .data import PairedData
+from .engine import resolve_device
 from .errors import UserError
+from .files import file_stem, load_weights, write_json_atomic
+from .losses import frequency_bands, low_band_cut
+from .models import FeatureModel
+from .plots import pyplot, save_figure
+from .records import data_options, read_record, record_direction
+from .runner import ResolvedRun, RunCallbacks, RunRequest, build_data, build_model, obtain_teacher, resolve_run, \
+    teacher_key
+
+if TYPE_CHECKING:  # matplotlib itself is imported by `plots.pyplot()`, after choosing the Agg backend
+    from matplotlib.axes import Axes
 
 BANDS = ("raw", "low", "high")
 
@@ -30,11 +45,9 @@ BANDS = ("raw", "low", "high")
 # Features
 
 
-def pooled_features(model: Any, data: Any, split: str, modality: str, device: Any,
-                    limit: int | None = None) -> tuple[Any, Any]:
+def pooled_features(model: FeatureModel, data: PairedData, split: str, modality: str, device: torch.device,
+                    limit: int | None = None) -> tuple[Tensor, Tensor]:
     """(features N x D, labels N) of a model on a split: the pooled pre-activation feature."""
-    import torch
-
     features, labels = [], []
     was_training = model.training
     model.eval()
@@ -78,15 +91,11 @@ class FreqSimilarity:
         return next(b.mean for b in self.bands if b.band == band)
 
 
-def band_similarities(a: Any, b: Any, split: float) -> dict[str, Any]:
+def band_similarities(a: Tensor, b: Tensor, split: float) -> dict[str, Tensor]:
     """Per-sample cosine similarity of a and b (N x D, paired rows): raw, low band and high band.
 
-    The bands are methods.fd's: rfft along the feature, bins 1..cut (low) and cut+1..D/2 (high).
+    The bands are fd's (cmkd_bench.losses): rfft along the feature, bins 1..cut (low) and cut+1..D/2 (high).
     """
-    import torch.nn.functional as F
-
-    from .methods.fd import frequency_bands
-
     cut = checked_cut(a.shape[1], split)
     low_a, high_a = frequency_bands(a.double(), cut)
     low_b, high_b = frequency_bands(b.double(), cut)
@@ -96,8 +105,6 @@ def band_similarities(a: Any, b: Any, split: float) -> dict[str, Any]:
 
 
 def checked_cut(dim: int, split: float) -> int:
-    from .methods.fd import low_band_cut
-
     if not 0 < split < 1:
         raise UserError(f"--split must be in (0, 1), got {split}")
     cut = low_band_cut(dim, split)
@@ -122,28 +129,25 @@ class TeacherRequest:
 
 
 def trained_teacher(request: TeacherRequest, teacher_modality: str, other_modality: str,
-                    backbone: str | None, progress: Any = None) -> tuple[Any, Any, str]:
-    """(teacher model, prepared, cache key): through the runner's teacher cache, trained if missing.
+                    backbone: str | None,
+                    progress: RunCallbacks | None = None) -> tuple[FeatureModel, ResolvedRun, str]:
+    """(teacher model, resolved run, teacher backbone): through the runner's teacher cache, trained if missing.
 
     A no-kd run request in the direction teacher_modality -> other_modality names exactly the
     teacher such runs distil from, so the analysis sees the teachers the tables were made with.
     """
-    from .runner import RunRequest, build_model, prepare
-
-    prepared = prepare(RunRequest(method="no-kd", dataset=request.dataset, teacher_modality=teacher_modality,
-                                  student_modality=other_modality, teacher_backbone=backbone, seed=request.seed,
-                                  sets=request.sets, epochs=request.epochs, data_root=request.data_root,
-                                  out=request.out, teacher_cache=request.teacher_cache, device=request.device))
-    config = prepared.config
-    model = build_model(config.teacher_backbone, prepared.data, config.teacher_modality, config.seed, prepared.device)
-    return model, prepared, config.teacher_backbone
+    resolved = resolve_run(RunRequest(method="no-kd", dataset=request.dataset, teacher_modality=teacher_modality,
+                                      student_modality=other_modality, teacher_backbone=backbone, seed=request.seed,
+                                      sets=request.sets, epochs=request.epochs, data_root=request.data_root,
+                                      out=request.out, teacher_cache=request.teacher_cache, device=request.device))
+    config = resolved.config
+    model = build_model(config.teacher_backbone, resolved.data, config.teacher_modality, config.seed, resolved.device)
+    return model, resolved, config.teacher_backbone
 
 
 def freq_similarity(request: TeacherRequest, modalities: tuple[str, str] | None = None,
                     backbones: dict[str, str] | None = None, split: float = 0.5, on: str = "test",
-                    echo=click.echo) -> FreqSimilarity:
-    from .runner import Progress, obtain_teacher, teacher_key
-
+                    echo: Callable[[str], None] = print) -> FreqSimilarity:
     backbones = backbones or {}
     first, second = modalities or _default_modalities(request)
     models = {}
@@ -156,12 +160,12 @@ def freq_similarity(request: TeacherRequest, modalities: tuple[str, str] | None 
                         "element by element, so give both teachers one backbone (--teacher MODALITY=BACKBONE)")
     cut = checked_cut(dims[first], split)  # before any training: a bad split fails at once
     keys = []
-    for modality, (model, prepared, _) in models.items():
-        obtain_teacher(prepared, model, Progress(on_message=echo, on_phase=lambda label, epochs, steps: echo(
+    for modality, (model, resolved, _) in models.items():
+        obtain_teacher(resolved, model, RunCallbacks(on_message=echo, on_phase=lambda label, epochs, steps: echo(
             f"training {label} teacher ({epochs} epochs; cached for runs and analyses)")))
-        keys.append(teacher_key(prepared.config))
+        keys.append(teacher_key(resolved.config))
     data, device = models[first][1].data, models[first][1].device
-    _check_on(on)
+    check_on(on)
     feature_a, _ = pooled_features(models[first][0], data, on, first, device)
     feature_b, _ = pooled_features(models[second][0], data, on, second, device)
     per_sample = band_similarities(feature_a, feature_b, split)
@@ -189,14 +193,12 @@ def run_freq_similarity(run: str | Path, split: float = 0.5, on: str = "test", s
 
 
 def _default_modalities(request: TeacherRequest) -> tuple[str, str]:
-    from .runner import RunRequest, prepare
-
-    spec = prepare(RunRequest(method="no-kd", dataset=request.dataset, sets=request.sets,
-                              data_root=request.data_root, out=request.out)).data.spec
+    spec = resolve_run(RunRequest(method="no-kd", dataset=request.dataset, sets=request.sets,
+                                  data_root=request.data_root, out=request.out)).data.spec
     return spec.teacher_modality, spec.student_modality
 
 
-def _check_on(split: str) -> None:
+def check_on(split: str) -> None:
     if split not in ("train", "val", "test"):
         raise UserError(f"--on {split!r}: choose train, val or test")
 
@@ -215,8 +217,6 @@ def freq_similarity_table(result: FreqSimilarity) -> str:
 
 
 def plot_freq_similarity(result: FreqSimilarity, directory: Path, stem: str | None = None) -> list[Path]:
-    from .plots import pyplot, save_figure, slug
-
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(4.2, 3.2))
     axis.bar(BANDS, [b.mean for b in result.bands], yerr=[b.std for b in result.bands], capsize=3,
@@ -231,13 +231,14 @@ def plot_freq_similarity(result: FreqSimilarity, directory: Path, stem: str | No
     models = "teacher vs student" if result.compared == "run" else "teachers"
     axis.set_title(f"{result.dataset}: {result.modalities[0]} vs {result.modalities[1]} {models} "
                    f"(split {result.split})", fontsize=9)
-    return save_figure(figure, directory, slug(stem or f"freq-similarity-{result.dataset}"))
+    return save_figure(figure, directory, file_stem(stem or f"freq-similarity-{result.dataset}"))
 
 
-def write_json(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    return path
+def write_freq_similarity(result: FreqSimilarity, directory: Path) -> list[Path]:
+    """The result as JSON and its plot (PNG and SVG) in `directory`; returns the files written."""
+    stem = f"freq-similarity-{result.sources[0]}" if result.compared == "run" else f"freq-similarity-{result.dataset}"
+    write_json_atomic(asdict(result), directory / f"{stem}.json")
+    return [directory / f"{stem}.json", *plot_freq_similarity(result, directory, stem)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,20 +248,18 @@ def write_json(obj: Any, path: Path) -> Path:
 @dataclass
 class RunFeatures:
     record: dict[str, Any]
-    teacher: Any  # N x D
-    student: Any  # N x D
-    labels: Any  # N
+    teacher: Tensor  # N x D
+    student: Tensor  # N x D
+    labels: Tensor  # N
 
 
 def run_record(path: str | Path) -> tuple[dict[str, Any], Path]:
     """A run's record and folder, from the folder or its result.json."""
-    from .leaderboard import load_records
-
     path = Path(path)
     run_dir = path.parent if path.is_file() else path
     if not (run_dir / "result.json").is_file():
         raise UserError(f"{path}: no result.json; pass a run folder (OUT/<run_id>) or its result.json")
-    return load_records([run_dir / "result.json"])[0], run_dir
+    return read_record(run_dir / "result.json"), run_dir
 
 
 def teacher_weights_path(record: dict[str, Any], run_dir: Path) -> Path:
@@ -288,38 +287,18 @@ def student_weights_path(record: dict[str, Any], run_dir: Path, given: str | Non
                     "rerun it with --force to save them, or pass --student-weights PATH")
 
 
-def load_weights(model: Any, path: Path, device: Any, role: str) -> None:
-    import torch
-
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        kind = type(exc).__name__
-        raise UserError(f"{role} weights {str(path)!r} cannot be read ({kind}); pass a state_dict .pt") from exc
-    if isinstance(state, dict) and not any(str(k).startswith("net.") for k in state):
-        state = {f"net.{k}": v for k, v in state.items()}  # a bare model's state_dict
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{role} weights {str(path)!r} do not fit backbone {model.name!r}: {first}") from exc
-
-
 def run_features(run: str | Path, student_weights: str | None = None, split: str = "test", samples: int | None = 500,
                  data_root: str | None = None, device_name: str = "auto") -> RunFeatures:
-    from .engine import resolve_device
-    from .runner import build_data, build_model
-
     record, run_dir = run_record(run)
     device = resolve_device(device_name)
-    _check_on(split)
-    data = build_data(record["dataset"], data_root, dict(record.get("data_options") or {}))
+    check_on(split)
+    data = build_data(record["dataset"], data_root, dict(data_options(record)))
     features = {}
     for role, weights in (("teacher", teacher_weights_path(record, run_dir)),
                           ("student", student_weights_path(record, run_dir, student_weights))):
         modality, backbone = record[f"{role}_modality"], record[f"{role}_backbone"]
         model = build_model(backbone, data, modality, int(record["seed"]), device)
-        load_weights(model, weights, device, role)
+        load_weights(model, weights, device, f"{role} weights file")
         features[role], labels = pooled_features(model, data, split, modality, device, limit=samples)
     if features["teacher"].shape[1] != features["student"].shape[1]:
         raise UserError(f"run {record['run_id']}: teacher and student features differ in dimension "
@@ -328,33 +307,31 @@ def run_features(run: str | Path, student_weights: str | None = None, split: str
     return RunFeatures(record, features["teacher"], features["student"], labels)
 
 
-def tsne_embedding(features: RunFeatures, perplexity: float = 30.0, seed: int = 0) -> Any:
+def tsne_embedding(features: RunFeatures, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
     """2-D t-SNE of teacher and student features together: rows 0..N-1 teacher, N..2N-1 student."""
-    import numpy as np
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # scikit-learn takes seconds to import; only `analyze tsne` needs it
 
     points = np.concatenate([features.teacher.numpy(), features.student.numpy()]).astype(np.float64)
     perplexity = min(perplexity, (len(points) - 1) / 3)  # t-SNE needs perplexity < n_samples
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
 
 
-def plot_tsne(runs: Sequence[RunFeatures], embeddings: Sequence[Any], directory: Path) -> list[Path]:
-    from .plots import pyplot, save_figure, slug
-
+def plot_tsne(runs: Sequence[RunFeatures], embeddings: Sequence[np.ndarray], directory: Path) -> list[Path]:
     plt = pyplot()
     figure, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.8), squeeze=False)
     for axis, features, embedding in zip(axes[0], runs, embeddings):
         _draw_tsne(axis, features, embedding, plt)
     figure.tight_layout()
-    stem = "tsne-" + "-vs-".join(slug(f.record["run_id"]) for f in runs)
+    stem = "tsne-" + "-vs-".join(file_stem(f.record["run_id"]) for f in runs)
     return save_figure(figure, directory, stem)
 
 
-def _draw_tsne(axis: Any, features: RunFeatures, embedding: Any, plt: Any) -> None:
+def _draw_tsne(axis: Axes, features: RunFeatures, embedding: np.ndarray, plt: ModuleType) -> None:
+    from matplotlib.lines import Line2D  # (matplotlib is loaded: `plt` is pyplot)
+
     record, n = features.record, len(features.labels)
     colours = plt.get_cmap("tab10" if int(features.labels.max()) < 10 else "tab20")
     labels = features.labels.numpy()
-    from matplotlib.lines import Line2D
 
     handles = []
     for role, rows, marker in (("teacher", slice(0, n), "o"), ("student", slice(n, 2 * n), "^")):
@@ -363,120 +340,8 @@ def _draw_tsne(axis: Any, features: RunFeatures, embedding: Any, plt: Any) -> No
         # Grey legend markers: the colours are the classes, the legend only tells the modalities apart.
         handles.append(Line2D([], [], marker=marker, linestyle="", color="#555555",
                               label=f"{role} ({record[f'{role}_modality']})"))
-    axis.set_title(f"{record['method']} · {record['dataset']} · {record['teacher_modality']} → "
-                   f"{record['student_modality']} · seed {record['seed']}", fontsize=9)
+    axis.set_title(f"{record['method']} · {record['dataset']} · {record_direction(record)} · seed {record['seed']}",
+                   fontsize=9)
     axis.set_xticks([])
     axis.set_yticks([])
     axis.legend(handles=handles, fontsize=7, loc="best", title="marker: modality, colour: class", title_fontsize=7)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-@click.group("analyze")
-def analyze_group() -> None:
-    """The FD-CMKD paper's analyses: frequency-band similarity of teachers, t-SNE of features."""
-
-
-def _backbone_pairs(items: Sequence[str]) -> dict[str, str]:
-    pairs = {}
-    for item in items:
-        modality, sep, backbone = item.partition("=")
-        if not sep or not modality.strip() or not backbone.strip():
-            raise UserError(f"--teacher {item!r} is not MODALITY=BACKBONE; write for example --teacher audio=small-cnn")
-        pairs[modality.strip()] = backbone.strip()
-    return pairs
-
-
-@analyze_group.command("freq-similarity")
-@click.option("--dataset", help="Dataset (see `cmkd-bench list datasets`): compare its two teachers.")
-@click.option("--run", "run", type=click.Path(),
-              help="Instead: compare a run's teacher with its distilled student (OUT/<run_id>).")
-@click.option("--modalities", help="Two modalities, comma-separated. Default: the dataset's pair.")
-@click.option("--teacher", "teachers", multiple=True, metavar="MODALITY=BACKBONE",
-              help="A teacher's backbone (repeatable). Default: the dataset's for the modality.")
-@click.option("--split", type=float, default=0.5, show_default=True,
-              help="Low band = rfft bins 1..split x D/2 (as fd's split).")
-@click.option("--on", "on", default="test", show_default=True, help="Split whose samples are compared.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Teacher seed (as in the runs).")
-@click.option("--epochs", type=int, help="Teacher recipe epochs (as in the runs). Default: the dataset's.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Dataset or recipe setting, as in `run`.")
-@click.option("--data-root", type=click.Path(), help="Where a real or bring-your-own dataset lives.")
-@click.option("--out", default="runs", show_default=True, type=click.Path(),
-              help="Runs folder: teachers are cached in OUT/teachers.")
-@click.option("--teacher-cache", type=click.Path(), help="Where trained teachers are cached. Default: OUT/teachers.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--output-dir", default="analysis", show_default=True, type=click.Path(),
-              help="Where the table (JSON) and plot go.")
-@click.option("--plugin", "plugins", multiple=True, metavar="PATH.py",
-              help="Load a Python file that registers methods, datasets or backbones.")
-def freq_similarity_command(dataset: str | None, run: str | None, modalities: str | None, teachers: tuple[str, ...],
-                            split: float, on: str,
-                            seed: int, epochs: int | None, sets: tuple[str, ...], data_root: str | None, out: str,
-                            teacher_cache: str | None, device: str, output_dir: str, plugins: tuple[str, ...]) -> None:
-    """Cosine similarity across modalities of two models' features: raw, low band, high band.
-
-    With --dataset: the dataset's two unimodal teachers (from the teacher cache, trained if missing).
-    With --run: a run's teacher and its distilled student.
-    """
-    from .catalog import load_all
-
-    load_all(plugins)
-    if (dataset is None) == (run is None):
-        raise UserError("give --dataset (its two teachers) or --run (a run's teacher and student), not both")
-    _check_on(on)
-    if run is not None:
-        _report_freq_similarity(run_freq_similarity(run, split, on, data_root=data_root, device_name=device),
-                                Path(output_dir))
-        return
-    pair = None
-    if modalities:
-        names = [m.strip() for m in modalities.split(",") if m.strip()]
-        if len(names) != 2 or names[0] == names[1]:
-            raise UserError(f"--modalities {modalities!r}: give two different modalities, e.g. visual,audio")
-        pair = (names[0], names[1])
-    request = TeacherRequest(dataset=dataset, seed=seed, sets=sets, epochs=epochs, data_root=data_root, out=out,
-                             teacher_cache=teacher_cache, device=device)
-    _report_freq_similarity(freq_similarity(request, pair, _backbone_pairs(teachers), split, on), Path(output_dir))
-
-
-def _report_freq_similarity(result: FreqSimilarity, directory: Path) -> None:
-    click.echo(freq_similarity_table(result))
-    stem = f"freq-similarity-{result.sources[0]}" if result.compared == "run" else f"freq-similarity-{result.dataset}"
-    written = [write_json(asdict(result), directory / f"{stem}.json")]
-    written += plot_freq_similarity(result, directory, stem)
-    for path in written:
-        click.echo(f"wrote {path}")
-
-
-@analyze_group.command("tsne")
-@click.argument("runs", nargs=-1, required=True, type=click.Path())
-@click.option("--student-weights", "student_weights", multiple=True, type=click.Path(),
-              help="Student state_dict for each RUN, in order (default: the run's student.pt).")
-@click.option("--on", "on", default="test", show_default=True, help="Split whose samples are embedded.")
-@click.option("--samples", type=int, default=500, show_default=True, help="At most this many samples per run.")
-@click.option("--perplexity", type=float, default=30.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="t-SNE's random state.")
-@click.option("--data-root", type=click.Path(), help="Where a real or bring-your-own dataset lives.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--output-dir", default="analysis", show_default=True, type=click.Path())
-@click.option("--plugin", "plugins", multiple=True, metavar="PATH.py",
-              help="Load a Python file that registers methods, datasets or backbones.")
-def tsne_command(runs: tuple[str, ...], student_weights: tuple[str, ...], on: str, samples: int, perplexity: float,
-                 seed: int, data_root: str | None, device: str, output_dir: str, plugins: tuple[str, ...]) -> None:
-    """t-SNE of teacher and student features of RUN (or two RUNs side by side): colour = class, marker = modality."""
-    from .catalog import load_all
-
-    load_all(plugins)
-    if len(runs) > 2:
-        raise UserError(f"{len(runs)} runs given; tsne draws one run or a pair of runs")
-    if student_weights and len(student_weights) != len(runs):
-        raise UserError(f"{len(student_weights)} --student-weights for {len(runs)} runs; give one per run, in order")
-    if samples < 4:
-        raise UserError(f"--samples must be at least 4, got {samples}")
-    weights = list(student_weights) or [None] * len(runs)
-    features = [run_features(run, w, on, samples, data_root, device) for run, w in zip(runs, weights)]
-    embeddings = [tsne_embedding(f, perplexity, seed) for f in features]
-    for path in plot_tsne(features, embeddings, Path(output_dir)):
-        click.echo(f"wrote {path}")

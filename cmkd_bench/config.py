@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 
 from .data import DatasetSpec, Recipe
 from .errors import UserError
+from .files import file_sha256, slug
 from .registry import Entry
 
 CONFIG_VERSION = 1
@@ -50,14 +50,10 @@ class RunConfig:
     def run_id(self) -> str:
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
         direction = f"{self.teacher_modality}2{self.student_modality}"
-        return _slug(f"{self.method}-{self.dataset}-{direction}-s{self.seed}") + f"-{digest}"
+        return slug(f"{self.method}-{self.dataset}-{direction}-s{self.seed}") + f"-{digest}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
 def parse_sets(items: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
@@ -122,14 +118,6 @@ def split_sets(pairs: list[tuple[str, str]], method: Entry, dataset: Entry) -> t
         scope = candidates[0]
         chosen[scope][name] = coerce(name, raw, scopes[scope][name], types[scope].get(name))
     return chosen["method"], chosen["data"], chosen["recipe"]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve(

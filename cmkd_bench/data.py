@@ -7,13 +7,14 @@ its split, for methods that keep per-sample state such as a memory bank).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol as TypingProtocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import UserError
+from .media import MediaError
 
 SPLITS = ("train", "val", "test")
 TASKS = ("classification", "segmentation")
@@ -75,7 +76,8 @@ class DatasetSpec:
     task: str
     num_classes: int
     modalities: dict[str, Modality]
-    teacher_modality: str  # default direction
+    # the dataset's default direction; a method is built with the run's (`with_direction`)
+    teacher_modality: str
     student_modality: str
     recipe: Recipe
     split_sizes: dict[str, int]
@@ -87,6 +89,11 @@ class DatasetSpec:
         if name not in self.modalities:
             raise UserError(f"dataset {self.name!r} has no modality {name!r}; its modalities are {', '.join(self.modalities)}")
         return self.modalities[name]
+
+    def with_direction(self, teacher_modality: str, student_modality: str) -> "DatasetSpec":
+        """This spec with a run's direction: how the harness tells a method which modality is whose."""
+        self.modality(teacher_modality), self.modality(student_modality)
+        return replace(self, teacher_modality=teacher_modality, student_modality=student_modality)
 
 
 class PairedData:
@@ -171,13 +178,32 @@ SPLIT_NAMES = {0: "train", 1: "val", 2: "test"}
 SampleTransform = Callable[[dict[str, Tensor], int], dict[str, Tensor]]
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """One sample's augmentation seed, from the seed given to `batches` and the sample's index.
+@dataclass(frozen=True)
+class SampleSeed:
+    """Everything random about one training sample: the seed given to `batches` and the sample's index.
 
-    Never from global random state: a resumed run draws the augmentations an uninterrupted run
-    drew, whichever DataLoader worker decodes the sample.
+    Never global random state: a resumed run draws the augmentations an uninterrupted run drew,
+    whichever DataLoader worker decodes the sample. One numpy SeedSequence of (seed, index) gives
+    both forms a decoder may want: `int(...)` (albumentations' set_random_seed, transforms) and
+    `rng()` (a numpy Generator).
     """
-    return int(np.random.SeedSequence([seed & (2**64 - 1), index]).generate_state(1)[0])
+
+    seed: int
+    index: int
+
+    def sequence(self) -> np.random.SeedSequence:
+        return np.random.SeedSequence([self.seed & (2**64 - 1), self.index])
+
+    def __int__(self) -> int:
+        return int(self.sequence().generate_state(1)[0])
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.sequence())
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """One sample's augmentation seed as an integer (see `SampleSeed`)."""
+    return int(SampleSeed(seed, index))
 
 
 def augments(split: str, shuffle: bool) -> bool:
@@ -215,42 +241,85 @@ class AugmentedPairs(PairedData):
             yield out
 
 
-class _SplitView(torch.utils.data.Dataset):
-    """One split of a `DecodedPairs` source as a torch Dataset (what DataLoader workers receive)."""
+class SampleReader(TypingProtocol):
+    """One split's samples, decoded on demand (DataLoader workers get a pickled copy: open files lazily).
 
-    def __init__(self, source: Callable[[str, int, int | None], dict[str, Tensor]], split: str, size: int,
-                 seed: int | None) -> None:
-        self.source, self.split, self.size, self.seed = source, split, size, seed
+    A classification reader may hold `labels` (one class id per sample, known up front): the batch's
+    "label" then comes from there (and `DecodedPairs.labels` works); otherwise `read` returns it.
+    """
+
+    def __len__(self) -> int: ...
+
+    def read(self, index: int, seed: SampleSeed | None) -> dict[str, np.ndarray | Tensor]:
+        """The sample's modality arrays (and "label" unless the reader has `labels`); `seed` is
+        None outside shuffled training batches (no augmentation)."""
+
+
+@dataclass(frozen=True)
+class SampleFailure:
+    """A sample that did not decode; carried through the DataLoader so the user sees one line."""
+
+    message: str
+
+
+class _SplitView(torch.utils.data.Dataset):
+    """One split of a `DecodedPairs` as a torch Dataset (what DataLoader workers receive)."""
+
+    def __init__(self, reader: SampleReader, seed: int | None) -> None:
+        self.reader, self.seed = reader, seed
+        self.labels = getattr(reader, "labels", None)
 
     def __len__(self) -> int:
-        return self.size
+        return len(self.reader)
 
-    def __getitem__(self, position: int) -> dict[str, Tensor]:
-        seed = None if self.seed is None else sample_seed(self.seed, position)
-        sample = self.source(self.split, position, seed)
-        sample["index"] = torch.tensor(position)
+    def __getitem__(self, index: int) -> dict[str, Tensor] | SampleFailure:
+        try:
+            arrays = self.reader.read(index, None if self.seed is None else SampleSeed(self.seed, index))
+        except (MediaError, UserError) as exc:
+            return SampleFailure(str(exc))
+        sample = {name: torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+                  for name, value in arrays.items()}
+        if self.labels is not None:
+            sample["label"] = torch.tensor(int(self.labels[index]), dtype=torch.long)
+        sample["index"] = torch.tensor(index, dtype=torch.long)
         return sample
+
+
+def _collate(samples: list) -> dict[str, Tensor] | SampleFailure:
+    for sample in samples:
+        if isinstance(sample, SampleFailure):
+            return sample
+    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+
+
+def _single_thread(_: int) -> None:
+    torch.set_num_threads(1)  # workers decode; intra-op threads would only contend
 
 
 class DecodedPairs(PairedData):
     """Paired data decoded one sample at a time by a DataLoader (data too large to hold in memory).
 
-    `source(split, position, seed)` returns one sample's tensors (modalities and "label"); `seed`
-    is the sample's augmentation seed in shuffled training batches and None otherwise. Batches
-    follow TensorPairs' rules, and their order comes from the seed given to `batches` alone.
-    `workers` processes decode in parallel (0: this process); they receive a pickled copy of
-    `source`, so it must open its files lazily.
+    `readers[split]` reads one split (see `SampleReader`). Batches follow TensorPairs' rules and
+    form ({modality: tensor, "label", "index"}, index = position in the split); their order comes
+    from the seed given to `batches` alone, and a sample's augmentation from its `SampleSeed`, so
+    `num_workers` decoding processes (0: this one) change no result. A sample that fails to decode
+    (a `MediaError` or `UserError` in a worker) stops the iteration with one line naming it.
     """
 
-    def __init__(self, spec: DatasetSpec, sizes: dict[str, int],
-                 source: Callable[[str, int, int | None], dict[str, Tensor]], workers: int = 0) -> None:
+    def __init__(self, spec: DatasetSpec, readers: dict[str, SampleReader], num_workers: int = 0) -> None:
         for split in SPLITS:
-            if sizes.get(split, 0) < 1:
+            if split not in readers or len(readers[split]) == 0:
                 raise UserError(f"dataset {spec.name!r} has an empty {split} split; every split needs samples")
-        self.spec, self.sizes, self.source, self.workers = spec, dict(sizes), source, workers
+        if num_workers < 0:
+            raise UserError(f"num_workers must be 0 or more, got {num_workers}")
+        self.spec, self.readers, self.num_workers = spec, readers, num_workers
 
     def size(self, split: str) -> int:
-        return self.sizes[split]
+        return len(self.readers[split])
+
+    def labels(self, split: str) -> Tensor:
+        """Every class id of the split, by position (readers that hold `labels` only)."""
+        return torch.as_tensor(self.readers[split].labels, dtype=torch.long)
 
     num_batches = TensorPairs.num_batches  # the same rule: drop the last incomplete training batch
 
@@ -260,8 +329,13 @@ class DecodedPairs(PairedData):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
         count = self.num_batches(split, batch_size, shuffle=shuffle)
         chunks = [order[b * batch_size:(b + 1) * batch_size].tolist() for b in range(count)]
-        view = _SplitView(self.source, split, n, seed if augments(split, shuffle) else None)
-        loader = torch.utils.data.DataLoader(view, batch_sampler=chunks, num_workers=self.workers if count > 1 else 0,
-                                             pin_memory=device.type == "cuda")
+        workers = self.num_workers if count > 1 else 0
+        loader = torch.utils.data.DataLoader(
+            _SplitView(self.readers[split], seed if augments(split, shuffle) else None), batch_sampler=chunks,
+            num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+            worker_init_fn=_single_thread if workers else None)
         for batch in loader:
-            yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if isinstance(batch, SampleFailure):
+                name = self.spec.name
+                raise UserError(batch.message if batch.message.startswith(f"{name}:") else f"{name}: {batch.message}")
+            yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}

@@ -8,7 +8,6 @@ is read twice, at the best-val weights and at the last epoch's.
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from .data import PairedData, Recipe
 from .errors import RunFailed, UserError
+from .files import atomic_save
 from .method import Method
 from .metrics import metric_for
 from .models import FeatureModel
@@ -33,21 +33,6 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
-
-
-def is_main_process() -> bool:
-    """Only rank 0 writes files once this runs under torchrun."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    if not is_main_process():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def build_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], recipe: Recipe) -> torch.optim.Optimizer:

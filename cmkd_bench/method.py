@@ -1,8 +1,9 @@
 """The interface every distillation method implements (one file each in methods/).
 
 A method is an `nn.Module` built from the student's and the teacher's `ModelInfo` and the
-dataset spec; its keyword constructor arguments are its hyper-parameters. `forward` turns the
-two models' outputs into a dict of named, already weighted loss terms; the engine sums them,
+dataset spec, whose teacher_modality / student_modality are the run's direction (the harness
+builds it with `spec.with_direction(...)`); its keyword constructor arguments are its
+hyper-parameters. `forward` turns the two models' outputs into a dict of named, already weighted loss terms; the engine sums them,
 logs each by name, and optimises the student together with the method's own parameters.
 """
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import DatasetSpec, PairedData
+from .files import atomic_save
 from .models import FeatureModel, ModelInfo, ModelOutput
 
 
@@ -27,10 +29,6 @@ class Method(nn.Module):
     # with trains_teacher: the weight decay of the teacher's parameter group (None: the recipe's)
     teacher_weight_decay: ClassVar[float | None] = None
     needs: ClassVar[frozenset[str]] = frozenset()  # extra batch keys, e.g. {"index"} for memory banks
-    # the run's direction, set by the harness after construction (for preparation steps that
-    # read the raw modalities, such as MGDFR's cross-modal ranking)
-    teacher_modality: str | None = None
-    student_modality: str | None = None
 
     def __init__(self, student: ModelInfo, teacher: ModelInfo, spec: DatasetSpec) -> None:
         super().__init__()
@@ -83,7 +81,5 @@ def cached_per_teacher(cache_dir: Path | None, prefix: str, key: dict, compute: 
             return cached["value"]
     value = compute()
     if path is not None:
-        from .engine import atomic_save  # the engine imports this module
-
         atomic_save({"key": key, "value": value}, path)
     return value

@@ -11,20 +11,27 @@ Bars come from the leaderboard's tables, so they hold exactly the numbers the ta
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import click
+import numpy as np
 
 from .errors import UserError
+from .files import file_stem
+from .leaderboard import NO_KD, significance_mark, summarize
+from .records import direction_label, has_setting, metric, record_metric_name, record_setting, settings_of
+
+if TYPE_CHECKING:  # matplotlib itself is imported by `pyplot()`, after choosing the Agg backend
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 FIGURE_FORMATS = ("png", "svg")
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """matplotlib's pyplot on the Agg backend: files only, never a window (and no display needed)."""
     import matplotlib
 
@@ -34,7 +41,7 @@ def pyplot():
     return plt
 
 
-def save_figure(figure: Any, directory: Path, stem: str) -> list[Path]:
+def save_figure(figure: Figure, directory: Path, stem: str) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in FIGURE_FORMATS:
@@ -45,10 +52,6 @@ def save_figure(figure: Any, directory: Path, stem: str) -> list[Path]:
         paths.append(path)
     pyplot().close(figure)
     return paths
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace(" → ", "2").replace("→", "2")).strip("_")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,8 +80,6 @@ class BarPanel:
 
 def bar_panels(records: Sequence[dict[str, Any]]) -> list[BarPanel]:
     """One panel per leaderboard table: its method rows as bars, no-KD and teacher as lines."""
-    from .leaderboard import NO_KD, significance_mark, summarize
-
     panels = []
     for table in summarize(records):
         methods = [row for row in table.rows if row.kind == "method" and row.mean is not None]
@@ -109,10 +110,10 @@ def _bars_figure(dataset: str, panels: list[BarPanel], directory: Path) -> list[
         _draw_bars(axis, panel)
     figure.suptitle(f"{dataset}: test metric per method (mean ± std over seeds)")
     figure.tight_layout()
-    return save_figure(figure, directory, f"bars-{slug(dataset)}")
+    return save_figure(figure, directory, f"bars-{file_stem(dataset)}")
 
 
-def _draw_bars(axis: Any, panel: BarPanel) -> None:
+def _draw_bars(axis: Axes, panel: BarPanel) -> None:
     positions = range(len(panel.bars))
     colours = ["#9e9e9e" if bar.is_no_kd else "#4c72b0" for bar in panel.bars]
     axis.bar(positions, [b.mean for b in panel.bars], yerr=[b.std for b in panel.bars], color=colours,
@@ -154,8 +155,6 @@ class Heatmap:
 
 def heatmaps(records: Sequence[dict[str, Any]], x_key: str, y_key: str) -> list[Heatmap]:
     """Per (method, dataset, direction): mean test over seeds for every (x, y) pair of settings."""
-    from .leaderboard import has_setting
-
     usable = [r for r in records if r.get("status") == "completed" and has_setting(r, x_key) and has_setting(r, y_key)]
     if not usable:
         raise UserError(f"no completed run has both {x_key!r} and {y_key!r}; "
@@ -168,13 +167,12 @@ def heatmaps(records: Sequence[dict[str, Any]], x_key: str, y_key: str) -> list[
     maps = []
     for (method, dataset, teacher, student), group in sorted(groups.items()):
         _check_only_x_and_y_vary(group, x_key, y_key, method)
-        maps.append(_heatmap(group, x_key, y_key, f"{method} · {dataset} · {teacher} → {student}", method))
+        title = f"{method} · {dataset} · {direction_label(teacher, student)}"
+        maps.append(_heatmap(group, x_key, y_key, title, method))
     return maps
 
 
 def _check_only_x_and_y_vary(group: list[dict[str, Any]], x_key: str, y_key: str, method: str) -> None:
-    from .leaderboard import settings_of
-
     def protocol(record: dict[str, Any]) -> str:
         scopes = {scope: {k: v for k, v in values.items() if k not in (x_key, y_key)}
                   for scope, values in settings_of(record).items()}
@@ -186,21 +184,19 @@ def _check_only_x_and_y_vary(group: list[dict[str, Any]], x_key: str, y_key: str
 
 
 def _heatmap(group: list[dict[str, Any]], x_key: str, y_key: str, title: str, method: str) -> Heatmap:
-    from .leaderboard import record_setting
-
     xs = _sorted_values(record_setting(r, x_key) for r in group)
     ys = _sorted_values(record_setting(r, y_key) for r in group)
     cells: dict[tuple[int, int], list[float]] = {}
     for record in group:
         x, y = xs.index(record_setting(record, x_key)), ys.index(record_setting(record, y_key))
-        cells.setdefault((y, x), []).append(float(record["metrics"]["test"]))
+        cells.setdefault((y, x), []).append(float(metric(record, "test")))
     means = [[statistics.mean(cells[(y, x)]) if (y, x) in cells else None for x in range(len(xs))]
              for y in range(len(ys))]
     counts = [[len(cells.get((y, x), [])) for x in range(len(xs))] for y in range(len(ys))]
-    return Heatmap(title, method, x_key, y_key, xs, ys, means, counts, str(group[0].get("metric") or "test"))
+    return Heatmap(title, method, x_key, y_key, xs, ys, means, counts, record_metric_name(group[0]))
 
 
-def _sorted_values(values) -> list[Any]:
+def _sorted_values(values: Iterable[Any]) -> list[Any]:
     unique = list(dict.fromkeys(values))
     try:
         return sorted(unique)
@@ -216,8 +212,6 @@ def plot_heatmaps(records: Sequence[dict[str, Any]], x_key: str, y_key: str, dir
 
 
 def _heatmap_figure(heatmap: Heatmap, directory: Path) -> list[Path]:
-    import numpy as np
-
     plt = pyplot()
     values = np.array([[np.nan if v is None else v for v in row] for row in heatmap.means], dtype=float)
     figure, axis = plt.subplots(figsize=(1.1 * len(heatmap.x_values) + 2.5, 0.8 * len(heatmap.y_values) + 2))
@@ -232,58 +226,5 @@ def _heatmap_figure(heatmap: Heatmap, directory: Path) -> list[Path]:
     axis.set_ylabel(heatmap.y_key)
     axis.set_title(f"{heatmap.title}\ntest {heatmap.metric} (%), mean over seeds", fontsize=9)
     figure.colorbar(image, ax=axis, label=f"{heatmap.metric} (%)")
-    stem = f"heatmap-{slug(heatmap.title.replace(' · ', '-'))}-{slug(heatmap.x_key)}-{slug(heatmap.y_key)}"
+    stem = f"heatmap-{file_stem(heatmap.title.replace(' · ', '-'))}-{file_stem(heatmap.x_key)}-{file_stem(heatmap.y_key)}"
     return save_figure(figure, directory, stem)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def _records(runs_dirs: Sequence[str], datasets: Sequence[str], methods: Sequence[str],
-             wheres: Sequence[str]) -> list[dict[str, Any]]:
-    from .leaderboard import filter_records, load_records
-
-    paths = [Path(p) for p in runs_dirs] or [Path("runs")]
-    return filter_records(load_records(paths), datasets=datasets, methods=methods, where=wheres)
-
-
-def _filters(function):
-    for decorator in reversed([
-        click.argument("runs_dirs", nargs=-1, type=click.Path()),
-        click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable)."),
-        click.option("--method", "methods", multiple=True, help="Only this method (repeatable)."),
-        click.option("--where", "wheres", multiple=True, metavar="KEY=VALUE",
-                     help="Only records whose field or setting KEY is VALUE (repeatable), as in `leaderboard`."),
-        click.option("--output-dir", default="plots", show_default=True, type=click.Path(),
-                     help="Where the PNG and SVG files go."),
-    ]):
-        function = decorator(function)
-    return function
-
-
-@click.group("plot")
-def plot_group() -> None:
-    """Figures from run records: bar charts per dataset, heat-maps over two settings."""
-
-
-@plot_group.command("bars")
-@_filters
-def bars_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
-                 wheres: tuple[str, ...], output_dir: str) -> None:
-    """Per dataset: a bar per method (mean ± std over seeds), with the no-KD and teacher lines."""
-    for path in plot_bars(_records(runs_dirs, datasets, methods, wheres), Path(output_dir)):
-        click.echo(f"wrote {path}")
-
-
-@plot_group.command("heatmap")
-@_filters
-@click.option("--x", "x_key", required=True, help="Setting on the x axis (hyper-parameter, data option or recipe).")
-@click.option("--y", "y_key", required=True, help="Setting on the y axis.")
-def heatmap_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
-                    wheres: tuple[str, ...], output_dir: str, x_key: str, y_key: str) -> None:
-    """A method's test metric over a grid of two settings, e.g. --x w_low --y w_high for fd."""
-    if x_key == y_key:
-        raise UserError(f"--x and --y are both {x_key!r}; a heat-map needs two settings")
-    for path in plot_heatmaps(_records(runs_dirs, datasets, methods, wheres), x_key, y_key, Path(output_dir)):
-        click.echo(f"wrote {path}")

@@ -1,15 +1,8 @@
 """`cmkd-bench prepare DATASET --src RAW --dst ROOT`: a raw release, as distributed, into the layout
 the dataset's loader reads. Nothing is downloaded; the user points at their copy.
 
-The prepared layout (one folder, passed to `cmkd-bench run --data-root ROOT`):
-
-    ROOT/prepared.json            dataset, class names, how frames and waveforms were stored, counts
-    ROOT/clips.csv                clip,label,split,frames,start,end  (label: class id; split: train/val/test;
-                                  start/end: the annotated segment in seconds, empty where none)
-    ROOT/frames/CLIP/0000.jpg     the clip's frames (frame k at second k, 1 fps; or the middle frame), shorter side 256 px
-    ROOT/waveforms/CLIP.npy       the clip's whole audio track, mono float32 at the dataset's storage rate
-    ROOT/failed.csv               clip,problem,detail: clips listed but missing, Git LFS pointers, undecodable, too short
-    ROOT/excluded.csv             clip,split,reason: split-file rows the dataset's split rule leaves out (AVE's duplicates)
+The prepared layout (one folder, passed to `cmkd-bench run --data-root ROOT`) is described, and
+its paths are named, in cmkd_bench/clips.py, which the loaders read it with.
 
 The waveform, not a spectrogram, is stored: a dataset's named protocols (sample rate, STFT,
 window, standardisation; see each dataset's docstring) are applied when a sample is read, so one
@@ -24,8 +17,6 @@ registering a `prepare=` callable in its metadata.
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import os
 import shutil
@@ -34,14 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-import click
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .clips import (AUDIO_DIR, CLIPS_CSV, EXCLUDED_CSV, FAILED_CSV, FRAMES_DIR, INFO_JSON, LAYOUT_VERSION, audio_file,
+                    frame_folder)
 from .errors import UserError
+from .files import TEMPORARY_GLOB, temporary, write_atomic, write_csv_atomic, write_json_atomic
 from .media import FrameSampling, MediaError, decode_audio, is_lfs_pointer
 
-LAYOUT_VERSION = 2  # 1 stored spectrograms in audio/; 2 stores waveforms in waveforms/
-CLIPS_CSV, INFO_JSON, FAILED_CSV, EXCLUDED_CSV = "clips.csv", "prepared.json", "failed.csv", "excluded.csv"
-FRAMES_DIR, AUDIO_DIR = "frames", "waveforms"
 JPEG_QUALITY = 95
 SPLIT_CHOICES = ("train", "val", "test")
 # the kinds of problem a listed clip can have, in the order the summary reports them
@@ -77,32 +71,11 @@ class ClipPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def frame_folder(root: Path, clip: str) -> Path:
-    return root / FRAMES_DIR / clip
-
-
-def frame_file(root: Path, clip: str, index: int) -> Path:
-    return frame_folder(root, clip) / f"{index:04d}.jpg"
-
-
-def audio_file(root: Path, clip: str) -> Path:
-    return root / AUDIO_DIR / f"{clip}.npy"
-
-
-def clips_fingerprint(root: Path) -> str:
-    """Names the prepared clips, labels and splits (not the path), for run ids."""
-    return hashlib.sha256((root / CLIPS_CSV).read_bytes()).hexdigest()[:16]
-
-
 # -- one clip (runs in a worker process) -----------------------------------------------------------
-def _temporary(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def _write_frames(images: list, folder: Path) -> None:
+def _write_frames(images: list[Image.Image], folder: Path) -> None:
     if not images:
         raise MediaError("no frames extracted")
-    tmp = _temporary(folder)
+    tmp = temporary(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for index, image in enumerate(images):
@@ -115,14 +88,12 @@ def _write_frames(images: list, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_array(array, path: Path) -> None:
-    import numpy as np
+def _write_array(array: np.ndarray, path: Path) -> None:
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, path)
+    write_atomic(path, save)
 
 
 def _frame_count(folder: Path) -> int:
@@ -168,13 +139,11 @@ class PrepareReport:
 def _clean_temporaries(dst: Path) -> None:
     for folder in (dst / FRAMES_DIR, dst / AUDIO_DIR):
         if folder.is_dir():
-            for stale in folder.glob("*.tmp-*"):
+            for stale in folder.glob(TEMPORARY_GLOB):
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
-def _progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console, disable=not console.is_terminal)
 
@@ -234,7 +203,7 @@ class ClipPreparer:
     min_frames: int = 1
     min_frames_reason: str = ""
 
-    def __call__(self, src: Path, dst: Path, workers: int, force: bool, console) -> PrepareReport:
+    def __call__(self, src: Path, dst: Path, workers: int, force: bool, console: Console) -> PrepareReport:
         require_pyav()
         plan = self.plan(src)
         names = [clip.name for clip in plan.clips]
@@ -286,7 +255,7 @@ class ClipPreparer:
 
     def _write_layout(self, plan: ClipPlan, dst: Path, report: PrepareReport) -> None:
         if not report.prepared:  # failed.csv, for the list; no prepared.json, so nothing reads this folder as prepared
-            write_csv(dst / FAILED_CSV, ("clip", "problem", "detail"), report.failed)
+            write_csv_atomic(("clip", "problem", "detail"), report.failed, dst / FAILED_CSV)
             first = report.failed[0]
             raise UserError(f"{self.dataset}: no clip could be prepared ({len(report.failed)} failed, listed in "
                             f"{dst / FAILED_CSV}; first: {first[0]}: {first[2]})")
@@ -296,15 +265,15 @@ class ClipPreparer:
 
         rows = [(c.name, c.label, c.split, report.prepared[c.name], seconds(c.start), seconds(c.end))
                 for c in plan.clips if c.name in report.prepared]
-        write_csv(dst / CLIPS_CSV, ("clip", "label", "split", "frames", "start", "end"), rows)
-        write_csv(dst / FAILED_CSV, ("clip", "problem", "detail"), report.failed)
-        write_csv(dst / EXCLUDED_CSV, ("clip", "split", "reason"), report.excluded)
+        write_csv_atomic(("clip", "label", "split", "frames", "start", "end"), rows, dst / CLIPS_CSV)
+        write_csv_atomic(("clip", "problem", "detail"), report.failed, dst / FAILED_CSV)
+        write_csv_atomic(("clip", "split", "reason"), report.excluded, dst / EXCLUDED_CSV)
         counts = {kind: len(report.problems(kind)) for kind in (MISSING, LFS_POINTER, UNDECODABLE, TOO_SHORT)}
         info = {"dataset": self.dataset, "layout": LAYOUT_VERSION, "classes": plan.classes,
                 "audio": {"stored": "waveform", "rate": self.rate}, "frames": self.frames.describe(),
                 "clips": len(rows), "failed": len(report.failed), "problems": counts,
                 "excluded": len(report.excluded), "notes": report.notes}
-        write_json(dst / INFO_JSON, info)
+        write_json_atomic(info, dst / INFO_JSON)
 
 
 def require_pyav() -> None:
@@ -314,43 +283,8 @@ def require_pyav() -> None:
         raise UserError("PyAV is needed to decode video and audio; run `pip install av` (its wheels include FFmpeg)") from None
 
 
-def write_csv(path: Path, header: tuple[str, ...], rows: Iterable[tuple]) -> None:
-    tmp = _temporary(path)
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: dict) -> None:
-    tmp = _temporary(path)
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def read_info(root: Path, dataset: str) -> dict:
-    """The prepared folder's description, checked to belong to `dataset`; one clear line otherwise."""
-    hint = f"run `cmkd-bench prepare {dataset} --src RAW_DIR --dst {root}` first"
-    if not root.is_dir():
-        raise UserError(f"{dataset}: data root {str(root)!r} is not a folder; {hint}")
-    for name in (INFO_JSON, CLIPS_CSV):
-        if not (root / name).is_file():
-            raise UserError(f"{dataset}: {str(root / name)!r} is missing, so {str(root)!r} is not a prepared {dataset} folder; {hint}")
-    try:
-        info = json.loads((root / INFO_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{dataset}: {str(root / INFO_JSON)!r} is unreadable ({exc}); {hint}") from None
-    if info.get("dataset") != dataset:
-        raise UserError(f"{dataset}: {str(root)!r} was prepared for {info.get('dataset')!r}, not {dataset!r}; {hint}")
-    if info.get("layout") != LAYOUT_VERSION:
-        raise UserError(f"{dataset}: {str(root)!r} has prepared layout {info.get('layout')}, this version reads "
-                        f"{LAYOUT_VERSION}; run `cmkd-bench prepare {dataset} --src RAW_DIR --dst {root} --force`")
-    return info
-
-
-# -- the command -----------------------------------------------------------------------------------
-def _report(console, dataset: str, dst: Path, report: PrepareReport) -> None:
+# -- the summary (`cmkd-bench prepare` prints it) --------------------------------------------------
+def print_report(console: Console, dataset: str, dst: Path, report: PrepareReport) -> None:
     """The summary: what was prepared, then one line per kind of problem, each with its count and
     the file that lists the clips (never a line per clip)."""
     def say(text: str) -> None:
@@ -375,30 +309,3 @@ def _report(console, dataset: str, dst: Path, report: PrepareReport) -> None:
         say(f"{len(short)} clips have too few frames and are left out (listed in {listed}; first: {short[0][0]}: {short[0][2]})")
     if report.excluded:
         say(f"{len(report.excluded)} split-file rows are left out by {dataset}'s split rule (listed in {dst / EXCLUDED_CSV})")
-
-
-@click.command("prepare")
-@click.argument("dataset")
-@click.option("--src", required=True, type=click.Path(), help="The raw release as distributed (see the dataset's docs).")
-@click.option("--dst", required=True, type=click.Path(), help="Where the prepared data goes; later `run --data-root DST`.")
-@click.option("--workers", type=click.IntRange(min=1), help="Parallel processes.  [default: all CPU cores]")
-@click.option("--force", is_flag=True, help="Redo clips that are already prepared.")
-def prepare_command(dataset: str, src: str, dst: str, workers: int | None, force: bool) -> None:
-    """Turn DATASET's raw release (wav/flv/mp4 as distributed) into the layout its loader reads."""
-    from rich.console import Console
-
-    from .catalog import DATASETS, load_all
-
-    load_all()
-    entry = DATASETS.get(dataset)
-    preparer = entry.meta.get("prepare")
-    if preparer is None:
-        ready = ", ".join(e.name for e in DATASETS if "prepare" in e.meta)
-        raise UserError(f"dataset {entry.name!r} needs no preparation; `prepare` is for {ready}")
-    source = Path(src)
-    if not source.is_dir():
-        raise UserError(f"--src {src!r} is not a folder; pass the folder of your {entry.name} copy")
-    console = Console(highlight=False)
-    report = preparer(source, Path(dst), workers or os.cpu_count() or 1, force, console)
-    if report is not None:
-        _report(console, entry.name, Path(dst), report)

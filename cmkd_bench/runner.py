@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -27,13 +26,13 @@ from . import __version__
 from .catalog import load_all
 from .config import RunConfig, parse_sets, resolve, split_sets
 from .data import PairedData, Recipe
-from .engine import EpochReport, Fit, FitResult, atomic_save, evaluate, is_main_process, resolve_device
+from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
 from .errors import RunFailed, UserError
+from .files import atomic_save, load_weights, write_json_atomic
 from .method import Method
 from .models import FeatureModel
+from .records import RECORD_SCHEMA, find_record, metric_name, write_record
 from .registry import BACKBONES, DATASETS, METHODS
-
-RECORD_SCHEMA = 1
 
 
 @dataclass
@@ -58,7 +57,7 @@ class RunRequest:
 
 
 @dataclass
-class Progress:
+class RunCallbacks:
     """Callbacks the CLI uses to show progress; all optional."""
 
     on_phase: Callable[[str, int, int], None] | None = None  # (label, epochs, steps per epoch)
@@ -72,7 +71,7 @@ class Progress:
 
 
 @dataclass
-class Prepared:
+class ResolvedRun:
     config: RunConfig
     data: PairedData
     recipe: Recipe
@@ -80,15 +79,6 @@ class Prepared:
     run_dir: Path
     teacher_dir: Path
     teacher_checkpoint: Path | None
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    if not is_main_process():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -112,7 +102,7 @@ def build_data(name: str, data_root: str | None, options: dict[str, Any]) -> Pai
     return _build_data_cached(name, data_root, json.dumps(options, sort_keys=True), stamp)
 
 
-def prepare(request: RunRequest) -> Prepared:
+def resolve_run(request: RunRequest) -> ResolvedRun:
     """Resolve and validate everything; builds the dataset but writes nothing."""
     load_all()
     method = METHODS.get(request.method)
@@ -134,7 +124,7 @@ def prepare(request: RunRequest) -> Prepared:
     )
     out = Path(request.out)
     teacher_dir = Path(request.teacher_cache) if request.teacher_cache else out / "teachers"
-    return Prepared(config, data, Recipe(**config.recipe), device, out / config.run_id, teacher_dir, teacher_checkpoint)
+    return ResolvedRun(config, data, Recipe(**config.recipe), device, out / config.run_id, teacher_dir, teacher_checkpoint)
 
 
 def build_model(backbone: str, data: PairedData, modality: str, seed: int, device: torch.device) -> FeatureModel:
@@ -148,12 +138,13 @@ def build_model(backbone: str, data: PairedData, modality: str, seed: int, devic
 
 def build_method(config: RunConfig, student: FeatureModel, teacher: FeatureModel, data: PairedData,
                  device: torch.device) -> Method:
+    """The run's method, built with the dataset's spec in the run's direction (its teacher and student modality)."""
     torch.manual_seed(config.seed + 1)
+    spec = data.spec.with_direction(config.teacher_modality, config.student_modality)
     try:
-        method = METHODS.build(config.method, student.info, teacher.info, data.spec, **config.hparams)
+        method = METHODS.build(config.method, student.info, teacher.info, spec, **config.hparams)
     except (ValueError, TypeError) as exc:
         raise UserError(f"method {config.method!r} cannot be built with {config.hparams}: {exc}") from exc
-    method.teacher_modality, method.student_modality = config.teacher_modality, config.student_modality
     return method.to(device)
 
 
@@ -165,7 +156,7 @@ def teacher_key(config: RunConfig) -> str:
     return f"{config.dataset}-{config.teacher_modality}-{config.teacher_backbone}-s{config.seed}-{digest}".replace("/", "_").replace(":", "_")
 
 
-def teacher_folder(prepared: Prepared) -> Path:
+def teacher_folder(prepared: ResolvedRun) -> Path:
     """The teacher's cache folder: its weights, metrics, and what methods derive from it."""
     config = prepared.config
     if config.teacher_checkpoint_sha256:
@@ -173,30 +164,12 @@ def teacher_folder(prepared: Prepared) -> Path:
     return prepared.teacher_dir / teacher_key(config)
 
 
-def load_teacher_weights(teacher: FeatureModel, path: Path, device: torch.device) -> None:
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise UserError(f"teacher checkpoint {str(path)!r} cannot be read as a weights file ({type(exc).__name__}); pass a torch state_dict .pt") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
-        state = state.get("state_dict", state.get("model"))
-    if not isinstance(state, dict):
-        raise UserError(f"teacher checkpoint {str(path)!r} holds no state_dict")
-    if not any(k.startswith("net.") for k in state):
-        state = {f"net.{k}": v for k, v in state.items()}  # a bare model's state_dict
-    try:
-        teacher.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"teacher checkpoint {str(path)!r} does not fit backbone {teacher.name!r}: {first}") from exc
-
-
-def obtain_teacher(prepared: Prepared, teacher: FeatureModel, progress: Progress) -> dict[str, Any]:
+def obtain_teacher(prepared: ResolvedRun, teacher: FeatureModel, progress: RunCallbacks) -> dict[str, Any]:
     """Load the given or cached teacher, or train and cache it; returns the record's teacher part."""
     config, data, device = prepared.config, prepared.data, prepared.device
     info = {"modality": config.teacher_modality, "backbone": config.teacher_backbone}
     if prepared.teacher_checkpoint is not None:
-        load_teacher_weights(teacher, prepared.teacher_checkpoint, device)
+        load_weights(teacher, prepared.teacher_checkpoint, device, "teacher checkpoint")
         metrics = {split: evaluate(teacher, data, split, config.teacher_modality, device) for split in ("val", "test")}
         return {**info, "key": f"checkpoint-{config.teacher_checkpoint_sha256[:10]}",
                 "checkpoint": str(prepared.teacher_checkpoint), "metrics": metrics}
@@ -219,13 +192,13 @@ def exclusive_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _cached_or_trained_teacher(prepared: Prepared, teacher: FeatureModel, folder: Path, key: str,
-                               progress: Progress) -> dict[str, Any]:
+def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, folder: Path, key: str,
+                               progress: RunCallbacks) -> dict[str, Any]:
     config, data, device = prepared.config, prepared.data, prepared.device
     weights, summary = folder / "teacher.pt", folder / "teacher.json"
     cached = read_record(summary)
     if weights.exists() and cached is not None:
-        load_teacher_weights(teacher, weights, device)
+        load_weights(teacher, weights, device, "teacher checkpoint")
         progress.message(f"teacher {key}: reused ({cached['metric']} test {cached['metrics']['test']:.2f})")
         return cached["metrics"]
     objective = METHODS.build("no-kd", teacher.info, teacher.info, data.spec).to(device)
@@ -246,14 +219,14 @@ def _cached_or_trained_teacher(prepared: Prepared, teacher: FeatureModel, folder
 
 
 # -- the run -------------------------------------------------------------------------------------
-def existing_record(prepared: Prepared) -> dict[str, Any] | None:
-    record = read_record(prepared.run_dir / "result.json")
+def existing_record(prepared: ResolvedRun) -> dict[str, Any] | None:
+    record = find_record(prepared.run_dir / "result.json")
     return record if record is not None and record.get("status") == "completed" else None
 
 
-def execute(prepared: Prepared, progress: Progress | None = None, force: bool = False) -> dict[str, Any]:
+def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: bool = False) -> dict[str, Any]:
     """Train (or reuse) the teacher, train the student, write and return the run record."""
-    progress = progress or Progress()
+    progress = progress or RunCallbacks()
     config, data, device = prepared.config, prepared.data, prepared.device
     if not force and (done := existing_record(prepared)) is not None:
         return {**done, "skipped": True}
@@ -281,8 +254,8 @@ def run_lock(run_dir: Path, run_id: str):
                 shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _execute_locked(prepared: Prepared, teacher: FeatureModel, student: FeatureModel, method: Method,
-                    progress: Progress, force: bool) -> dict[str, Any]:
+def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: FeatureModel, method: Method,
+                    progress: RunCallbacks, force: bool) -> dict[str, Any]:
     config, data, device = prepared.config, prepared.data, prepared.device
     checkpoint = prepared.run_dir / "checkpoint.pt"
     if force:
@@ -303,7 +276,7 @@ def _execute_locked(prepared: Prepared, teacher: FeatureModel, student: FeatureM
                      on_step=progress.on_step, on_epoch=progress.on_epoch).run()
     except RunFailed as exc:
         record.update(status="failed", error=str(exc), wall_time_s=time.perf_counter() - began)
-        write_json_atomic(record, prepared.run_dir / "result.json")
+        write_record(record, prepared.run_dir / "result.json")
         raise
     record.update(completed_record(result, time.perf_counter() - began))
     # the best-val weights (Fit leaves them loaded), for analyses such as t-SNE of features
@@ -314,12 +287,12 @@ def _execute_locked(prepared: Prepared, teacher: FeatureModel, student: FeatureM
         record["teacher"]["finetuned_checkpoint"] = str(prepared.run_dir / "teacher_finetuned.pt")
         record["teacher"]["metrics_after_method"] = {
             split: evaluate(teacher, data, split, config.teacher_modality, device) for split in ("val", "test")}
-    write_json_atomic(record, prepared.run_dir / "result.json")
+    write_record(record, prepared.run_dir / "result.json")
     checkpoint.unlink(missing_ok=True)
     return record
 
 
-def base_record(prepared: Prepared) -> dict[str, Any]:
+def base_record(prepared: ResolvedRun) -> dict[str, Any]:
     config = prepared.config
     return {
         "schema": RECORD_SCHEMA,
@@ -338,7 +311,7 @@ def base_record(prepared: Prepared) -> dict[str, Any]:
         "hparams_changed": config.hparams_changed,
         "data_options": config.data_options,
         "config": config.as_dict(),
-        "metric": "top1" if config.task == "classification" else "miou",
+        "metric": metric_name(config.task),
         "metrics": None,
         "teacher": None,
         "device": describe_device(prepared.device),

@@ -1,12 +1,13 @@
 """Suites: a grid of runs (methods x datasets x directions x seeds x settings) defined once.
 
-A suite expands to `cmkd-bench run` requests, each prepared by `runner.prepare`, so run ids,
+A suite expands to `cmkd-bench run` requests, each resolved by `runner.resolve_run`, so run ids,
 defaults and checks are exactly those of a single run; an entry that a single run would refuse
 stops the whole suite, with one line, before anything runs. Runs are identified by their run id:
 started again, a suite skips what has completed and resumes what was interrupted (the run picks
 up its checkpoint). `--jobs N` runs N at once, each in its own `python -m cmkd_bench run` process,
 so that a crash or a kill takes down one run, not the suite; runs that need one teacher train it
-once, the others waiting on the runner's teacher lock.
+once, the others waiting on the runner's teacher lock. The command line of each run comes from the
+caller (`Scheduler(command=...)`): the CLI builds it from `run`'s own options (cmkd_bench.cli.suite).
 
 Suite file (YAML; every key optional except methods and datasets, relative paths are relative to
 the directory the command runs from):
@@ -30,17 +31,24 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import click
 import yaml
 
+from .catalog import load_all
+from .data import DatasetSpec
+from .engine import resolve_device
 from .errors import UserError
+from .records import direction_label, find_record, metric, record_metric_name
+from .registry import METHODS
+from .runner import ResolvedRun, RunRequest, existing_record, resolve_run
+
+if TYPE_CHECKING:  # tuning builds on this module (imports it at its top); its functions are imported where used
+    from .tuning import TuneSettings
 
 DEFAULT_SEEDS = (0, 1, 2)  # the protocol: mean ± std over 3 seeds, both directions
 DEFAULT_DIRECTIONS = "both"
@@ -85,12 +93,12 @@ class Suite:
     teacher_cache: str | None = None
     data_root: str | None = None
     plugins: tuple[str, ...] = ()
-    tune: Any = None  # tuning.TuneSettings: after the default runs, tune every method with a search space
+    tune: TuneSettings | None = None  # after the default runs, tune every method with a search space
 
 
 @dataclass
 class PlannedRun:
-    request: Any  # runner.RunRequest (runner imports torch; this module stays light)
+    request: RunRequest
     run_id: str
     label: str
     state: str  # "done" (completed record), "resume" (checkpoint), "new", "retry" (failed record)
@@ -154,10 +162,10 @@ def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
     )
 
 
-def _tune(value: Any, where: str) -> Any:
+def _tune(value: Any, where: str) -> TuneSettings | None:
     if value is None or value is False:
         return None
-    from .tuning import settings_from_mapping
+    from .tuning import settings_from_mapping  # (tuning imports this module)
 
     return settings_from_mapping(value, where)
 
@@ -270,13 +278,11 @@ def merge_grid(base: Sequence[tuple[str, tuple[str, ...]]],
 
 
 # ---------------------------------------------------------------------------------------------
-# Expansion: suite -> prepared run requests
+# Expansion: suite -> resolved run requests
 
 
 def expand(suite: Suite) -> list[PlannedRun]:
-    """Every run of the suite, in order, each checked by runner.prepare; duplicates once."""
-    from .catalog import load_all
-
+    """Every run of the suite, in order, each checked by runner.resolve_run; duplicates once."""
     load_all(suite.plugins)
     planned: dict[str, PlannedRun] = {}
     for dataset in suite.datasets:  # runner.build_data reuses each dataset it has built
@@ -295,16 +301,16 @@ def _expand_dataset(suite: Suite, dataset: DatasetEntry) -> Iterator[PlannedRun]
                     yield _planned(request)
 
 
-def _probe_spec(suite: Suite, dataset: DatasetEntry):
+def _probe_spec(suite: Suite, dataset: DatasetEntry) -> DatasetSpec:
     """The dataset's spec (modalities, task), read through the first run the suite asks of it."""
     methods = suite.methods
     method = MethodEntry("no-kd") if methods == "all" else methods[0]
     point = next(_grid_points(merge_grid(suite.grid, method.grid)))
     request = _request(suite, dataset, method, suite.seeds[0], None, None, point)
-    return _prepare(request).data.spec
+    return _resolve(request).data.spec
 
 
-def _direction_pairs(suite: Suite, spec: Any) -> list[tuple[str | None, str | None]]:
+def _direction_pairs(suite: Suite, spec: DatasetSpec) -> list[tuple[str | None, str | None]]:
     default = (spec.teacher_modality, spec.student_modality)
     if suite.directions == "default":
         return [default]
@@ -316,8 +322,6 @@ def _direction_pairs(suite: Suite, spec: Any) -> list[tuple[str | None, str | No
 def _method_entries(suite: Suite, task: str) -> list[MethodEntry]:
     if suite.methods != "all":
         return list(suite.methods)
-    from .registry import METHODS
-
     names = METHODS.names(task=task)
     return [MethodEntry(name) for name in ["no-kd"] + [n for n in names if n != "no-kd"]]
 
@@ -329,9 +333,7 @@ def _grid_points(grid: Sequence[tuple[str, tuple[str, ...]]]) -> Iterator[tuple[
 
 
 def _request(suite: Suite, dataset: DatasetEntry, method: MethodEntry, seed: int, teacher_modality: str | None,
-             student_modality: str | None, point: tuple[str, ...]):
-    from .runner import RunRequest
-
+             student_modality: str | None, point: tuple[str, ...]) -> RunRequest:
     return RunRequest(
         method=method.name, dataset=dataset.name, student_modality=student_modality,
         teacher_modality=teacher_modality, student_backbone=suite.student, teacher_backbone=suite.teacher,
@@ -341,34 +343,32 @@ def _request(suite: Suite, dataset: DatasetEntry, method: MethodEntry, seed: int
     )
 
 
-def _prepare(request: Any):
-    from .runner import prepare
-
+def _resolve(request: RunRequest) -> ResolvedRun:
     try:
-        return prepare(request)
+        return resolve_run(request)
     except UserError as error:
         raise UserError(f"suite entry {_request_label(request)}: {error}") from None
 
 
-def _request_label(request: Any) -> str:
-    direction = f" {request.teacher_modality}->{request.student_modality}" if request.teacher_modality else ""
+def _request_label(request: RunRequest) -> str:
+    direction = (f" {direction_label(request.teacher_modality, request.student_modality, 'ascii')}"
+                 if request.teacher_modality else "")
     sets = f" [{' '.join(request.sets)}]" if request.sets else ""
     return f"(method {request.method}, dataset {request.dataset}{direction}, seed {request.seed}{sets})"
 
 
-def _planned(request: Any) -> PlannedRun:
-    from .runner import existing_record, read_record
-
-    prepared = _prepare(request)
-    config = prepared.config
+def _planned(request: RunRequest) -> PlannedRun:
+    resolved = _resolve(request)
+    config = resolved.config
     changed = ", ".join(f"{k}={v}" for k, v in sorted(config.hparams_changed.items()))
-    label = (f"{config.method} {config.dataset} {config.teacher_modality}→{config.student_modality} "
+    label = (f"{config.method} {config.dataset} "
+             f"{direction_label(config.teacher_modality, config.student_modality, 'compact')} "
              f"seed {config.seed}" + (f" ({changed})" if changed else ""))
-    if existing_record(prepared) is not None:
+    if existing_record(resolved) is not None:
         state = "done"
-    elif (prepared.run_dir / "checkpoint.pt").exists():
+    elif (resolved.run_dir / "checkpoint.pt").exists():
         state = "resume"
-    elif read_record(prepared.run_dir / "result.json") is not None:
+    elif find_record(resolved.run_dir / "result.json") is not None:
         state = "retry"
     else:
         state = "new"
@@ -379,23 +379,14 @@ def _planned(request: Any) -> PlannedRun:
 # Running
 
 
-def run_command(request: Any, device: str, plugins: Sequence[str]) -> list[str]:
-    """The `python -m cmkd_bench run` command line for a request (same request, same run id)."""
-    command = [sys.executable, "-m", "cmkd_bench", "run", "--method", request.method, "--dataset", request.dataset,
-               "--seed", str(request.seed), "--out", str(request.out), "--device", device, "--quiet"]
-    flags = {"--student-modality": request.student_modality, "--teacher-modality": request.teacher_modality,
-             "--student": request.student_backbone, "--teacher": request.teacher_backbone,
-             "--epochs": request.epochs, "--batch-size": request.batch_size, "--lr": request.lr,
-             "--data-root": request.data_root, "--teacher-cache": request.teacher_cache,
-             "--teacher-checkpoint": request.teacher_checkpoint}
-    for flag, value in flags.items():
-        if value is not None:
-            command += [flag, str(value)]
-    for setting in request.sets:
-        command += ["--set", setting]
-    for plugin in plugins:
-        command += ["--plugin", plugin]
-    return command
+# The process command line of one run: (request, device of the job slot, plug-in files) -> argv.
+# The CLI gives `cmkd_bench.cli.suite.run_command_line`, built from the `run` command's own options.
+CommandBuilder = Callable[[RunRequest, str, Sequence[str]], list[str]]
+
+
+def print_now(text: str) -> None:
+    """The default `echo`: a line on stdout, flushed (a suite's progress shows in pipes and logs as it happens)."""
+    print(text, flush=True)
 
 
 @dataclass
@@ -412,12 +403,13 @@ class Scheduler:
     """Runs planned runs as subprocesses, `jobs` at a time, each slot bound to a device."""
 
     def __init__(self, runs: list[PlannedRun], jobs: int, devices: Sequence[str], plugins: Sequence[str],
-                 echo=click.echo) -> None:
+                 command: CommandBuilder, echo: Callable[[str], None] = print_now) -> None:
         self.pending = deque(runs)
         self.total = len(runs)
         self.slots = [devices[i % len(devices)] for i in range(jobs)]
         self.free = list(range(jobs))
         self.plugins = plugins
+        self.command = command
         self.echo = echo
         self.running: list[_Running] = []
         self.outcomes: list[Outcome] = []
@@ -437,7 +429,7 @@ class Scheduler:
     def _start(self, run: PlannedRun, slot: int) -> None:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run.run_dir / "run.log", "a", encoding="utf-8")
-        command = run_command(run.request, self.slots[slot], self.plugins)
+        command = self.command(run.request, self.slots[slot], self.plugins)
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
         start = log.tell()
@@ -474,15 +466,13 @@ class Scheduler:
 
 
 def _outcome(job: _Running) -> Outcome:
-    from .runner import read_record
-
     seconds = time.perf_counter() - job.began
     code = job.process.returncode
-    record = read_record(job.run.run_dir / "result.json")
+    record = find_record(job.run.run_dir / "result.json")
     resumed = job.run.state == "resume"
     if code == 0 and record is not None and record.get("status") == "completed":
-        metrics = record["metrics"]
-        return Outcome(job.run, "completed", f"test {record['metric']} {metrics['test']:.2f}", seconds, resumed)
+        score = f"test {record_metric_name(record)} {metric(record, 'test'):.2f}"
+        return Outcome(job.run, "completed", score, seconds, resumed)
     if code == 1 and record is not None and record.get("status") == "failed" and record.get("error"):
         reason = str(record["error"])
     elif code is not None and code < 0:
@@ -531,12 +521,13 @@ def summary_text(planned: list[PlannedRun], outcomes: list[Outcome], seconds: fl
     return "\n".join(lines)
 
 
-def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, echo=click.echo) -> int:
+def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, command: CommandBuilder,
+              echo: Callable[[str], None] = print_now) -> int:
     """Expand, then run what is left; returns the exit code (0 none failed, 1 some failed)."""
     planned = expand(suite)
     studies = []
     if suite.tune is not None:
-        from .tuning import plan_studies
+        from .tuning import plan_studies  # (tuning imports this module)
 
         studies = plan_studies(suite, suite.tune, strict=False)
     if dry_run:
@@ -549,20 +540,21 @@ def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, ec
     todo = [run for run in planned if run.state != "done"]
     echo(f"suite: {counts_line(planned)}; {min(jobs, max(1, len(todo)))} at a time; runs in {suite.out}/")
     began = time.perf_counter()
-    outcomes = Scheduler(todo, jobs, devices, suite.plugins, echo).run()
+    outcomes = Scheduler(todo, jobs, devices, suite.plugins, command, echo).run()
     echo(summary_text(planned, outcomes, time.perf_counter() - began))
     code = 1 if any(o.status == "failed" for o in outcomes) else 0
     if studies:
         from .tuning import plan_studies, run_studies
 
         # planned again: the default runs just completed are candidates of the studies too
-        code = max(code, run_studies(suite, plan_studies(suite, suite.tune, strict=False), jobs, devices, echo))
+        code = max(code, run_studies(suite, plan_studies(suite, suite.tune, strict=False), jobs, devices, command,
+                                     echo))
     echo(f"tables: cmkd-bench leaderboard {suite.out}")
     return code
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
+# The suite and devices from command-line values (cmkd_bench.cli.suite declares the options)
 
 
 def _comma_list(text: str | None) -> list[str] | None:
@@ -606,55 +598,14 @@ def _int_list(text: str) -> list[int]:
         raise UserError(f"--seeds {text!r} is not a list of integers; write for example --seeds 0,1,2") from None
 
 
-def _devices(device: str | None, devices: str | None, jobs: int | None) -> tuple[list[str], int]:
+def job_devices(device: str | None, devices: str | None, jobs: int | None) -> tuple[list[str], int]:
+    """The device of each job slot (from --device or --devices) and the number of slots (--jobs)."""
     names = _comma_list(devices) if devices else [device or "auto"]
     if not names:
         raise UserError("--devices is empty; write for example --devices cuda:0,cuda:1")
     jobs = jobs if jobs is not None else len(names)
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
-    from .engine import resolve_device
-
     for name in names:
         resolve_device(name)  # a bad name or a missing GPU: one line, before anything runs
     return names, jobs
-
-
-@click.command("suite")
-@click.argument("suite_file", required=False, type=click.Path())
-@click.option("--methods", help="Comma-separated methods, or 'all' (every method for the dataset's task).")
-@click.option("--datasets", help="Comma-separated datasets.")
-@click.option("--seeds", help="Comma-separated seeds. Default: the file's, else 0,1,2.")
-@click.option("--directions", help="default, both, or TEACHER->STUDENT pairs, comma-separated. Default: both.")
-@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
-              help="A run per value (repeatable: every combination).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="A setting for every run (repeatable), as in `run`.")
-@click.option("--epochs", type=int, help="Recipe epochs for every run.")
-@click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run.")
-@click.option("--lr", type=float, help="Recipe learning rate for every run.")
-@click.option("--student", help="Student backbone for every run.")
-@click.option("--teacher", help="Teacher backbone for every run.")
-@click.option("--out", help="Runs go to OUT/<run_id>/ (default: the file's, else runs).")
-@click.option("--teacher-cache", "teacher_cache", type=click.Path(),
-              help="Where teachers are cached. Default: OUT/teachers.")
-@click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live.")
-@click.option("--jobs", "-j", type=int, help="Runs at once on this machine. Default: 1 (one per --devices entry).")
-@click.option("--device", help="auto, cpu, cuda or cuda:N for every run. Default: the file's, else auto.")
-@click.option("--devices", help="Comma-separated devices; job slots take them in turn (e.g. cuda:0,cuda:1).")
-@click.option("--dry-run", is_flag=True, help="List the runs and what would happen to each; run nothing.")
-@click.option("--plugin", "plugins", multiple=True, metavar="PATH.py",
-              help="Load a Python file that registers methods, datasets or backbones (repeatable).")
-def suite_command(suite_file: str | None, jobs: int | None, device: str | None, devices: str | None,
-                  dry_run: bool, **flags: Any) -> None:
-    """Run a grid of runs (SUITE_FILE and/or flags); finished runs are skipped, interrupted ones resume.
-
-    Exit code 0 when no run failed, 1 when one did, 2 for bad input (nothing runs).
-    """
-    suite = suite_with_flags(suite_file, flags)
-    if device is not None:
-        suite.device = device
-    device_names, jobs = _devices(None if devices else suite.device, devices, jobs)
-    code = run_suite(suite, jobs, device_names, dry_run)
-    if code:
-        sys.exit(code)

@@ -32,9 +32,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .config import coerce
 from .errors import UserError
+from .records import direction_label, find_record, is_number, metric, tuning_entries, write_record
 from .registry import METHODS, Entry
-from .suite import (DatasetEntry, MethodEntry, PlannedRun, Scheduler, Suite, _direction_pairs, _planned,
-                    _probe_spec, _request, setting_text)
+from .suite import (CommandBuilder, DatasetEntry, MethodEntry, PlannedRun, Scheduler, Suite, _direction_pairs,
+                    _planned, _probe_spec, _request, setting_text)
 
 DEFAULT_BUDGET = 8
 SAMPLE_SEED = 0  # draws the subset of a space larger than the budget; fixed, so every method draws alike
@@ -89,7 +90,8 @@ class Study:
 
     @property
     def label(self) -> str:
-        return f"{self.method} on {self.dataset.name} {self.teacher_modality}→{self.student_modality}"
+        direction = direction_label(self.teacher_modality, self.student_modality, "compact")
+        return f"{self.method} on {self.dataset.name} {direction}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,10 +225,10 @@ def _study(suite: Suite, dataset: DatasetEntry, method: MethodEntry, teacher_mod
 def _method_defaults(suite: Suite, dataset: DatasetEntry, method: MethodEntry, teacher_modality: str | None,
                      student_modality: str | None) -> dict[str, Any]:
     """The method's hyper-parameters in this suite before tuning: its defaults with the suite's settings."""
-    from .runner import prepare
+    from .runner import resolve_run
 
     request = _request(suite, dataset, method, suite.seeds[0], teacher_modality, student_modality, ())
-    return dict(prepare(request).config.hparams)
+    return dict(resolve_run(request).config.hparams)
 
 
 def _as_sets(candidate: Mapping[str, Any]) -> tuple[str, ...]:
@@ -243,18 +245,16 @@ def _with_direction(suite: Suite, study: Study, seed: int) -> PlannedRun:
 # Running, selecting, recording
 
 
-def run_studies(suite: Suite, studies: list[Study], jobs: int, devices: Sequence[str],
+def run_studies(suite: Suite, studies: list[Study], jobs: int, devices: Sequence[str], command: CommandBuilder,
                 echo: Callable[[str], None]) -> int:
     """Candidates, selection on val, the selected configuration on every seed; returns the exit code."""
-    from .runner import read_record
-
     failed = False
     candidates = _unique(run for study in studies for run in study.candidate_runs)
     echo(f"tune: {len(studies)} studies, {len(candidates)} candidate runs on seed {suite.seeds[0]} "
          f"({sum(run.state == 'done' for run in candidates)} already completed)")
-    failed |= _run(candidates, jobs, devices, suite.plugins, echo)
+    failed |= _run(candidates, jobs, devices, suite.plugins, command, echo)
     for study in studies:
-        records = [read_record(run.run_dir / "result.json") for run in study.candidate_runs]
+        records = [find_record(run.run_dir / "result.json") for run in study.candidate_runs]
         study.scores = [_val(record) for record in records]
         study.selected = select(study.scores)
         if study.selected is None:
@@ -265,7 +265,7 @@ def run_studies(suite: Suite, studies: list[Study], jobs: int, devices: Sequence
     finals = _unique(run for study in studies for run in study.final_runs)
     echo(f"tune: {len(finals)} runs of the selected configurations on seeds {', '.join(map(str, suite.seeds))} "
          f"({sum(run.state == 'done' for run in finals)} already completed)")
-    failed |= _run(finals, jobs, devices, suite.plugins, echo)
+    failed |= _run(finals, jobs, devices, suite.plugins, command, echo)
     for study in studies:
         if study.selected is not None:
             write_study(suite, study)
@@ -285,8 +285,8 @@ def select(scores: Sequence[float | None]) -> int | None:
 def _val(record: dict[str, Any] | None) -> float | None:
     if record is None or record.get("status") != "completed":
         return None
-    value = (record.get("metrics") or {}).get(SELECTION_METRIC)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    value = metric(record, SELECTION_METRIC)
+    return float(value) if is_number(value) else None
 
 
 def _unique(runs) -> list[PlannedRun]:
@@ -296,12 +296,12 @@ def _unique(runs) -> list[PlannedRun]:
     return list(seen.values())
 
 
-def _run(runs: list[PlannedRun], jobs: int, devices: Sequence[str], plugins: Sequence[str],
+def _run(runs: list[PlannedRun], jobs: int, devices: Sequence[str], plugins: Sequence[str], command: CommandBuilder,
          echo: Callable[[str], None]) -> bool:
     todo = [run for run in runs if run.state != "done"]
     if not todo:
         return False
-    outcomes = Scheduler(todo, jobs, devices, plugins, echo).run()
+    outcomes = Scheduler(todo, jobs, devices, plugins, command, echo).run()
     return any(outcome.status == "failed" for outcome in outcomes)
 
 
@@ -328,7 +328,7 @@ def study_summary(study: Study) -> dict[str, Any]:
 
 def write_study(suite: Suite, study: Study) -> None:
     """The study's summary file, and a `tuning` entry in each of its records (role: candidate or selected)."""
-    from .runner import read_record, write_json_atomic
+    from .files import write_json_atomic
 
     summary = study_summary(study)
     write_json_atomic(summary, Path(suite.out) / "tuning" / f"{study.study_id}.json")
@@ -337,13 +337,13 @@ def write_study(suite: Suite, study: Study) -> None:
     runs = {run.run_id: run for run in [*study.candidate_runs, *study.final_runs]}
     for run_id, role in roles.items():
         path = runs[run_id].run_dir / "result.json"
-        record = read_record(path)
+        record = find_record(path)
         if record is None or record.get("status") != "completed":
             continue
-        entries = [entry for entry in record.get("tuning") or [] if entry.get("study") != study.study_id]
+        entries = [entry for entry in tuning_entries(record) if entry.get("study") != study.study_id]
         entry = {"role": role, **{k: v for k, v in summary.items() if k != "selected_runs"}}
         record["tuning"] = entries + [entry]
-        write_json_atomic(record, path)
+        write_record(record, path)
 
 
 def selection_line(study: Study) -> str:

@@ -1,16 +1,14 @@
-"""What the real audio-visual loaders share: per-sample decoding through a DataLoader, named
-preprocessing protocols applied to the prepared clips, and the split-file readers.
+"""What the real audio-visual loaders share: named preprocessing protocols applied to the
+prepared clips, and the split-file readers.
 
-Real datasets do not fit in memory, so `DecodedPairs` decodes each sample when a batch asks for
-it (JPEG frames, .npy waveforms turned into the protocol's spectrogram) in `num_workers`
-DataLoader processes. Batches have the same form as `TensorPairs`' ({modality: tensor, "label",
-"index"}, index = position in the split) and the same count (shuffled training batches drop the
-last incomplete one unless the split is smaller than a batch). Everything random is a function of
+Real datasets do not fit in memory, so each sample is decoded when a batch asks for it (JPEG
+frames, .npy waveforms turned into the protocol's spectrogram) by cmkd_bench.data's
+`DecodedPairs`, in `num_workers` DataLoader processes. Everything random is a function of
 `batches(seed=...)`: the order comes from a torch.Generator seeded with it, and a sample's
-augmentation (frame choice, crop, flip, audio window) from numpy's generator seeded with (seed,
-index), so a resumed epoch decodes the same samples as the interrupted one, whatever the number
-of workers. Where a protocol draws something at random at evaluation too (C2KD's VGGSound audio
-window), the draw comes from a fixed seed per clip, so every evaluation sees the same input.
+augmentation (frame choice, crop, flip, audio window) from its `SampleSeed` (seed, index), so a
+resumed epoch decodes the same samples as the interrupted one, whatever the number of workers.
+Where a protocol draws something at random at evaluation too (C2KD's VGGSound audio window), the
+draw comes from a fixed seed per clip, so every evaluation sees the same input.
 
 A `Protocol` is one paper's preprocessing, reproduced from its reference code (each dataset's
 docstring names the files): the sample rate the audio is resampled to, how it is looped and cut,
@@ -26,115 +24,24 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol as TypingProtocol
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from cmkd_bench.data import DatasetSpec, Modality, PairedData, Recipe, stratified_split
+from cmkd_bench.clips import audio_file, clips_fingerprint, frame_file, read_prepared
+from cmkd_bench.data import DatasetSpec, DecodedPairs, Modality, Recipe, SampleSeed, stratified_split
 from cmkd_bench.errors import UserError
 from cmkd_bench.media import (LFS_POINTER_PREFIX, MediaError, image_array, librosa_stft_magnitude, log_mel,
                               log_spectrogram, random_resized_box, read_image, resample)
-from cmkd_bench.prepare import CLIPS_CSV, audio_file, clips_fingerprint, frame_file, read_info
 
 VIDEO_RECIPE = Recipe(epochs=100, batch_size=64, lr=0.01, optimizer="sgd", momentum=0.9, weight_decay=1e-4,
                       schedule="poly")
 VIDEO_RECIPE_SOURCE = ("C2KD (Huo et al., CVPR 2024) and FD-CMKD (Liu et al., AAAI 2026): ResNet-18 per modality "
                        "(1-channel audio), SGD lr 0.01 momentum 0.9, poly decay, 100 epochs, batch 64; weight decay "
                        "1e-4 as in OGM-GE (Peng et al., CVPR 2022; C2KD's and FD-CMKD's code use none)")
-SEED_MODULUS = 2**63
 EVAL_WINDOW_SEED = 20240617  # the fixed seed of evaluation-time random audio windows (any constant would do)
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 LOG_FLOOR = 1e-7  # every reference takes log(x + 1e-7)
-
-
-# -- decoding per sample through a DataLoader ------------------------------------------------------
-class SampleReader(TypingProtocol):
-    """One split's samples: labels up front, arrays decoded on demand."""
-
-    labels: np.ndarray
-
-    def read(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-        """The sample's modality arrays; rng is None outside training (no augmentation)."""
-
-
-@dataclass(frozen=True)
-class SampleFailure:
-    """A sample that did not decode; carried through the DataLoader so the user sees one line."""
-
-    message: str
-
-
-class _SplitView(torch.utils.data.Dataset):
-    def __init__(self, reader: SampleReader, seed: int | None) -> None:
-        self.reader, self.seed = reader, seed
-
-    def __len__(self) -> int:
-        return len(self.reader.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor] | SampleFailure:
-        rng = np.random.default_rng([self.seed, index]) if self.seed is not None else None
-        try:
-            arrays = self.reader.read(index, rng)
-        except (MediaError, UserError) as exc:
-            return SampleFailure(str(exc))
-        sample = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in arrays.items()}
-        sample["label"] = torch.tensor(int(self.reader.labels[index]), dtype=torch.long)
-        sample["index"] = torch.tensor(index, dtype=torch.long)
-        return sample
-
-
-def _collate(samples: list) -> dict[str, Tensor] | SampleFailure:
-    for sample in samples:
-        if isinstance(sample, SampleFailure):
-            return sample
-    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
-
-
-def _single_thread(_: int) -> None:
-    torch.set_num_threads(1)  # workers decode; intra-op threads would only contend
-
-
-class DecodedPairs(PairedData):
-    """Paired data decoded per sample by a DataLoader (see the module docstring)."""
-
-    def __init__(self, spec: DatasetSpec, readers: dict[str, SampleReader], num_workers: int = 0) -> None:
-        for split in ("train", "val", "test"):
-            if split not in readers or len(readers[split].labels) == 0:
-                raise UserError(f"dataset {spec.name!r} has an empty {split} split; every split needs samples")
-        if num_workers < 0:
-            raise UserError(f"num_workers must be 0 or more, got {num_workers}")
-        self.spec, self.readers, self.num_workers = spec, readers, num_workers
-
-    def size(self, split: str) -> int:
-        return len(self.readers[split].labels)
-
-    def labels(self, split: str) -> Tensor:
-        return torch.as_tensor(self.readers[split].labels, dtype=torch.long)
-
-    def num_batches(self, split: str, batch_size: int, *, shuffle: bool) -> int:
-        n = self.size(split)
-        return max(1, n // batch_size) if shuffle else -(-n // batch_size)
-
-    def _batch_indices(self, split: str, batch_size: int, shuffle: bool, seed: int) -> list[list[int]]:
-        n = self.size(split)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
-        count = self.num_batches(split, batch_size, shuffle=shuffle)
-        return [order[b * batch_size:(b + 1) * batch_size].tolist() for b in range(count)]
-
-    def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
-                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
-        device = torch.device(device)
-        augment_seed = seed % SEED_MODULUS if shuffle and split == "train" else None
-        loader = torch.utils.data.DataLoader(
-            _SplitView(self.readers[split], augment_seed), batch_sampler=self._batch_indices(split, batch_size, shuffle, seed),
-            num_workers=self.num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
-            worker_init_fn=_single_thread if self.num_workers else None)
-        for batch in loader:
-            if isinstance(batch, SampleFailure):
-                raise UserError(f"{self.spec.name}: {batch.message}")
-            yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 # -- protocols ---------------------------------------------------------------------------------------
@@ -288,7 +195,11 @@ class ClipReader:
     image_size: int
     augment: bool
 
-    def read(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, index: int, seed: SampleSeed | None) -> dict[str, np.ndarray]:
+        rng = None if seed is None else seed.rng()
         return {"visual": self._visual(index, rng), "audio": self._audio(index, rng)}
 
     def _segment(self, index: int) -> tuple[float, float] | None:
@@ -328,42 +239,6 @@ def load_npy(path: Path) -> np.ndarray:
         raise MediaError(f"{path}: file not found") from None
     except (ValueError, OSError, EOFError) as exc:
         raise MediaError(f"{path}: not a readable .npy file ({exc})") from None
-
-
-@dataclass
-class PreparedClips:
-    root: Path
-    classes: list[str]
-    info: dict
-    names: list[str]
-    labels: np.ndarray
-    splits: np.ndarray
-    frame_counts: np.ndarray
-    segments: np.ndarray
-
-
-def read_prepared(dataset: str, root: Path | None, num_classes: int) -> PreparedClips:
-    if root is None:
-        raise UserError(f"dataset {dataset} needs --data-root DIR, the folder written by "
-                        f"`cmkd-bench prepare {dataset} --src RAW_DIR --dst DIR`")
-    info = read_info(root, dataset)
-    if len(info.get("classes", [])) != num_classes:
-        raise UserError(f"{dataset}: {str(root)!r} has {len(info.get('classes', []))} classes, {dataset} has {num_classes}; prepare it again")
-    with open(root / CLIPS_CSV, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-
-    def seconds(value: str | None) -> float:
-        return float(value) if value not in (None, "") else float("nan")
-
-    try:
-        names = [r["clip"] for r in rows]
-        labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
-        frames = np.array([int(r["frames"]) for r in rows], dtype=np.int64)
-        splits = np.array([r["split"] for r in rows])
-        segments = np.array([(seconds(r.get("start")), seconds(r.get("end"))) for r in rows], dtype=np.float64).reshape(-1, 2)
-    except (KeyError, ValueError, TypeError):
-        raise UserError(f"{dataset}: {str(root / CLIPS_CSV)!r} is damaged; prepare the dataset again") from None
-    return PreparedClips(root, info["classes"], info, names, labels, splits, frames, segments)
 
 
 def split_positions(labels: np.ndarray, splits: np.ndarray, val_fraction: float, split_seed: int) -> dict[str, np.ndarray]:

@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cmkd_bench.config import file_sha256
-from cmkd_bench.data import DatasetSpec, Modality
+from cmkd_bench.data import DatasetSpec, DecodedPairs, Modality, SampleSeed
 from cmkd_bench.errors import UserError
+from cmkd_bench.files import file_sha256
 from cmkd_bench.registry import DATASETS
 
-from ._av_common import VIDEO_RECIPE, DecodedPairs
+from ._av_common import VIDEO_RECIPE
 
 NUM_CLASSES, TRAIN_TOTAL = 10, 60000
 SHAPES = {"visual": (1, 28, 28), "audio": (1, 112, 112)}
@@ -107,7 +107,10 @@ class AvMnistReader:
     normalise: bool
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
-    def read(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, index: int, seed: SampleSeed | None) -> dict[str, np.ndarray]:
         if not self._arrays:
             self._arrays = {m: np.load(path, mmap_mode="r") for m, path in self.files.items()}
         row = int(self.rows[index])

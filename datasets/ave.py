@@ -45,12 +45,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cmkd_bench.data import DecodedPairs
 from cmkd_bench.errors import UserError
 from cmkd_bench.media import VIDEO_SUFFIXES, FrameSampling
 from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.registry import DATASETS
 
-from ._av_common import (AudioRecipe, DecodedPairs, Listed, Protocol, VisualRecipe, build_clip_dataset,
+from ._av_common import (AudioRecipe, Listed, Protocol, VisualRecipe, build_clip_dataset,
                          choose_protocol, index_files, one_row_per_clip, read_text)
 
 NUM_CLASSES = 28

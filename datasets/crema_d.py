@@ -47,12 +47,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cmkd_bench.data import DecodedPairs
 from cmkd_bench.errors import UserError
 from cmkd_bench.media import FrameSampling
 from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.registry import DATASETS
 
-from ._av_common import (AudioRecipe, DecodedPairs, Listed, Protocol, VisualRecipe, build_clip_dataset,
+from ._av_common import (AudioRecipe, Listed, Protocol, VisualRecipe, build_clip_dataset,
                          choose_protocol, one_row_per_clip, read_csv_rows)
 
 CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # the references' class_dict order

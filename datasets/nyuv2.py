@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cmkd_bench.data import DatasetSpec, DecodedPairs, Modality, Recipe
+from cmkd_bench.data import DatasetSpec, DecodedPairs, Modality, Recipe, SampleSeed
 from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
 
@@ -177,6 +178,21 @@ class FolderSource:
                        seed if self.augment else None)
 
 
+@dataclass(frozen=True)
+class SplitReader:
+    """One split of a source, as DecodedPairs reads it (the source returns the label map itself)."""
+
+    source: MatSource | FolderSource
+    split: str
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, index: int, seed: SampleSeed | None) -> dict[str, torch.Tensor]:
+        return self.source(self.split, index, None if seed is None else int(seed))
+
+
 # -- layouts ---------------------------------------------------------------------------------------
 def _mat_layout(mat: Path, size: tuple[int, int], augment: bool) -> tuple[MatSource, dict[str, np.ndarray], str]:
     import h5py
@@ -305,4 +321,4 @@ def nyuv2(data_root: Path | None, protocol: str = "esanet", height: int = 480, w
         options={"protocol": protocol, "height": height, "width": width, "val_fraction": val_fraction, "split_seed": split_seed,
                  "augment": augment, "layout": layout, "fingerprint": fingerprint},
     )
-    return DecodedPairs(spec, spec.split_sizes, source, workers=num_workers)
+    return DecodedPairs(spec, {split: SplitReader(source, split, len(v)) for split, v in chosen.items()}, num_workers)

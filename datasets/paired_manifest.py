@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmkd_bench.config import file_sha256
-from cmkd_bench.data import DatasetSpec, Modality, Recipe, stratified_split
+from cmkd_bench.data import DatasetSpec, DecodedPairs, Modality, Recipe, SampleSeed, stratified_split
 from cmkd_bench.errors import UserError
+from cmkd_bench.files import file_sha256
 from cmkd_bench.media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, AudioFeatures, MediaError, decode_audio, image_array,
                               random_resized_box, read_image)
 from cmkd_bench.registry import DATASETS
 
-from ._av_common import DecodedPairs, load_npy, split_positions
+from ._av_common import load_npy, split_positions
 
 RESERVED = ("label", "split")
 SPLIT_CODES = {"train": "train", "val": "val", "test": "test", "0": "train", "1": "val", "2": "test"}
@@ -80,7 +80,11 @@ class ManifestReader:
     labels: np.ndarray
     decoding: Decoding
 
-    def read(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, index: int, seed: SampleSeed | None) -> dict[str, np.ndarray]:
+        rng = None if seed is None else seed.rng()
         return {m: self._decode(m, self.paths[m][index], rng) for m in self.paths}
 
     def _decode(self, modality: str, path: Path, rng: np.random.Generator | None) -> np.ndarray:

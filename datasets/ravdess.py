@@ -37,12 +37,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from cmkd_bench.data import DecodedPairs
 from cmkd_bench.errors import UserError
 from cmkd_bench.media import FrameSampling
 from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.registry import DATASETS
 
-from ._av_common import AudioRecipe, DecodedPairs, Protocol, VisualRecipe, build_clip_dataset, choose_protocol
+from ._av_common import AudioRecipe, Protocol, VisualRecipe, build_clip_dataset, choose_protocol
 
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 SPLIT_ACTORS = {"train": range(1, 17), "val": range(17, 21), "test": range(21, 25)}

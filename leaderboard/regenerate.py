@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cmkd_bench.cli.suite import run_command_line
 from cmkd_bench.leaderboard import load_published, load_records, render, render_published
 from cmkd_bench.suite import run_suite, suite_from_mapping
 
@@ -77,7 +78,7 @@ def main() -> None:
             "directions": "both", "seeds": [int(s) for s in args.seeds.split(",")], "out": args.out,
             "device": args.device, "tune": False if args.no_tune else {"budget": args.budget},
         }, where="regenerate.py")
-        code = run_suite(suite, args.jobs, [args.device], dry_run=False)
+        code = run_suite(suite, args.jobs, [args.device], dry_run=False, command=run_command_line)
         if code:
             print("some runs failed; the tables below leave them out (see the failed-runs list)", file=sys.stderr)
     write_tables(Path(args.out))

@@ -1,4 +1,10 @@
-"""Distillation methods, one file each; importing this package registers them all."""
+"""Distillation methods, one file each; importing this package registers them all.
 
-from . import at, c2kd, crd, dist, dkd, fd, fd_presets, fitnet, kd, mgdfr, mgdfr_ridge, no_kd, pkd, rkd  # noqa: F401
+No method module imports another (tests/test_layering.py): what several share is in
+cmkd_bench/losses.py. A file of presets (`METHODS.register_preset`) needs its base registered,
+so preset files are imported here after every method they derive from.
+"""
+
+from . import at, c2kd, crd, dist, dkd, fd, fitnet, kd, mgdfr, mgdfr_ridge, no_kd, pkd, rkd  # noqa: F401
 from . import cwd  # noqa: F401  (segmentation)
+from . import fd_presets  # noqa: F401  (presets of fd: after it)

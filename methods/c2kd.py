@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmkd_bench.errors import UserError
+from cmkd_bench.losses import non_target as drop_target
 from cmkd_bench.method import Method
-from cmkd_bench.methods.dkd import non_target as drop_target
 from cmkd_bench.models import ModelInfo, ModelOutput, global_pool
 from cmkd_bench.registry import METHODS
 

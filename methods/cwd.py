@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmkd_bench.losses import resized_like
 from cmkd_bench.method import Method
-from cmkd_bench.methods.kd import resized_like
 from cmkd_bench.registry import METHODS
 
 

@@ -34,8 +34,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cmkd_bench.losses import resized_like
 from cmkd_bench.method import Method
-from cmkd_bench.methods.kd import resized_like
 from cmkd_bench.registry import METHODS
 
 

@@ -44,16 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cmkd_bench.losses import kl_per_position, masked_mean, non_target, resized_like, safe_labels, valid_positions
 from cmkd_bench.method import Method
-from cmkd_bench.methods.kd import kl_per_position, masked_mean, resized_like, safe_labels, valid_positions
 from cmkd_bench.registry import METHODS
-
-
-def non_target(z: Tensor, labels: Tensor) -> Tensor:
-    """B x (C-1) [x H x W]: every class but the label, in order (a gather: no host sync, unlike a boolean mask)."""
-    others = torch.arange(z.shape[1] - 1, device=z.device).view(1, -1, *[1] * (z.dim() - 2))
-    target = labels.unsqueeze(1)
-    return z.gather(1, others + (others >= target).long())
 
 
 def decoupled_log_probs(logits: Tensor, labels: Tensor, T: float) -> tuple[Tensor, Tensor]:

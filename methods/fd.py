@@ -52,46 +52,12 @@ student's map is resized bilinearly to the teacher's size.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmkd_bench.losses import at_least_float32, frequency_bands, low_band_cut, resized_like, scale_normalise, signed_log
 from cmkd_bench.method import Method
-from cmkd_bench.methods.kd import resized_like
 from cmkd_bench.registry import METHODS
-
-
-def frequency_bands(x: Tensor, cut: int, dim: int = -1) -> tuple[Tensor, Tensor]:
-    """Low band (rfft bins 1..cut) and high band (bins cut+1..D//2) of x along dim, each back in R^D."""
-    size = x.shape[dim]
-    spectrum = torch.fft.rfft(at_least_float32(x), dim=dim)
-    bins = torch.arange(spectrum.shape[dim], device=x.device)
-    shape = [1] * spectrum.dim()
-    shape[dim] = -1
-    low_mask = ((bins >= 1) & (bins <= cut)).view(shape)
-    high_mask = (bins > cut).view(shape)
-    low = torch.fft.irfft(spectrum * low_mask, n=size, dim=dim)
-    high = torch.fft.irfft(spectrum * high_mask, n=size, dim=dim)
-    return low, high
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """FFTs and losses run in float32 under bf16 autocast, and stay float64 in golden tests."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def low_band_cut(size: int, split: float) -> int:
-    """Number of non-DC bins in the low band: split x (D // 2); split=0.5 keeps bins 1..floor(D/4)."""
-    return int(split * (size // 2))
-
-
-def scale_normalise(x: Tensor, eps: float = 1e-8, dim: int = -1) -> Tensor:
-    """x / max(||x||_2, eps) along dim (the reference's norm_feat)."""
-    return x / x.norm(dim=dim, keepdim=True).clamp(min=eps)
-
-
-def signed_log(x: Tensor) -> Tensor:
-    return torch.sign(x) * torch.log1p(x.abs())
 
 
 FEATURES = {"post": "feature_post", "pre": "feature"}

@@ -20,8 +20,7 @@ no switches for these ablations, each preset turns off one component of fd's los
 
 from __future__ import annotations
 
-from cmkd_bench.methods import fd  # noqa: F401  (the base must be registered first)
-from cmkd_bench.registry import METHODS
+from cmkd_bench.registry import METHODS  # `fd` is registered first: methods/__init__.py imports presets last
 
 HIGH_BAND_LOG_TO_MSE = 0.85
 

@@ -11,8 +11,9 @@ over the batch, and weight CE by 0.1 and the KL term by 0.9; here that is alpha 
 
 For segmentation every labelled pixel is a sample (pixel-wise KD, as in Liu et al., "Structured
 Knowledge Distillation for Semantic Segmentation", CVPR 2019): the KL is summed over classes at
-each pixel and averaged over the pixels whose label is not the ignore index. The helpers below
-work along dim 1 (classes) for B x C and B x C x H x W alike, so one formula serves both tasks.
+each pixel and averaged over the pixels whose label is not the ignore index. The helpers of
+cmkd_bench/losses.py work along dim 1 (classes) for B x C and B x C x H x W alike, so one formula
+serves both tasks.
 Deliberate extensions (neither reference has them): that segmentation form, and the teacher's
 logits resized bilinearly to the student's when their spatial sizes differ (cross-modal
 backbones). On classification the loss is exactly the references'.
@@ -20,40 +21,11 @@ backbones). On classification the loss is exactly the references'.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor
 
+from cmkd_bench.losses import kl_per_position, masked_mean, resized_like, valid_positions
 from cmkd_bench.method import Method
 from cmkd_bench.registry import METHODS
-
-
-def valid_positions(labels: Tensor, ignore_index: int) -> Tensor:
-    """True at every sample / pixel whose label counts."""
-    return labels != ignore_index
-
-
-def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
-    """Mean over the valid positions, without boolean indexing (which would sync the host on CUDA)."""
-    weights = valid.to(values.dtype)
-    return (values * weights).sum() / weights.sum().clamp(min=1)
-
-
-def safe_labels(labels: Tensor, valid: Tensor) -> Tensor:
-    """Ignored labels replaced by class 0, so that gathers stay in range (their terms are masked)."""
-    return torch.where(valid, labels, torch.zeros_like(labels))
-
-
-def kl_per_position(log_p_s: Tensor, log_p_t: Tensor) -> Tensor:
-    """KL(p_t || p_s) summed over classes (dim 1): one value per sample or per pixel."""
-    return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
-
-
-def resized_like(x: Tensor, reference: Tensor) -> Tensor:
-    """A dense map resized (bilinearly) to the reference's spatial size; vectors pass unchanged."""
-    if x.dim() < 3 or x.shape[2:] == reference.shape[2:]:
-        return x
-    return F.interpolate(x, size=reference.shape[2:], mode="bilinear", align_corners=False)
 
 
 @METHODS.register("kd", aliases=("vanilla-kd", "hinton"), tasks=("classification", "segmentation"),

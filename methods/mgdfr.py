@@ -47,8 +47,8 @@ The VGGSound code differs from RAVDESS: its salience is a mean absolute differen
 independently pre-trained video network (`vggsound/modality_general/cal_overlap_permute.py`), and
 `vggsound/mfh_kd/main.py` zeroes the removed channels and distils with a batchmean KL and no CE;
 this method follows RAVDESS, the pipeline the repository's README documents step by step.
-The modality names come from `teacher_modality` / `student_modality` set by the harness, otherwise
-from the dataset's default direction.
+The modality names are the spec's: the harness builds the method with the run's direction
+(`spec.with_direction`); a spec as the dataset gives it holds the default direction.
 """
 
 from __future__ import annotations
@@ -109,11 +109,11 @@ def min_max(values: Tensor) -> Tensor:
 def teacher_output(teacher: FeatureModel, batch: dict[str, Tensor], teacher_modality: str, student_modality: str):
     try:
         return teacher(batch[teacher_modality])
-    except RuntimeError as exc:  # a reversed run whose modalities the harness did not pass on
+    except RuntimeError as exc:  # a reversed run built with the dataset's spec, not the run's
         reason = str(exc).splitlines()[0]
-        raise UserError(f"mgdfr: the teacher cannot read modality {teacher_modality!r} ({reason}); without the "
-                        f"run's modalities from the harness, mgdfr assumes the dataset's default direction "
-                        f"{teacher_modality}->{student_modality}") from exc
+        raise UserError(f"mgdfr: the teacher cannot read modality {teacher_modality!r} ({reason}); built with a spec "
+                        f"in the dataset's default direction {teacher_modality}->{student_modality}, not the run's "
+                        f"(spec.with_direction)") from exc
 
 
 def train_partner(partner: FeatureModel, teacher: FeatureModel, data: PairedData, teacher_modality: str,
@@ -208,8 +208,8 @@ class MGDFR(Method):
             super().__setattr__(name, value)
 
     def modalities(self) -> tuple[str, str]:
-        return (getattr(self, "teacher_modality", None) or self.spec.teacher_modality,
-                getattr(self, "student_modality", None) or self.spec.student_modality)
+        """The run's direction: the spec the method was built with (the dataset's default direction outside a run)."""
+        return self.spec.teacher_modality, self.spec.student_modality
 
     def cache_key(self, data: PairedData) -> dict:
         teacher_modality, student_modality = self.modalities()

@@ -27,8 +27,8 @@ The top `fraction` of channels are kept as modality-general, and training distil
 
 The authors' RAVDESS code instead replaces the other channels by their batch mean and distils the
 modified teacher's logits (that is `mgdfr`). The defaults (keep 50 %, weight 1) are this suite's
-choices, not the paper's. The modality names come from `teacher_modality` / `student_modality`
-attributes when the harness sets them, otherwise from the dataset's default direction.
+choices, not the paper's. The modality names are the spec's: the harness builds the method with
+the run's direction (`spec.with_direction`); a spec as the dataset gives it holds the default one.
 """
 from __future__ import annotations
 
@@ -90,11 +90,11 @@ def channel_salience(teacher: FeatureModel, data: PairedData, teacher_modality: 
     for batch in data.batches("train", 256, shuffle=False, device=device):
         try:
             features.append(teacher(batch[teacher_modality]).feature_post.float())
-        except RuntimeError as exc:  # a reversed run whose modalities the harness did not pass on
+        except RuntimeError as exc:  # a reversed run built with the dataset's spec, not the run's
             reason = str(exc).splitlines()[0]
-            raise UserError(f"mgdfr-ridge: the teacher cannot read modality {teacher_modality!r} ({reason}); without the "
-                            f"run's modalities from the harness, mgdfr-ridge assumes the dataset's default direction "
-                            f"{teacher_modality}->{student_modality}") from exc
+            raise UserError(f"mgdfr-ridge: the teacher cannot read modality {teacher_modality!r} ({reason}); built with "
+                            f"a spec in the dataset's default direction {teacher_modality}->{student_modality}, not "
+                            f"the run's (spec.with_direction)") from exc
         inputs.append(input_representation(batch[student_modality].float(), pool))
         seen += len(batch["label"])
         if seen >= max_samples:
@@ -140,8 +140,8 @@ class MGDFRRidge(Method):
         self.ranked = False
 
     def modalities(self) -> tuple[str, str]:
-        return (getattr(self, "teacher_modality", None) or self.spec.teacher_modality,
-                getattr(self, "student_modality", None) or self.spec.student_modality)
+        """The run's direction: the spec the method was built with (the dataset's default direction outside a run)."""
+        return self.spec.teacher_modality, self.spec.student_modality
 
     def cache_key(self) -> dict:
         teacher_modality, student_modality = self.modalities()

@@ -22,7 +22,7 @@ from cmkd_bench.analysis import (
     tsne_embedding,
 )
 from cmkd_bench.errors import UserError
-from cmkd_bench.runner import RunRequest, build_model, execute, prepare
+from cmkd_bench.runner import RunRequest, build_model, execute, resolve_run
 
 TINY = ("train=64", "val=32", "test=32", "image_size=16")
 
@@ -64,7 +64,7 @@ def test_freq_similarity_uses_the_cached_teachers_and_their_features(runs: Path)
     # Recompute the raw similarity from the cached weights, outside the analysis.
     features = []
     for teacher, student in (("visual", "audio"), ("audio", "visual")):
-        prepared = prepare(RunRequest(method="no-kd", dataset="synth-av", teacher_modality=teacher,
+        prepared = resolve_run(RunRequest(method="no-kd", dataset="synth-av", teacher_modality=teacher,
                                       student_modality=student, epochs=1, sets=TINY, out=str(runs), device="cpu"))
         model = build_model("small-cnn", prepared.data, teacher, 0, prepared.device)
         key = next(p for p in (runs / "teachers").iterdir() if f"-{teacher}-" in p.name)
@@ -106,7 +106,7 @@ def test_teachers_of_different_feature_sizes_are_refused_before_training(tmp_pat
 
 @pytest.fixture(scope="module")
 def kd_run(runs: Path) -> Path:
-    record = execute(prepare(RunRequest(method="kd", dataset="synth-av", epochs=1, sets=TINY, out=str(runs),
+    record = execute(resolve_run(RunRequest(method="kd", dataset="synth-av", epochs=1, sets=TINY, out=str(runs),
                                         device="cpu")))
     return runs / record["run_id"]
 
@@ -124,7 +124,7 @@ def test_tsne_of_a_run_uses_its_saved_or_given_student(kd_run: Path, tmp_path: P
     saved = run_features(run_dir, device_name="cpu", samples=20)
     assert saved.teacher.shape == saved.student.shape == (20, 64) and saved.labels.shape == (20,)
     other = tmp_path / "other_student.pt"
-    torch.save(build_model("small-cnn", prepare(RunRequest(method="kd", dataset="synth-av", sets=TINY)).data,
+    torch.save(build_model("small-cnn", resolve_run(RunRequest(method="kd", dataset="synth-av", sets=TINY)).data,
                            "audio", 7, torch.device("cpu")).state_dict(), other)
     given = run_features(run_dir, student_weights=str(other), device_name="cpu", samples=20)
     assert torch.equal(given.teacher, saved.teacher) and not torch.equal(given.student, saved.student)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cmkd_bench.errors import RunFailed
-from cmkd_bench.runner import Progress, RunRequest, execute, prepare
+from cmkd_bench.runner import RunCallbacks, RunRequest, execute, resolve_run
 
 from conftest import REPO
 
@@ -30,15 +30,15 @@ def student_weights(run_dir: Path) -> dict:
 
 
 def test_cpu_runs_are_bitwise_repeatable(tmp_path):
-    first = execute(prepare(request(tmp_path / "a", method="fd")))
-    second = execute(prepare(request(tmp_path / "b", method="fd")))
+    first = execute(resolve_run(request(tmp_path / "a", method="fd")))
+    second = execute(resolve_run(request(tmp_path / "b", method="fd")))
     assert first["run_id"] == second["run_id"]
     assert first["metrics"] == second["metrics"]
     assert [h["losses"] for h in first["history"]] == [h["losses"] for h in second["history"]]
 
 
 def test_resume_after_interruption_reaches_the_same_result(tmp_path):
-    reference = execute(prepare(request(tmp_path / "straight", epochs=4)))
+    reference = execute(resolve_run(request(tmp_path / "straight", epochs=4)))
 
     class Stop(Exception):
         pass
@@ -49,13 +49,13 @@ def test_resume_after_interruption_reaches_the_same_result(tmp_path):
         if phase[-1].startswith("kd") and report.epoch == 2:
             raise Stop
 
-    interrupted = prepare(request(tmp_path / "resumed", epochs=4))
+    interrupted = resolve_run(request(tmp_path / "resumed", epochs=4))
     with pytest.raises(Stop):
-        execute(interrupted, Progress(on_phase=lambda label, *_: phase.append(label), on_epoch=stop_student_after_two))
+        execute(interrupted, RunCallbacks(on_phase=lambda label, *_: phase.append(label), on_epoch=stop_student_after_two))
     assert not (interrupted.run_dir / "result.json").exists()
     assert torch.load(interrupted.run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1  # 0-based
 
-    resumed = execute(prepare(request(tmp_path / "resumed", epochs=4)))
+    resumed = execute(resolve_run(request(tmp_path / "resumed", epochs=4)))
     assert resumed["resumed_from_epoch"] == 2
     assert resumed["metrics"] == reference["metrics"]
     assert [h["losses"] for h in resumed["history"]] == [h["losses"] for h in reference["history"]]
@@ -112,7 +112,7 @@ def test_non_finite_loss_fails_the_run_naming_the_term(tmp_path):
     from cmkd_bench.registry import load_plugin_file
 
     load_plugin_file(plugin)
-    prepared = prepare(request(tmp_path / "runs", method="exploding-test"))
+    prepared = resolve_run(request(tmp_path / "runs", method="exploding-test"))
     with pytest.raises(RunFailed, match="loss term 'boom' became non-finite at epoch 3, step 1"):
         execute(prepared)
     record = json.loads((prepared.run_dir / "result.json").read_text())
@@ -120,35 +120,35 @@ def test_non_finite_loss_fails_the_run_naming_the_term(tmp_path):
 
 
 def test_teacher_is_trained_once_and_reused(tmp_path):
-    first = execute(prepare(request(tmp_path, method="kd")))
+    first = execute(resolve_run(request(tmp_path, method="kd")))
     teacher_json = Path(first["teacher"]["checkpoint"]).with_name("teacher.json")
     stamp = teacher_json.stat().st_mtime_ns
-    second = execute(prepare(request(tmp_path, method="fitnet")))
+    second = execute(resolve_run(request(tmp_path, method="fitnet")))
     assert second["teacher"]["key"] == first["teacher"]["key"]
     assert second["teacher"]["metrics"] == first["teacher"]["metrics"]
     assert teacher_json.stat().st_mtime_ns == stamp
-    other_seed = execute(prepare(request(tmp_path, method="kd", seed=1)))
+    other_seed = execute(resolve_run(request(tmp_path, method="kd", seed=1)))
     assert other_seed["teacher"]["key"] != first["teacher"]["key"]
 
 
 def test_teacher_checkpoint_option_uses_the_given_weights(tmp_path):
-    trained = execute(prepare(request(tmp_path / "a", method="kd")))
-    given = execute(prepare(request(tmp_path / "b", method="kd", teacher_checkpoint=trained["teacher"]["checkpoint"])))
+    trained = execute(resolve_run(request(tmp_path / "a", method="kd")))
+    given = execute(resolve_run(request(tmp_path / "b", method="kd", teacher_checkpoint=trained["teacher"]["checkpoint"])))
     assert given["teacher"]["metrics"]["test"] == trained["teacher"]["metrics"]["test"]
     assert given["run_id"] != trained["run_id"]  # the checkpoint's content is part of the identity
     assert not (tmp_path / "b" / "teachers").exists() or not list((tmp_path / "b" / "teachers").glob("*/teacher.pt"))
 
 
 def test_completed_run_is_not_repeated_unless_forced(tmp_path):
-    record = execute(prepare(request(tmp_path)))
-    again = execute(prepare(request(tmp_path)))
+    record = execute(resolve_run(request(tmp_path)))
+    again = execute(resolve_run(request(tmp_path)))
     assert again.get("skipped") and again["created"] == record["created"]
-    forced = execute(prepare(request(tmp_path)), force=True)
+    forced = execute(resolve_run(request(tmp_path)), force=True)
     assert not forced.get("skipped") and forced["metrics"] == record["metrics"]
 
 
 def test_record_has_the_promised_fields(tmp_path):
-    record = execute(prepare(request(tmp_path, method="fd")))
+    record = execute(resolve_run(request(tmp_path, method="fd")))
     on_disk = json.loads((tmp_path / record["run_id"] / "result.json").read_text())
     for key in ("run_id", "status", "error", "method", "dataset", "task", "student_modality", "teacher_modality",
                 "student_backbone", "teacher_backbone", "seed", "hparams", "config", "metrics", "teacher", "device",
@@ -166,7 +166,7 @@ def test_record_has_the_promised_fields(tmp_path):
 
 
 def test_selection_uses_val_and_reports_both_test_numbers(tmp_path):
-    record = execute(prepare(request(tmp_path, epochs=4)))
+    record = execute(resolve_run(request(tmp_path, epochs=4)))
     vals = [h["val"] for h in record["history"]]
     assert record["metrics"]["val_best"] == max(vals)
     assert record["metrics"]["best_epoch"] == vals.index(max(vals)) + 1
@@ -199,7 +199,7 @@ def test_a_run_already_running_elsewhere_is_refused(tmp_path):
 
     from cmkd_bench.errors import UserError
 
-    prepared = prepare(request(tmp_path))
+    prepared = resolve_run(request(tmp_path))
     prepared.run_dir.mkdir(parents=True)
     with open(prepared.run_dir / ".run.lock", "a") as held:  # what a live process holds
         fcntl.flock(held, fcntl.LOCK_EX)

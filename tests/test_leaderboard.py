@@ -524,13 +524,13 @@ def test_published_file_in_the_repository_has_the_schema() -> None:
 
 @pytest.mark.parametrize("body, fragment", [
     ("method,dataset,metric,value\n", "header must be"),
-    ("{header}\nkd,synth-av,visual,audio,top1,high,Paper,Table 1\n", "not a number"),
-    ("{header}\nkd,synth-av,visual,audio,top1,130,Paper,Table 1\n", "not a percentage"),
-    ("{header}\nkd,synth-av,visual,audio,top5,60,Paper,Table 1\n", "metric 'top5'"),
-    ("{header}\nkd,synth-av,visual,audio,top1,60,,Table 1\n", "empty source"),
-    ("{header}\nkd,synth-av,visual,visual,top1,60,Paper,Table 1\n", "both 'visual'"),
-    ("{header}\nkd,synth-av,visual,audio,top1,60,Paper,Table 1\nkd,synth-av,visual,audio,top1,61,Paper,Table 2\n",
-     ":4: a second value"),
+    ("{header}\nkd,synth-av,visual,audio,top1,high,Paper,Table 1,primary\n", "not a number"),
+    ("{header}\nkd,synth-av,visual,audio,top1,130,Paper,Table 1,primary\n", "not a percentage"),
+    ("{header}\nkd,synth-av,visual,audio,top5,60,Paper,Table 1,primary\n", "metric 'top5'"),
+    ("{header}\nkd,synth-av,visual,audio,top1,60,,Table 1,primary\n", "empty source"),
+    ("{header}\nkd,synth-av,visual,visual,top1,60,Paper,Table 1,primary\n", "both 'visual'"),
+    ("{header}\nkd,synth-av,visual,audio,top1,60,Paper,Table 1,primary\n"
+     "kd,synth-av,visual,audio,top1,61,Paper,Table 2,primary\n", ":4: a second value"),
 ])
 def test_bad_published_files_are_one_line_errors_with_the_line(tmp_path: Path, body: str, fragment: str) -> None:
     from cmkd_bench.leaderboard import PUBLISHED_COLUMNS, load_published

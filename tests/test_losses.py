@@ -120,7 +120,7 @@ def band_projection(dim: int, bins: range) -> torch.Tensor:
 
 
 def test_fd_bands_keep_the_right_bins_and_drop_dc():
-    from cmkd_bench.methods.fd import frequency_bands, low_band_cut
+    from cmkd_bench.losses import frequency_bands, low_band_cut
 
     dim = 32
     n = torch.arange(dim, dtype=torch.float64)
@@ -137,13 +137,13 @@ def test_fd_bands_keep_the_right_bins_and_drop_dc():
 
 @pytest.mark.parametrize("dim", [10, 25, 64])
 def test_fd_default_split_is_floor_quarter(dim):
-    from cmkd_bench.methods.fd import low_band_cut
+    from cmkd_bench.losses import low_band_cut
 
     assert low_band_cut(dim, 0.5) == dim // 4
 
 
 def test_fd_signed_log_and_normalisation():
-    from cmkd_bench.methods.fd import scale_normalise, signed_log
+    from cmkd_bench.losses import scale_normalise, signed_log
 
     x = torch.tensor([[-3.0, 0.0, 4.0]], dtype=torch.float64)
     assert torch.allclose(signed_log(x), torch.tensor([[-math.log(4.0), 0.0, math.log(5.0)]], dtype=torch.float64))

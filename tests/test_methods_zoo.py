@@ -19,7 +19,7 @@ from cmkd_bench.cli import cli
 from cmkd_bench.data import DatasetSpec, Modality, PairedData, Recipe
 from cmkd_bench.engine import Fit
 from cmkd_bench.errors import UserError
-from cmkd_bench.methods.fd import frequency_bands, low_band_cut, scale_normalise, signed_log
+from cmkd_bench.losses import frequency_bands, low_band_cut, scale_normalise, signed_log
 from cmkd_bench.methods.fd_presets import HIGH_BAND_LOG_TO_MSE
 from cmkd_bench.models import FeatureModel, ModelInfo, ModelOutput
 from cmkd_bench.registry import BACKBONES, DATASETS, METHODS
@@ -471,7 +471,7 @@ def test_mgdfr_follows_the_run_direction_when_the_harness_gives_it(tmp_path):
         method = build(name, student.info, teacher.info, data.spec).float()
         with pytest.raises(UserError, match="default direction visual->audio"):
             method.prepare(teacher, data, "cpu", tmp_path)  # one clear line instead of a shape error
-        method.teacher_modality, method.student_modality = "audio", "visual"
+        method = build(name, student.info, teacher.info, data.spec.with_direction("audio", "visual")).float()
         method.prepare(teacher, data, "cpu", tmp_path)
         key = method.cache_key(data) if name == "mgdfr" else method.cache_key()
         assert key["teacher_modality"] == "audio" and key["student_modality"] == "visual"

@@ -1,5 +1,6 @@
-"""Suites: expansion through runner.prepare, one-line errors, parallel runs sharing one teacher,
-skip-finished, failures summarised, and a suite killed mid-way resuming to the same results."""
+"""Suites: expansion through runner.resolve_run, each run's command line from `run`'s own options,
+one-line errors, parallel runs sharing one teacher, skip-finished, failures summarised, and a suite
+killed mid-way resuming to the same results."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
+import click
 import pytest
 
 from cmkd_bench.cli import main
-from cmkd_bench.runner import RunRequest, prepare
+from cmkd_bench.cli.run import RUN_ONLY_OPTIONS, run_command
+from cmkd_bench.cli.suite import run_command_line
+from cmkd_bench.runner import RunRequest, resolve_run
 from cmkd_bench.suite import expand, suite_from_mapping
 
 from conftest import REPO, cli
@@ -98,7 +103,7 @@ def test_expansion_gives_exactly_the_run_ids_of_single_runs() -> None:
                 request = RunRequest(method=method, dataset="synth-av", teacher_modality=teacher,
                                      student_modality=student, seed=seed, epochs=1, out="nowhere",
                                      sets=(*TINY, *sets))
-                expected.append(prepare(request).config.run_id)
+                expected.append(resolve_run(request).config.run_id)
     # "none" is an alias of no-kd: the same run, listed once.
     assert [run.run_id for run in planned] == expected
     assert all(run.state == "new" for run in planned)
@@ -113,7 +118,7 @@ def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys) -> None:
     assert "8 runs: 0 already completed (skipped), 0 to resume, 8 to run" in stdout  # 2 methods x 2 dirs x 2 seeds
     request = RunRequest(method="kd", dataset="synth-av", teacher_modality="audio", student_modality="visual",
                          seed=1, epochs=1, out=str(out), sets=tuple(TINY))
-    assert prepare(request).config.run_id in stdout
+    assert resolve_run(request).config.run_id in stdout
     assert not out.exists()
 
 
@@ -132,6 +137,53 @@ def test_a_bad_suite_is_one_line_and_exit_2_before_anything_runs(tmp_path, capsy
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert all(fragment in lines[0] for fragment in fragments), lines[0]
     assert not (tmp_path / "runs").exists() and stdout == ""
+
+
+# --- each run's command line
+
+
+def request_unlike_the_defaults() -> RunRequest:
+    """A request whose every field differs from its default, so that any field left out would show."""
+    values = {}
+    for index, field in enumerate(fields(RunRequest)):
+        kind = str(field.type)
+        if kind == "bool":
+            values[field.name] = True
+        elif kind.startswith("tuple[str"):
+            values[field.name] = (f"{field.name}.a=1", f"{field.name}.b=-2")
+        elif kind.startswith("int"):
+            values[field.name] = 100 + index
+        elif kind.startswith("float"):
+            values[field.name] = 0.125 + index
+        elif kind.startswith("str"):
+            values[field.name] = f"{field.name}-value"
+        else:
+            raise AssertionError(f"RunRequest.{field.name}: give this test a value of type {kind}")
+    return RunRequest(**values)
+
+
+def test_run_options_are_the_run_request_fields_plus_the_documented_display_ones() -> None:
+    options = [param.name for param in run_command.params]
+    assert set(RUN_ONLY_OPTIONS) <= set(options)
+    assert sorted(set(options) - set(RUN_ONLY_OPTIONS)) == sorted(field.name for field in fields(RunRequest))
+
+
+def test_a_suite_run_gets_every_field_of_its_request_through_runs_own_options() -> None:
+    request = request_unlike_the_defaults()
+    command = run_command_line(request, "cuda:7", ["plugins/a.py", "plugins/b.py"])
+    assert command[:4] == [sys.executable, "-m", "cmkd_bench", "run"]
+    parsed = run_command.make_context("run", command[4:]).params  # what the subprocess's `run` receives
+    assert parsed.pop("quiet") is True and parsed.pop("plugins") == ("plugins/a.py", "plugins/b.py")
+    assert RunRequest(**parsed) == replace(request, device="cuda:7")  # the job slot's device, all else as asked
+    plain = run_command_line(RunRequest(method="kd", dataset="synth-av", sets=("T=2",)), "cpu", [])
+    assert plain[4:] == ["--method", "kd", "--dataset", "synth-av", "--seed", "0", "--device", "cpu",
+                         "--out", "runs", "--set", "T=2", "--quiet"]
+
+
+def test_a_run_option_that_is_no_request_field_stops_the_suite_instead_of_being_dropped(monkeypatch) -> None:
+    monkeypatch.setattr(run_command, "params", [*run_command.params, click.Option(["--new-knob"], type=int)])
+    with pytest.raises(RuntimeError, match="'new_knob' is no RunRequest field"):
+        run_command_line(RunRequest(method="kd", dataset="synth-av"), "cpu", [])
 
 
 # --- running

@@ -1,0 +1,63 @@
+"""The `cmkd-bench` command line: the `cli` group and `main`; each command group in its own module.
+
+    listing.py      list                      options.py   options several commands take (--plugin)
+    run.py          run                       suite.py     suite, tune
+    leaderboard.py  leaderboard               prepare.py   prepare
+    plots.py        plot bars|heatmap         analyze.py   analyze freq-similarity|tsne
+
+This package is the only place that knows click: the modules it wraps take and return plain values.
+Errors a user can cause end in one line on stderr and exit code 2; a run that fails (for example
+a non-finite loss) exits 1 after writing its failed record.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import RunFailed, UserError
+from .analyze import analyze_group
+from .leaderboard import leaderboard_command
+from .listing import list_command
+from .plots import plot_group
+from .prepare import prepare_command
+from .run import run_command
+from .suite import suite_command, tune_command
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cmkd-bench")
+def cli() -> None:
+    """Cross-modal knowledge distillation benchmark: every baseline under one fair protocol."""
+
+
+for _command in (list_command, run_command, leaderboard_command, suite_command, tune_command, prepare_command,
+                 plot_group, analyze_group):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="cmkd-bench", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `cmkd-bench`: the help, as with git
+            click.echo(exc.format_message())
+            sys.exit(0)
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except RunFailed as exc:
+        click.echo(f"run failed: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted; run the same command again to resume from the last finished epoch", err=True)
+        sys.exit(130)
+    sys.exit(0)

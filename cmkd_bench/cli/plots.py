@@ -1,0 +1,56 @@
+"""`cmkd-bench plot bars|heatmap`: figures from run records (cmkd_bench.plots draws them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from ..errors import UserError
+from ..plots import plot_bars, plot_heatmaps
+from .leaderboard import filtered_records, runs_paths
+
+
+def _filters(function: Callable[..., None]) -> Callable[..., None]:
+    """The RUNS argument, the leaderboard's record filters, and --output-dir."""
+    for decorator in reversed([
+        click.argument("runs_dirs", nargs=-1, type=click.Path()),
+        click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable)."),
+        click.option("--method", "methods", multiple=True, help="Only this method (repeatable)."),
+        click.option("--where", "wheres", multiple=True, metavar="KEY=VALUE",
+                     help="Only records whose field or setting KEY is VALUE (repeatable), as in `leaderboard`."),
+        click.option("--output-dir", default="plots", show_default=True, type=click.Path(),
+                     help="Where the PNG and SVG files go."),
+    ]):
+        function = decorator(function)
+    return function
+
+
+@click.group("plot")
+def plot_group() -> None:
+    """Figures from run records: bar charts per dataset, heat-maps over two settings."""
+
+
+@plot_group.command("bars")
+@_filters
+def bars_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
+                 wheres: tuple[str, ...], output_dir: str) -> None:
+    """Per dataset: a bar per method (mean ± std over seeds), with the no-KD and teacher lines."""
+    records = filtered_records(runs_paths(runs_dirs), datasets, methods, wheres)
+    for path in plot_bars(records, Path(output_dir)):
+        click.echo(f"wrote {path}")
+
+
+@plot_group.command("heatmap")
+@_filters
+@click.option("--x", "x_key", required=True, help="Setting on the x axis (hyper-parameter, data option or recipe).")
+@click.option("--y", "y_key", required=True, help="Setting on the y axis.")
+def heatmap_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
+                    wheres: tuple[str, ...], output_dir: str, x_key: str, y_key: str) -> None:
+    """A method's test metric over a grid of two settings, e.g. --x w_low --y w_high for fd."""
+    if x_key == y_key:
+        raise UserError(f"--x and --y are both {x_key!r}; a heat-map needs two settings")
+    records = filtered_records(runs_paths(runs_dirs), datasets, methods, wheres)
+    for path in plot_heatmaps(records, x_key, y_key, Path(output_dir)):
+        click.echo(f"wrote {path}")

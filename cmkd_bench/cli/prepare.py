@@ -1,0 +1,36 @@
+"""`cmkd-bench prepare DATASET --src RAW --dst ROOT`: a raw release into its loader's layout (cmkd_bench.prepare)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from ..catalog import DATASETS, load_all
+from ..errors import UserError
+from ..prepare import print_report
+
+
+@click.command("prepare")
+@click.argument("dataset")
+@click.option("--src", required=True, type=click.Path(), help="The raw release as distributed (see the dataset's docs).")
+@click.option("--dst", required=True, type=click.Path(), help="Where the prepared data goes; later `run --data-root DST`.")
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel processes.  [default: all CPU cores]")
+@click.option("--force", is_flag=True, help="Redo clips that are already prepared.")
+def prepare_command(dataset: str, src: str, dst: str, workers: int | None, force: bool) -> None:
+    """Turn DATASET's raw release (wav/flv/mp4 as distributed) into the layout its loader reads."""
+    load_all()
+    entry = DATASETS.get(dataset)
+    preparer = entry.meta.get("prepare")
+    if preparer is None:
+        ready = ", ".join(e.name for e in DATASETS if "prepare" in e.meta)
+        raise UserError(f"dataset {entry.name!r} needs no preparation; `prepare` is for {ready}")
+    source = Path(src)
+    if not source.is_dir():
+        raise UserError(f"--src {src!r} is not a folder; pass the folder of your {entry.name} copy")
+    console = Console(highlight=False)
+    report = preparer(source, Path(dst), workers or os.cpu_count() or 1, force, console)
+    if report is not None:
+        print_report(console, entry.name, Path(dst), report)

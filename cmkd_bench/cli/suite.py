@@ -1,0 +1,122 @@
+"""`cmkd-bench suite` and `cmkd-bench tune`: grids of runs, each run in a process of its own.
+
+A suite's run is the process `python -m cmkd_bench run ...` whose arguments `run_command_line`
+builds from `run`'s own options (cli/run.py `run_arguments`): whatever `run` takes, a suite passes.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Any, Sequence
+
+import click
+
+from ..catalog import load_all
+from ..errors import UserError
+from ..runner import RunRequest
+from ..suite import job_devices, run_suite, suite_with_flags
+from ..tuning import TuneSettings, check_budget, parse_space_flags, plan_studies, plan_text, run_studies
+from .options import plugin_option
+from .run import run_arguments
+
+
+def run_command_line(request: RunRequest, device: str, plugins: Sequence[str]) -> list[str]:
+    """The process of one run of a suite: `run` with the request's options, on the job slot's
+    device, quiet, with the suite's plug-ins (same request, same run id)."""
+    return [sys.executable, "-m", "cmkd_bench", "run",
+            *run_arguments(replace(request, device=device), quiet=True, plugins=plugins)]
+
+
+@click.command("suite")
+@click.argument("suite_file", required=False, type=click.Path())
+@click.option("--methods", help="Comma-separated methods, or 'all' (every method for the dataset's task).")
+@click.option("--datasets", help="Comma-separated datasets.")
+@click.option("--seeds", help="Comma-separated seeds. Default: the file's, else 0,1,2.")
+@click.option("--directions", help="default, both, or TEACHER->STUDENT pairs, comma-separated. Default: both.")
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
+              help="A run per value (repeatable: every combination).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A setting for every run (repeatable), as in `run`.")
+@click.option("--epochs", type=int, help="Recipe epochs for every run.")
+@click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run.")
+@click.option("--lr", type=float, help="Recipe learning rate for every run.")
+@click.option("--student", help="Student backbone for every run.")
+@click.option("--teacher", help="Teacher backbone for every run.")
+@click.option("--out", help="Runs go to OUT/<run_id>/ (default: the file's, else runs).")
+@click.option("--teacher-cache", "teacher_cache", type=click.Path(),
+              help="Where teachers are cached. Default: OUT/teachers.")
+@click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live.")
+@click.option("--jobs", "-j", type=int, help="Runs at once on this machine. Default: 1 (one per --devices entry).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N for every run. Default: the file's, else auto.")
+@click.option("--devices", help="Comma-separated devices; job slots take them in turn (e.g. cuda:0,cuda:1).")
+@click.option("--dry-run", is_flag=True, help="List the runs and what would happen to each; run nothing.")
+@plugin_option
+def suite_command(suite_file: str | None, jobs: int | None, device: str | None, devices: str | None,
+                  dry_run: bool, **flags: Any) -> None:
+    """Run a grid of runs (SUITE_FILE and/or flags); finished runs are skipped, interrupted ones resume.
+
+    Exit code 0 when no run failed, 1 when one did, 2 for bad input (nothing runs).
+    """
+    suite = suite_with_flags(suite_file, flags)
+    if device is not None:
+        suite.device = device
+    device_names, jobs = job_devices(None if devices else suite.device, devices, jobs)
+    code = run_suite(suite, jobs, device_names, dry_run, run_command_line, click.echo)
+    if code:
+        sys.exit(code)
+
+
+@click.command("tune")
+@click.argument("suite_file", required=False, type=click.Path())
+@click.option("--method", "method_names", multiple=True,
+              help="Method to tune (repeatable, or 'all': every method with a search space).")
+@click.option("--dataset", "dataset_names", multiple=True, help="Dataset (repeatable).")
+@click.option("--budget", type=int, help="Configurations per study (default 8, the same for every method).")
+@click.option("--space", "spaces", multiple=True, metavar="KEY=V1,V2",
+              help="Search this space instead of the method's declared one (repeatable; one --method only).")
+@click.option("--sample-seed", type=int, help="Seed of the subset drawn from a space larger than the budget (default 0).")
+@click.option("--seeds", help="Protocol seeds, comma-separated; the first selects. Default: the file's, else 0,1,2.")
+@click.option("--directions", help="default, both, or TEACHER->STUDENT pairs, comma-separated. Default: both.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A setting for every run (repeatable).")
+@click.option("--epochs", type=int, help="Recipe epochs for every run.")
+@click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run.")
+@click.option("--lr", type=float, help="Recipe learning rate for every run.")
+@click.option("--student", help="Student backbone for every run.")
+@click.option("--teacher", help="Teacher backbone for every run.")
+@click.option("--out", help="Runs go to OUT/<run_id>/, study summaries to OUT/tuning/ (default: runs).")
+@click.option("--teacher-cache", "teacher_cache", type=click.Path(), help="Where teachers are cached.")
+@click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live.")
+@click.option("--jobs", "-j", type=int, help="Runs at once on this machine. Default: 1 (one per --devices entry).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N for every run.")
+@click.option("--devices", help="Comma-separated devices; job slots take them in turn.")
+@click.option("--dry-run", is_flag=True, help="List the studies and their configurations; run nothing.")
+@plugin_option
+def tune_command(suite_file: str | None, method_names: tuple[str, ...], dataset_names: tuple[str, ...],
+                 budget: int | None, spaces: tuple[str, ...], sample_seed: int | None, jobs: int | None,
+                 device: str | None, devices: str | None, dry_run: bool, **flags: Any) -> None:
+    """Tune METHOD on DATASET under the protocol: every configuration on the first seed, select on val, run all seeds.
+
+    Exit code 0 when no run failed, 1 when one did, 2 for bad input (nothing runs).
+    """
+    load_all(flags["plugins"])
+    flags.update(methods=",".join(method_names) or None, datasets=",".join(dataset_names) or None, grid=())
+    suite = suite_with_flags(suite_file, flags)
+    base = suite.tune or TuneSettings()
+    single = method_names[0] if len(method_names) == 1 and method_names[0] != "all" else None
+    settings = TuneSettings(budget=check_budget(budget) if budget is not None else base.budget,
+                            spaces=parse_space_flags(spaces, single) or base.spaces,
+                            sample_seed=base.sample_seed if sample_seed is None else sample_seed)
+    if device is not None:
+        suite.device = device
+    device_names, jobs = job_devices(None if devices else suite.device, devices, jobs)
+    studies = plan_studies(suite, settings, strict=suite.methods != "all")
+    if not studies:
+        raise UserError("no method to tune: none of the methods given declares a search space")
+    if dry_run:
+        click.echo(plan_text(studies))
+        return
+    code = run_studies(suite, studies, jobs, device_names, run_command_line, click.echo)
+    click.echo(f"tables: cmkd-bench leaderboard {suite.out}")
+    if code:
+        sys.exit(code)
