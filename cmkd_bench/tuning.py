@@ -34,8 +34,8 @@ from .config import coerce
 from .errors import UserError
 from .records import direction_label, find_record, is_number, metric, tuning_entries, write_record
 from .registry import METHODS, Entry
-from .suite import (CommandBuilder, DatasetEntry, MethodEntry, PlannedRun, Scheduler, Suite, _direction_pairs,
-                    _planned, _probe_spec, _request, setting_text)
+from .scheduler import CommandBuilder, PlannedRun, Scheduler
+from .suite import DatasetEntry, MethodEntry, Suite, _direction_pairs, _planned, _probe_spec, _request, setting_text
 
 DEFAULT_BUDGET = 8
 SAMPLE_SEED = 0  # draws the subset of a space larger than the budget; fixed, so every method draws alike

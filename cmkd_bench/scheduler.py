@@ -1,0 +1,154 @@
+"""Running planned runs as subprocesses, `jobs` at a time, each job slot bound to a device.
+
+Each run is its own `python -m cmkd_bench run` process, so that a crash or a kill takes down one
+run, not the suite; its output goes to `<run_dir>/run.log`. The command line comes from the caller
+(the CLI builds it from `run`'s own options, cmkd_bench.cli.suite), so no option is re-spelled here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable, Sequence
+
+from .records import find_record, metric, record_metric_name
+from .runner import RunRequest
+
+POLL_SECONDS = 0.05
+
+@dataclass
+class PlannedRun:
+    request: RunRequest
+    run_id: str
+    label: str
+    state: str  # "done" (completed record), "resume" (checkpoint), "new", "retry" (failed record)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.request.out) / self.run_id
+
+
+@dataclass
+class Outcome:
+    run: PlannedRun
+    status: str  # "completed" or "failed"
+    detail: str  # the test metric, or the reason it failed
+    seconds: float
+    resumed: bool = False
+
+
+# The process command line of one run: (request, device of the job slot, plug-in files) -> argv.
+# The CLI gives `cmkd_bench.cli.suite.run_command_line`, built from the `run` command's own options.
+CommandBuilder = Callable[[RunRequest, str, Sequence[str]], list[str]]
+
+
+def print_now(text: str) -> None:
+    """The default `echo`: a line on stdout, flushed (a suite's progress shows in pipes and logs as it happens)."""
+    print(text, flush=True)
+
+
+@dataclass
+class _Running:
+    run: PlannedRun
+    process: subprocess.Popen
+    log: IO[str]
+    log_start: int
+    began: float
+    slot: int
+
+
+class Scheduler:
+    """Runs planned runs as subprocesses, `jobs` at a time, each slot bound to a device."""
+
+    def __init__(self, runs: list[PlannedRun], jobs: int, devices: Sequence[str], plugins: Sequence[str],
+                 command: CommandBuilder, echo: Callable[[str], None] = print_now) -> None:
+        self.pending = deque(runs)
+        self.total = len(runs)
+        self.slots = [devices[i % len(devices)] for i in range(jobs)]
+        self.free = list(range(jobs))
+        self.plugins = plugins
+        self.command = command
+        self.echo = echo
+        self.running: list[_Running] = []
+        self.outcomes: list[Outcome] = []
+
+    def run(self) -> list[Outcome]:
+        try:
+            while self.pending or self.running:
+                while self.pending and self.free:
+                    self._start(self.pending.popleft(), self.free.pop(0))
+                if not self._collect():
+                    time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            self._stop_all()
+            raise
+        return self.outcomes
+
+    def _start(self, run: PlannedRun, slot: int) -> None:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(run.run_dir / "run.log", "a", encoding="utf-8")
+        command = self.command(run.request, self.slots[slot], self.plugins)
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+        log.flush()
+        start = log.tell()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.running.append(_Running(run, process, log, start, time.perf_counter(), slot))
+
+    def _collect(self) -> bool:
+        done = [job for job in self.running if job.process.poll() is not None]
+        for job in done:
+            self.running.remove(job)
+            self.free.append(job.slot)
+            job.log.close()
+            outcome = _outcome(job)
+            self.outcomes.append(outcome)
+            self._report(outcome)
+        return bool(done)
+
+    def _report(self, outcome: Outcome) -> None:
+        count = f"[{len(self.outcomes)}/{self.total}]"
+        state = "completed" if outcome.status == "completed" else "FAILED   "
+        resumed = " (resumed)" if outcome.resumed else ""
+        self.echo(f"{count} {state} {outcome.run.run_id}  {outcome.detail}  {outcome.seconds:.1f} s{resumed}")
+
+    def _stop_all(self) -> None:
+        for job in self.running:
+            job.process.terminate()
+        for job in self.running:
+            try:
+                job.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+            job.log.close()
+
+
+def _outcome(job: _Running) -> Outcome:
+    seconds = time.perf_counter() - job.began
+    code = job.process.returncode
+    record = find_record(job.run.run_dir / "result.json")
+    resumed = job.run.state == "resume"
+    if code == 0 and record is not None and record.get("status") == "completed":
+        score = f"test {record_metric_name(record)} {metric(record, 'test'):.2f}"
+        return Outcome(job.run, "completed", score, seconds, resumed)
+    if code == 1 and record is not None and record.get("status") == "failed" and record.get("error"):
+        reason = str(record["error"])
+    elif code is not None and code < 0:
+        reason = f"killed by signal {-code}"
+    else:
+        reason = _last_line(job.run.run_dir / "run.log", job.log_start) or f"exited with code {code}"
+    return Outcome(job.run, "failed", " ".join(reason.split()), seconds, resumed)
+
+
+def _last_line(path: Path, start: int) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            handle.seek(start)
+            lines = [line.strip() for line in handle if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
