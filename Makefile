@@ -13,8 +13,10 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/activate pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test]'
+# Installed with the pinned versions the leaderboard is made with (constraints.txt); the extras
+# (tensorboard, wandb) are not pinned and never installed here.
+$(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -34,8 +36,9 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/overhead.py
 
 # Regenerate the committed leaderboard from real runs (about 30 minutes on 2 quiet CPU cores; finished runs are skipped).
+# Refuses to run from a tree with uncommitted changes (records name a code revision); ALLOW_DIRTY=1 overrides.
 leaderboard: $(VENV)/.installed
-	$(BIN)/python leaderboard/regenerate.py
+	$(BIN)/python leaderboard/regenerate.py $(if $(ALLOW_DIRTY),--allow-dirty)
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -248,3 +248,140 @@ def _resolve_smp(name: str) -> Entry | None:
 
 
 BACKBONES.add_resolver(_resolve_smp, suggestions=_smp_names)
+
+
+# -- starting from given weights -----------------------------------------------------------------
+_KEY_PREFIXES = ("net.", "net.encoder.", "net.encoder.model.")  # harness files are under net.; bare models,
+# and for segmentation models a bare encoder's (timm/torchvision) weights, are tried under each
+
+
+def input_convs(model: FeatureModel, in_chans: int) -> list[str]:
+    """The parameter names of the convolutions that read the input: timm's `first_conv` for timm models,
+    else the first Conv2d whose in_channels is the input's."""
+    net = model.net
+    for module in (net, getattr(getattr(net, "encoder", None), "model", None)):
+        first = getattr(module, "pretrained_cfg", {}).get("first_conv") if module is not None else None
+        if first:
+            prefix = "net." if module is net else "net.encoder.model."
+            names = [first] if isinstance(first, str) else list(first)
+            found = [f"{prefix}{n}.weight" for n in names]
+            if all(k in model.state_dict() for k in found):
+                return found
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == in_chans:
+            return [f"net.{name}.weight"]
+    return []
+
+
+def _under_prefix(state: dict, expected: dict) -> dict:
+    """`state` with the key prefix (of _KEY_PREFIXES) under which most of its names are the model's."""
+    if any(k.startswith("net.") for k in state):
+        return state
+    options = [{f"{p}{k}": v for k, v in state.items()} for p in _KEY_PREFIXES]
+    return max(options, key=lambda s: sum(k in expected for k in s))
+
+
+def init_from_weights(model: FeatureModel, state: dict, in_chans: int, path: str, sha256: str | None,
+                      what: str = "student init") -> dict:
+    """Load into `model` what fits of a state_dict, by rule, and report what was loaded, adapted, skipped.
+
+    - a tensor of the same name and shape is loaded;
+    - an input convolution whose input channels differ (an RGB stem for a 1-channel spectrogram or depth
+      map) is adapted with timm's `adapt_input_conv` (1 channel: the sum over input channels);
+    - any other tensor whose shape differs (a classifier for another number of classes) is skipped and
+      stays freshly initialised, as does every tensor the file does not have.
+
+    No tensor that fits: a UserError. Returns the report stored in the run record.
+    """
+    import torch
+    from timm.models import adapt_input_conv
+
+    expected = model.state_dict()
+    example = next(iter(state), None)  # a name as the file has it, for the error below
+    state = _under_prefix(state, expected)
+    stems, head = set(input_convs(model, in_chans)), f"net.{model.head_module}."
+    loaded, adapted, skipped, values, originals = [], [], [], {}, {}
+    for key, target in expected.items():
+        if key not in state:
+            continue
+        value = state[key]
+        if tuple(value.shape) == tuple(target.shape):
+            loaded.append(key)
+            values[key] = value
+            continue
+        shapes = {"file_shape": list(value.shape), "model_shape": list(target.shape)}
+        if key in stems and value.ndim == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            try:
+                converted = adapt_input_conv(target.shape[1], value, base_chans=value.shape[1])
+            except (ValueError, NotImplementedError, AssertionError):
+                converted = None
+            if converted is not None and tuple(converted.shape) == tuple(target.shape):
+                how = "summed over input channels" if target.shape[1] == 1 else "repeated over input channels, rescaled"
+                adapted.append({"key": key, **shapes, "how": f"input stem: {how} (timm adapt_input_conv)"})
+                values[key], originals[key] = converted, value
+                continue
+        reason = "classifier head for another number of classes" if key.startswith(head) else "shape differs"
+        skipped.append({"key": key, **shapes, "reason": reason})
+    if not any(torch.is_floating_point(v) for v in values.values()):
+        raise UserError(f"{what} {path!r} fits no tensor of backbone {model.name!r} (it has {len(state)} tensors, e.g. "
+                        f"{example}; the model's are named like {next(iter(expected))})")
+    if _is_timm(model.net):
+        _load_with_timm(model.net, path, {**values, **originals}, originals, in_chans)
+    else:
+        with torch.no_grad():
+            for key, value in values.items():
+                expected[key].copy_(value.to(dtype=expected[key].dtype))
+    return {"file": str(path), "sha256": sha256,
+            "loaded": loaded, "adapted": adapted, "skipped": skipped,
+            "not_in_file": [k for k in expected if k not in state],
+            "unused": sorted(k for k in state if k not in expected)}
+
+
+def _is_timm(net: nn.Module) -> bool:
+    return type(net).__module__.startswith("timm.") and bool(getattr(net, "pretrained_cfg", None))
+
+
+def _load_with_timm(net: nn.Module, path: str, planned: dict, stems: dict, in_chans: int) -> None:
+    """timm's own way for timm models: `load_pretrained` with the pretrained config overlaid with
+    `file=` (as `pretrained_cfg_overlay=dict(file=...)` does in `create_model`), the number of classes
+    and the file's input channels, so that timm reads the file and adapts the input stem; the filter
+    keeps exactly the tensors `init_from_weights` planned (stems as in the file)."""
+    from timm.models import load_pretrained
+
+    bare = {k[len("net."):]: v for k, v in planned.items()}
+    stem_names = [k[len("net."):-len(".weight")] for k in stems]
+    cfg = dict(net.pretrained_cfg)
+    cfg.update(file=str(path), state_dict=None, url=None, hf_hub_id=None, custom_load=False,
+               num_classes=getattr(net, "num_classes", cfg.get("num_classes")))
+    if stem_names:
+        source_chans = {int(v.shape[1]) for v in stems.values()}
+        cfg.update(first_conv=tuple(stem_names), input_size=(source_chans.pop(), *cfg.get("input_size", (3, 224, 224))[1:]))
+    else:
+        cfg.update(first_conv=None, input_size=(in_chans, *cfg.get("input_size", (3, 224, 224))[1:]))
+
+    def keep_planned(state: dict, model: nn.Module) -> dict:
+        """timm's reading of the file, limited to the planned tensors (under the file's own names)."""
+        kept = {}
+        for key, planned_value in bare.items():
+            value = state.get(key, state.get(f"net.{key}"))
+            same = value is not None and tuple(value.shape) == tuple(planned_value.shape)
+            kept[key] = value if same else planned_value
+        return kept
+
+    load_pretrained(net, pretrained_cfg=cfg, num_classes=cfg["num_classes"], in_chans=in_chans,
+                    filter_fn=keep_planned, strict=False)
+
+
+def init_summary(role: str, report: dict) -> str:
+    """One line for the run output: how many tensors were loaded, which adapted and skipped."""
+    parts = [f"{role} init from {report['file']} ({(report['sha256'] or '')[:10]}): {len(report['loaded'])} tensors loaded"]
+    if report["adapted"]:
+        parts.append("adapted " + ", ".join(f"{a['key']} {a['file_shape']}→{a['model_shape']}" for a in report["adapted"]))
+    if report["skipped"]:
+        names = [s["key"] for s in report["skipped"]]
+        parts.append(f"skipped {len(names)} (fresh): " + ", ".join(names[:4]) + (" ..." if len(names) > 4 else ""))
+    if report["not_in_file"]:
+        parts.append(f"{len(report['not_in_file'])} not in the file (fresh)")
+    if report["unused"]:
+        parts.append(f"{len(report['unused'])} in the file unused")
+    return "; ".join(parts)

@@ -2,7 +2,8 @@
 
 The run id is a stable hash of everything that changes a result (method and its
 hyper-parameters, dataset and its options, modalities, backbones, recipe, seed, teacher
-checkpoint), so the same command always maps to the same record.
+checkpoint, the content hash of --student-init / --teacher-init weights), so the same command
+always maps to the same record.
 """
 
 from __future__ import annotations
@@ -39,10 +40,21 @@ class RunConfig:
     data_options: dict[str, Any]
     teacher_checkpoint_sha256: str | None = None
     hparams_changed: dict[str, Any] = field(default_factory=dict)
+    student_init_sha256: str | None = None  # --student-init / --teacher-init: the weights file's content hash
+    teacher_init_sha256: str | None = None
+    teacher_epochs: int | None = None  # --teacher-epochs: the teacher's recipe is `recipe` with these epochs
+
+    @property
+    def teacher_recipe(self) -> dict[str, Any]:
+        """The recipe the teacher is trained with: the student's, with --teacher-epochs if given."""
+        return self.recipe if self.teacher_epochs is None else {**self.recipe, "epochs": self.teacher_epochs}
 
     def identity(self) -> dict[str, Any]:
         identity = asdict(self)
         identity.pop("hparams_changed")
+        for key in ("student_init_sha256", "teacher_init_sha256", "teacher_epochs"):  # absent when unset: run ids stay as they were
+            if identity[key] is None:
+                identity.pop(key)
         identity["version"] = CONFIG_VERSION
         return identity
 
@@ -133,6 +145,9 @@ def resolve(
     teacher_backbone: str | None,
     seed: int,
     teacher_checkpoint: Path | None,
+    student_init: Path | None = None,
+    teacher_init: Path | None = None,
+    teacher_epochs: int | None = None,
 ) -> RunConfig:
     if not method.supports(spec.task):
         raise UserError(f"method {method.name!r} does not support {spec.task} (dataset {spec.name!r}); "
@@ -143,6 +158,8 @@ def resolve(
     if s_mod == t_mod:
         raise UserError(f"student and teacher modality are both {s_mod!r}; cross-modal distillation needs two different modalities")
     recipe = spec.recipe.updated(**recipe_sets)
+    if teacher_epochs is not None:
+        recipe.updated(epochs=teacher_epochs)  # the teacher's recipe must be valid too (warm-up < epochs)
     hparams = {**method.hparams, **method_sets}
     changed = {k: v for k, v in hparams.items() if v != method.hparams.get(k)}
     return RunConfig(
@@ -159,4 +176,7 @@ def resolve(
         data_options=dict(spec.options),
         teacher_checkpoint_sha256=file_sha256(teacher_checkpoint) if teacher_checkpoint else None,
         hparams_changed=changed,
+        student_init_sha256=file_sha256(student_init) if student_init else None,
+        teacher_init_sha256=file_sha256(teacher_init) if teacher_init else None,
+        teacher_epochs=teacher_epochs,
     )

@@ -32,6 +32,15 @@ def resolve_device(name: str) -> torch.device:
         raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name.startswith("cuda:"):
+        index = name.removeprefix("cuda:")
+        if not index.isdigit():
+            raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N (N a GPU index)")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(index) >= count:
+            have = f"only {count} CUDA device(s) (cuda:0 to cuda:{count - 1})" if count else "no CUDA device"
+            raise UserError(f"--device {name} was asked for but this machine has {have}; "
+                            "use --device cpu, auto or an existing GPU")
     return torch.device(name)
 
 
@@ -128,6 +137,8 @@ class EpochReport:
     val: float
     best_val: float
     lr: float
+    seconds: float = 0.0  # of training in this epoch (evaluation excluded)
+    steps: int = 0  # training steps in this epoch
 
 
 @dataclass
@@ -166,6 +177,7 @@ class Fit:
     teacher_modality: str | None = None
     on_step: Callable[[int, int], None] | None = None  # (step in epoch, steps per epoch)
     on_epoch: Callable[[EpochReport], None] | None = None
+    on_resume: Callable[[int], None] | None = None  # (epochs already finished) when a checkpoint is picked up
     check_every: int = 0  # steps between host syncs for the non-finite check; 0: 1 on CPU, 50 on CUDA
 
     def __post_init__(self) -> None:
@@ -294,10 +306,13 @@ class Fit:
             start_epoch = resumed["epoch"] + 1
             history, best = resumed["history"], resumed["best"]
             steps_done, seconds = resumed["steps"], resumed["seconds"]
+            if self.on_resume is not None:
+                self.on_resume(start_epoch)
         for epoch in range(start_epoch, self.recipe.epochs):
             began = time.perf_counter()
             losses, steps = self._train_epoch(epoch)
-            seconds += time.perf_counter() - began
+            epoch_seconds = time.perf_counter() - began
+            seconds += epoch_seconds
             steps_done += steps
             val = evaluate(self.student, self.data, "val", self.student_modality, self.device)
             if val > best["val"]:
@@ -306,7 +321,8 @@ class Fit:
             history.append({"epoch": epoch + 1, "losses": losses, "val": val, "lr": lr})
             self._save(epoch, best, history, steps_done, seconds)
             if self.on_epoch is not None:
-                self.on_epoch(EpochReport(epoch + 1, self.recipe.epochs, losses, val, best["val"], lr))
+                self.on_epoch(EpochReport(epoch + 1, self.recipe.epochs, losses, val, best["val"], lr,
+                                          epoch_seconds, steps))
         test_last = evaluate(self.student, self.data, "test", self.student_modality, self.device)
         self._load_model_states(best["states"])
         tested = evaluate_metric(self.student, self.data, "test", self.student_modality, self.device)

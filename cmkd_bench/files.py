@@ -70,6 +70,30 @@ def write_csv_atomic(header: tuple[str, ...], rows: Iterable[tuple], path: Path)
     write_atomic(path, write)
 
 
+def check_writable_dir(path: str | Path, option: str = "--out") -> None:
+    """Refuse (one line) a folder that cannot be created or written: a file in its place or on its way,
+    or a place no file can be written (/proc, a read-only mount, no permission). Leaves nothing behind."""
+    import tempfile
+
+    from .errors import UserError
+
+    target = Path(path)
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: creating the folder would fail
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == target else f"is under {str(existing)!r}, which is a file"
+        raise UserError(f"{option} {str(target)!r} {where}, not a folder; pass a folder to write runs in")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".cmkd-write-check-", dir=existing))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{option} {str(target)!r} cannot be written: no folder can be made in {str(existing)!r} "
+                        f"({reason}); pass a folder you can write to") from None
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -92,29 +116,75 @@ def file_stem(text: str) -> str:
     return slug(text.replace(" → ", "2").replace("→", "2")).strip("_")
 
 
-def load_weights(model: Any, path: Path, device: Any, what: str = "teacher checkpoint") -> None:
-    """Load a state_dict file into a FeatureModel; every way it can fail is one line naming `what` and the file.
+def read_state_dict(path: Path, device: Any = "cpu", what: str = "weights file") -> dict[str, Any]:
+    """The tensors of a weights file, by name; every way it can fail is one line naming `what` and the file.
 
-    Takes the harness's own files (keys under `net.`), a bare timm/torchvision model's state_dict,
-    or one wrapped as {"state_dict": ...} or {"model": ...}.
+    Reads a torch state_dict (.pt/.pth; bare, or wrapped as {"state_dict": ...} or {"model": ...})
+    or a .safetensors file (with the safetensors package, which comes with timm). Keys are as stored.
     """
     import torch
 
     from .errors import UserError
 
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{what} {str(path)!r} cannot be read as a weights file ({type(exc).__name__}); "
-                        "pass a torch state_dict .pt") from exc
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {str(path)!r} does not exist; pass the path of a .pt, .pth or .safetensors file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UserError(f"{what} {str(path)!r} is a .safetensors file but the safetensors package is not "
+                            "installed; pip install safetensors, or pass a torch state_dict .pt") from None
+        try:
+            state = load_file(str(path), device=str(device))
+        except Exception as exc:
+            raise UserError(f"{what} {str(path)!r} cannot be read as a safetensors file ({type(exc).__name__})") from exc
+    else:
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise UserError(f"{what} {str(path)!r} cannot be read as a weights file ({type(exc).__name__}); "
+                            "pass a torch state_dict .pt or a .safetensors file") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
         state = state.get("state_dict", state.get("model"))
-    if not isinstance(state, dict):
-        raise UserError(f"{what} {str(path)!r} holds no state_dict")
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{what} {str(path)!r} holds no state_dict (no named tensors)")
+    return {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _first(items: list[str], limit: int = 3) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def mismatch_summary(expected: dict[str, Any], given: dict[str, Any]) -> str | None:
+    """None when `given` has exactly `expected`'s tensor names and shapes; else one line naming the first
+    missing, unexpected and wrongly shaped keys and how many of each."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {list(given[k].shape)} (model {list(expected[k].shape)})" for k in expected
+              if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = [f"{len(found)} {label} ({_first(found)})" for label, found in
+             (("missing", missing), ("unexpected", unexpected), ("with another shape", shapes)) if found]
+    return "; ".join(parts) if parts else None
+
+
+def load_weights(model: Any, path: Path, device: Any, what: str = "teacher checkpoint") -> None:
+    """Load a state_dict file into a FeatureModel, strictly; every way it can fail is one line naming `what` and the file.
+
+    Takes the harness's own files (keys under `net.`), a bare timm/torchvision model's state_dict,
+    or one wrapped as {"state_dict": ...} or {"model": ...}; a mismatch names the first keys that
+    differ and how many (use --teacher-init / --student-init to load what fits and adapt the rest).
+    """
+    from .errors import UserError
+
+    state = read_state_dict(path, device, what)
     if not any(str(k).startswith("net.") for k in state):
         state = {f"net.{k}": v for k, v in state.items()}  # a bare model's state_dict
+    problem = mismatch_summary(model.state_dict(), state)
+    if problem is not None:
+        raise UserError(f"{what} {str(path)!r} does not fit backbone {model.name!r}: {problem}")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{what} {str(path)!r} does not fit backbone {model.name!r}: {first}") from exc
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"{what} {str(path)!r} does not fit backbone {model.name!r}: {text}") from exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -21,7 +22,7 @@ import numpy as np
 
 from .errors import UserError
 from .files import file_stem
-from .leaderboard import NO_KD, significance_mark, summarize
+from .leaderboard import BETTER_MARK, NO_KD, SIGNIFICANCE_NOTE, WORSE_MARK, significance_mark, summarize
 from .records import direction_label, has_setting, metric, record_metric_name, record_setting, settings_of
 
 if TYPE_CHECKING:  # matplotlib itself is imported by `pyplot()`, after choosing the Agg backend
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # matplotlib itself is imported by `pyplot()`, after choosing
     from matplotlib.figure import Figure
 
 FIGURE_FORMATS = ("png", "svg")
+TITLE_WIDTH = 70  # characters per line of a panel title: a long protocol wraps instead of widening the figure
 
 
 def pyplot() -> ModuleType:
@@ -109,8 +111,22 @@ def _bars_figure(dataset: str, panels: list[BarPanel], directory: Path) -> list[
     for axis, panel in zip(axes[:, 0], panels):
         _draw_bars(axis, panel)
     figure.suptitle(f"{dataset}: test metric per method (mean ± std over seeds)")
-    figure.tight_layout()
+    notes = bars_notes(panels)
+    if notes:
+        figure.text(0.01, 0.005, "\n".join(textwrap.fill(note, 110) for note in notes), fontsize=7, va="bottom")
+    note_inches = 0.5 if notes else 0.0  # room below the panels for the note
+    figure.tight_layout(rect=(0, note_inches / figure.get_figheight(), 1, 1))
     return save_figure(figure, directory, f"bars-{file_stem(dataset)}")
+
+
+def bars_notes(panels: Sequence[BarPanel]) -> list[str]:
+    """What the figure's marks mean, when it has any (the same test as the tables')."""
+    marks = {bar.mark for panel in panels for bar in panel.bars if bar.mark}
+    return [SIGNIFICANCE_NOTE] if marks & {BETTER_MARK, WORSE_MARK} else []
+
+
+def panel_title(panel: BarPanel) -> str:
+    return textwrap.fill(panel.title, TITLE_WIDTH)
 
 
 def _draw_bars(axis: Axes, panel: BarPanel) -> None:
@@ -127,13 +143,12 @@ def _draw_bars(axis: Axes, panel: BarPanel) -> None:
             axis.annotate(bar.mark, (position, bar.mean + bar.std), ha="center", va="bottom")
     axis.set_xticks(list(positions), [b.label for b in panel.bars], rotation=35, ha="right", fontsize=8)
     axis.set_ylabel(f"{panel.metric} (%)")
-    axis.set_title(panel.title, fontsize=9)
+    axis.set_title(panel_title(panel), fontsize=9)
     lines = [value for value in (panel.no_kd, panel.teacher) if value is not None]
-    low = min([b.mean - b.std for b in panel.bars] + lines)
     high = max([b.mean + b.std for b in panel.bars] + lines)
-    margin = max(1.0, 0.1 * (high - low))
-    axis.set_ylim(max(0.0, low - margin), high + margin)  # bars start near the data: gaps of a point show
-    axis.legend(fontsize=7, loc="lower right")
+    axis.set_ylim(0.0, high + max(1.0, 0.08 * high))  # bars from zero: a bar's height is its value
+    # beside the axes, never over a bar
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +179,16 @@ def heatmaps(records: Sequence[dict[str, Any]], x_key: str, y_key: str) -> list[
         key = (str(record["method"]), str(record["dataset"]), str(record["teacher_modality"]),
                str(record["student_modality"]))
         groups.setdefault(key, []).append(record)
+    # a heat-map needs at least two values on each axis; a group with one (every run has lr, epochs,
+    # ...) would be a 1 x 1 or 1 x N figure, so it is left out, and nothing left is an error
+    grids = {key: group for key, group in groups.items()
+             if all(len({json.dumps(record_setting(r, k), sort_keys=True, default=str) for r in group}) >= 2
+                    for k in (x_key, y_key))}
+    if not grids:
+        raise UserError(f"the runs are no grid over {x_key!r} and {y_key!r} (no method's runs take two or more values "
+                        f"of both); run one first, e.g. cmkd-bench suite --grid {x_key}=A,B --grid {y_key}=C,D")
     maps = []
-    for (method, dataset, teacher, student), group in sorted(groups.items()):
+    for (method, dataset, teacher, student), group in sorted(grids.items()):
         _check_only_x_and_y_vary(group, x_key, y_key, method)
         title = f"{method} · {dataset} · {direction_label(teacher, student)}"
         maps.append(_heatmap(group, x_key, y_key, title, method))

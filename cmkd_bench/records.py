@@ -14,6 +14,7 @@ Reading records imports neither torch nor rich, so that reporting stays quick to
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -144,7 +145,13 @@ def data_options(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def recipe(record: dict[str, Any]) -> dict[str, Any]:
-    return (record.get("config") or {}).get("recipe") or {}
+    """The run's recipe, with `teacher_epochs` when the run set --teacher-epochs (its teacher had
+    another recipe: another protocol, so tables keep such runs apart and titles name it)."""
+    config = record.get("config") or {}
+    settings = config.get("recipe") or {}
+    if config.get("teacher_epochs") is not None:
+        settings = {**settings, "teacher_epochs": config["teacher_epochs"]}
+    return settings
 
 
 def hparams_changed(record: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +174,62 @@ def tuning_entries(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The record's entries from tuning studies (see cmkd_bench.tuning), oldest first."""
     entries = record.get("tuning") or []
     return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
+
+
+# --- the environment a record was made in (libraries, CPU threads, code revision)
+
+# The libraries whose versions change a run's numbers (seed-noise-sized amounts between releases).
+NUMERIC_LIBRARIES = ("torch", "timm", "segmentation_models_pytorch", "albumentations", "numpy", "scipy")
+_THREADS = re.compile(r"(\d+) threads?\)")
+
+
+def environment_signature(record: dict[str, Any]) -> dict[str, str]:
+    """What, besides its settings, a record's numbers depend on: the NUMERIC_LIBRARIES' versions,
+    `threads` (CPU threads) and `revision` (the code's git revision). Older records, without an
+    `environment`, give what their `versions`, `device` and `git_revision` say; unknown keys are absent."""
+    environment = record.get("environment") or {}
+    versions = {**(record.get("versions") or {}), **(environment.get("libraries") or {})}
+    signature = {name: str(versions[name]) for name in NUMERIC_LIBRARIES if versions.get(name)}
+    threads = environment.get("threads")
+    if threads is None and (found := _THREADS.search(str(record.get("device") or ""))):
+        threads = found.group(1)
+    if threads is not None:
+        signature["threads"] = str(threads)
+    revision = environment.get("git_revision") or record.get("git_revision")
+    if revision:
+        signature["revision"] = str(revision)
+    return signature
+
+
+def environment_outliers(records: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """Among records that belong together (one table), those made under another environment or code
+    revision than most of them: run id -> what differs ("torch 2.15.0, most 2.14.1"). Per key, the
+    majority is the most frequent value (a tie goes to the value of the most recent record)."""
+    records = list(records)
+    signatures = [environment_signature(record) for record in records]
+    majority: dict[str, str] = {}
+    for key in sorted(set().union(*signatures)) if signatures else []:
+        counts: dict[str, tuple[int, datetime]] = {}
+        for record, signature in zip(records, signatures):
+            if key in signature:
+                count, latest = counts.get(signature[key], (0, _OLDEST))
+                counts[signature[key]] = (count + 1, max(latest, created_at(record)))
+        majority[key] = max(counts, key=lambda value: counts[value])
+    outliers: dict[str, list[str]] = {}
+    for record, signature in zip(records, signatures):
+        differs = [f"{key} {_short(signature[key])}, most {_short(majority[key])}"
+                   for key in sorted(signature) if signature[key] != majority[key]]
+        if differs:
+            outliers[str(record["run_id"])] = differs
+    return outliers
+
+
+def _short(value: str) -> str:
+    """A git revision as its first 10 characters (and -dirty); other values as they are."""
+    head, dash, tail = value.partition("-")
+    if len(head) == 40 and all(c in "0123456789abcdef" for c in head):
+        return head[:10] + dash + tail
+    return value
 
 
 # --- settings by key (--where, plot heat-maps)

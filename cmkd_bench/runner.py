@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,11 +28,13 @@ from .config import RunConfig, parse_sets, resolve, split_sets
 from .data import PairedData, Recipe
 from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
 from .errors import RunFailed, UserError
-from .files import atomic_save, load_weights, write_json_atomic
+from .backbones import init_from_weights, init_summary
+from .files import atomic_save, check_writable_dir, load_weights, read_state_dict, write_json_atomic
 from .method import Method
 from .models import FeatureModel
-from .records import RECORD_SCHEMA, find_record, metric_name, write_record
+from .records import NUMERIC_LIBRARIES, RECORD_SCHEMA, find_record, metric_name, write_record
 from .registry import BACKBONES, DATASETS, METHODS
+from .tracking import HISTORY_FILE, ExperimentLogger, HistoryCSV, with_epoch_logging
 
 
 @dataclass
@@ -53,6 +55,9 @@ class RunRequest:
     sets: tuple[str, ...] = ()
     teacher_checkpoint: str | None = None
     teacher_cache: str | None = None  # default: <out>/teachers
+    student_init: str | None = None  # start the student / teacher from this weights file (what fits, by rule)
+    teacher_init: str | None = None
+    teacher_epochs: int | None = None  # the teacher's recipe: the student's with these epochs (default: the same)
     force: bool = False
 
 
@@ -64,6 +69,8 @@ class RunCallbacks:
     on_step: Callable[[int, int], None] | None = None
     on_epoch: Callable[[EpochReport], None] | None = None
     on_message: Callable[[str], None] | None = None
+    # `run --logger`: (run_dir, run_id, config) -> tracking.ExperimentLogger, opened once the run starts
+    logger: Callable[[Path, str, dict[str, Any]], Any] | None = None
 
     def message(self, text: str) -> None:
         if self.on_message is not None:
@@ -79,6 +86,8 @@ class ResolvedRun:
     run_dir: Path
     teacher_dir: Path
     teacher_checkpoint: Path | None
+    student_init: Path | None = None
+    teacher_init: Path | None = None
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -102,6 +111,12 @@ def build_data(name: str, data_root: str | None, options: dict[str, Any]) -> Pai
     return _build_data_cached(name, data_root, json.dumps(options, sort_keys=True), stamp)
 
 
+def reads_data_root(dataset: str) -> bool:
+    """Whether the dataset reads files from --data-root (the embedded and generated ones register
+    reads_data_root=False)."""
+    return bool(DATASETS.get(dataset).meta.get("reads_data_root", True))
+
+
 def resolve_run(request: RunRequest) -> ResolvedRun:
     """Resolve and validate everything; builds the dataset but writes nothing."""
     load_all()
@@ -111,9 +126,24 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     for key in ("epochs", "batch_size", "lr"):
         if getattr(request, key) is not None:
             recipe_sets[key] = getattr(request, key)
+    if request.data_root and not reads_data_root(dataset.name):
+        raise UserError(f"dataset {dataset.name!r} reads no files, so --data-root {request.data_root!r} would be "
+                        "ignored; drop --data-root (or pick a dataset that reads one, see `cmkd-bench list datasets`)")
     teacher_checkpoint = Path(request.teacher_checkpoint) if request.teacher_checkpoint else None
     if teacher_checkpoint is not None and not teacher_checkpoint.is_file():
         raise UserError(f"teacher checkpoint {str(teacher_checkpoint)!r} does not exist; pass the path of a .pt file")
+    inits = {role: Path(value) if value else None
+             for role, value in (("student", request.student_init), ("teacher", request.teacher_init))}
+    for role, path in inits.items():
+        if path is not None and not path.is_file():
+            raise UserError(f"--{role}-init {str(path)!r} does not exist; pass the path of a .pt, .pth or .safetensors file")
+    if teacher_checkpoint is not None and inits["teacher"] is not None:
+        raise UserError("--teacher-checkpoint and --teacher-init both set the teacher's weights; pass one of them")
+    if request.teacher_epochs is not None and teacher_checkpoint is not None:
+        raise UserError("--teacher-epochs has no effect with --teacher-checkpoint (that teacher is not trained); "
+                        "pass one of them")
+    if request.teacher_epochs is not None and request.teacher_epochs < 1:
+        raise UserError(f"--teacher-epochs must be at least 1, got {request.teacher_epochs}")
     device = resolve_device(request.device)
     data = build_data(dataset.name, request.data_root, data_sets)
     config = resolve(
@@ -121,10 +151,15 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
         student_modality=request.student_modality, teacher_modality=request.teacher_modality,
         student_backbone=request.student_backbone, teacher_backbone=request.teacher_backbone,
         seed=request.seed, teacher_checkpoint=teacher_checkpoint,
+        student_init=inits["student"], teacher_init=inits["teacher"], teacher_epochs=request.teacher_epochs,
     )
     out = Path(request.out)
+    check_writable_dir(out, "--out")  # before anything is trained
     teacher_dir = Path(request.teacher_cache) if request.teacher_cache else out / "teachers"
-    return ResolvedRun(config, data, Recipe(**config.recipe), device, out / config.run_id, teacher_dir, teacher_checkpoint)
+    if request.teacher_cache:
+        check_writable_dir(teacher_dir, "--teacher-cache")
+    return ResolvedRun(config, data, Recipe(**config.recipe), device, out / config.run_id, teacher_dir, teacher_checkpoint,
+                       inits["student"], inits["teacher"])
 
 
 def build_model(backbone: str, data: PairedData, modality: str, seed: int, device: torch.device) -> FeatureModel:
@@ -134,6 +169,16 @@ def build_model(backbone: str, data: PairedData, modality: str, seed: int, devic
         raise UserError(f"backbone {backbone!r} does not support {spec.task}; see `cmkd-bench list backbones`")
     torch.manual_seed(seed)
     return entry.factory(spec.modality(modality).shape, spec.num_classes).to(device)
+
+
+def initialise(model: FeatureModel, path: Path | None, sha256: str | None, data: PairedData, modality: str,
+               role: str, device: torch.device) -> dict[str, Any] | None:
+    """Load what fits of the --student-init / --teacher-init file into `model`; the report, or None without one."""
+    if path is None:
+        return None
+    state = read_state_dict(path, device, f"--{role}-init")
+    in_chans = data.spec.modality(modality).shape[0]
+    return init_from_weights(model, state, in_chans, str(path), sha256, what=f"--{role}-init")
 
 
 def build_method(config: RunConfig, student: FeatureModel, teacher: FeatureModel, data: PairedData,
@@ -151,7 +196,9 @@ def build_method(config: RunConfig, student: FeatureModel, teacher: FeatureModel
 # -- teacher -------------------------------------------------------------------------------------
 def teacher_key(config: RunConfig) -> str:
     identity = {"dataset": config.dataset, "options": config.data_options, "modality": config.teacher_modality,
-                "backbone": config.teacher_backbone, "recipe": config.recipe, "seed": config.seed}
+                "backbone": config.teacher_backbone, "recipe": config.teacher_recipe, "seed": config.seed}
+    if config.teacher_init_sha256:  # a teacher started from given weights is another teacher
+        identity["init_sha256"] = config.teacher_init_sha256
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     return f"{config.dataset}-{config.teacher_modality}-{config.teacher_backbone}-s{config.seed}-{digest}".replace("/", "_").replace(":", "_")
 
@@ -178,7 +225,8 @@ def obtain_teacher(prepared: ResolvedRun, teacher: FeatureModel, progress: RunCa
     folder.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(folder / ".lock"):  # parallel runs needing one teacher train it once
         metrics = _cached_or_trained_teacher(prepared, teacher, folder, key, progress)
-    return {**info, "key": key, "checkpoint": str(folder / "teacher.pt"), "metrics": metrics}
+    return {**info, "key": key, "checkpoint": str(folder / "teacher.pt"), "metrics": metrics,
+            "recipe": config.teacher_recipe}
 
 
 @contextmanager
@@ -202,16 +250,18 @@ def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, fol
         progress.message(f"teacher {key}: reused ({cached['metric']} test {cached['metrics']['test']:.2f})")
         return cached["metrics"]
     objective = METHODS.build("no-kd", teacher.info, teacher.info, data.spec).to(device)
+    recipe = Recipe(**config.teacher_recipe)  # the student's, with --teacher-epochs if given
     if progress.on_phase is not None:
-        progress.on_phase(f"teacher {config.teacher_modality}", prepared.recipe.epochs,
-                          data.num_batches("train", prepared.recipe.batch_size, shuffle=True))
+        progress.on_phase(f"teacher {config.teacher_modality}", recipe.epochs,
+                          data.num_batches("train", recipe.batch_size, shuffle=True))
     result = Fit(student=teacher, method=objective, data=data, student_modality=config.teacher_modality,
-                 recipe=prepared.recipe, seed=config.seed, device=device, checkpoint=folder / "train_checkpoint.pt",
-                 on_step=progress.on_step, on_epoch=progress.on_epoch).run()
+                 recipe=recipe, seed=config.seed, device=device, checkpoint=folder / "train_checkpoint.pt",
+                 on_step=progress.on_step, on_epoch=progress.on_epoch,
+                 on_resume=lambda epoch: progress.message(f"teacher resumed from epoch {epoch}")).run()
     metrics = {"val": result.val_best, "test": result.test, "test_last": result.test_last, "best_epoch": result.best_epoch}
     atomic_save(teacher.state_dict(), weights)
     write_json_atomic({"key": key, "modality": config.teacher_modality, "backbone": config.teacher_backbone,
-                       "dataset": config.dataset, "data_options": config.data_options, "recipe": config.recipe,
+                       "dataset": config.dataset, "data_options": config.data_options, "recipe": config.teacher_recipe,
                        "seed": config.seed, "metric": result.metric, "metrics": metrics,
                        "steps_per_s": result.steps_per_s, "created": _now()}, summary)
     (folder / "train_checkpoint.pt").unlink(missing_ok=True)
@@ -232,9 +282,17 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
         return {**done, "skipped": True}
     teacher = build_model(config.teacher_backbone, data, config.teacher_modality, config.seed, device)
     student = build_model(config.student_backbone, data, config.student_modality, config.seed, device)
+    # before anything is written: a file from which nothing fits is a UserError
+    inits = {"teacher": initialise(teacher, prepared.teacher_init, config.teacher_init_sha256, data,
+                                   config.teacher_modality, "teacher", device),
+             "student": initialise(student, prepared.student_init, config.student_init_sha256, data,
+                                   config.student_modality, "student", device)}
+    for role, report in inits.items():
+        if report is not None:
+            progress.message(init_summary(role, report))
     method = build_method(config, student, teacher, data, device)
     with run_lock(prepared.run_dir, config.run_id):
-        return _execute_locked(prepared, teacher, student, method, progress, force)
+        return _execute_locked(prepared, teacher, student, method, progress, force, inits)
 
 
 @contextmanager
@@ -255,15 +313,23 @@ def run_lock(run_dir: Path, run_id: str):
 
 
 def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: FeatureModel, method: Method,
-                    progress: RunCallbacks, force: bool) -> dict[str, Any]:
+                    progress: RunCallbacks, force: bool, inits: dict[str, Any] | None = None) -> dict[str, Any]:
     config, data, device = prepared.config, prepared.data, prepared.device
+    inits = inits or {}
     checkpoint = prepared.run_dir / "checkpoint.pt"
     if force:
         checkpoint.unlink(missing_ok=True)
     began = time.perf_counter()
     record = base_record(prepared)
+    # history.csv (and --logger's) per epoch, teacher and student, as the run goes
+    logger = progress.logger(prepared.run_dir, config.run_id, config.as_dict()) if progress.logger else ExperimentLogger()
+    on_phase, on_epoch = with_epoch_logging(progress.on_phase, progress.on_epoch,
+                                            HistoryCSV(prepared.run_dir / HISTORY_FILE), logger)
+    progress = replace(progress, on_phase=on_phase, on_epoch=on_epoch)
+    record["student_init"] = inits.get("student")  # what --student-init loaded, adapted and skipped
     try:
         record["teacher"] = obtain_teacher(prepared, teacher, progress)
+        record["teacher"]["init"] = inits.get("teacher")
         record["teacher"]["trained_by_method"] = method.trains_teacher
         teacher.eval()
         method.prepare(teacher, data, str(device), teacher_folder(prepared))
@@ -273,10 +339,12 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
         result = Fit(student=student, method=method, data=data, student_modality=config.student_modality,
                      recipe=prepared.recipe, seed=config.seed, device=device, checkpoint=checkpoint,
                      teacher=teacher, teacher_modality=config.teacher_modality,
-                     on_step=progress.on_step, on_epoch=progress.on_epoch).run()
+                     on_step=progress.on_step, on_epoch=progress.on_epoch,
+                     on_resume=lambda epoch: progress.message(f"resumed from epoch {epoch}")).run()
     except RunFailed as exc:
         record.update(status="failed", error=str(exc), wall_time_s=time.perf_counter() - began)
         write_record(record, prepared.run_dir / "result.json")
+        logger.finish(record)
         raise
     record.update(completed_record(result, time.perf_counter() - began))
     # the best-val weights (Fit leaves them loaded), for analyses such as t-SNE of features
@@ -289,6 +357,7 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
             split: evaluate(teacher, data, split, config.teacher_modality, device) for split in ("val", "test")}
     write_record(record, prepared.run_dir / "result.json")
     checkpoint.unlink(missing_ok=True)
+    logger.finish(record)
     return record
 
 
@@ -317,6 +386,7 @@ def base_record(prepared: ResolvedRun) -> dict[str, Any]:
         "device": describe_device(prepared.device),
         "versions": versions(),
         "git_revision": git_revision(),
+        "environment": environment(),
         "created": _now(),
     }
 
@@ -344,10 +414,28 @@ def describe_device(device: torch.device) -> str:
 
 
 def versions() -> dict[str, str]:
-    import timm
+    return {"python": platform.python_version(), **library_versions(), "cmkd_bench": __version__}
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "cmkd_bench": __version__}
+
+def library_versions() -> dict[str, str]:
+    """The installed version of each library that changes a run's numbers (records.NUMERIC_LIBRARIES)."""
+    from importlib import metadata
+
+    found = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            found[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    found["torch"] = torch.__version__
+    return found
+
+
+def environment() -> dict[str, Any]:
+    """What a run's numbers depend on besides its settings (records.environment_signature reads it):
+    the libraries' versions, the CPU threads torch uses, the code revision, the Python and device."""
+    return {"libraries": library_versions(), "threads": torch.get_num_threads(), "git_revision": git_revision(),
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def git_revision() -> str | None:
@@ -362,6 +450,34 @@ def git_revision() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def uncommitted_files(root: Path, ignore: tuple[str, ...] = ()) -> list[str] | None:
+    """The files of the git checkout at `root` that differ from its revision (modified, added,
+    deleted, untracked and not ignored), except those under the `ignore` prefixes (paths relative to
+    the checkout's top); None where `root` is no git checkout."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=root,
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if top.returncode != 0 or status.returncode != 0:
+        return None
+    entries = status.stdout.split("\0")
+    files, index = [], 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if len(entry) < 4:
+            continue
+        if entry[0] in "RC":  # a rename or copy: the source path follows
+            index += 1
+        path = entry[3:]
+        if not any(path == prefix.rstrip("/") or path.startswith(prefix) for prefix in ignore):
+            files.append(path)
+    return sorted(files)
 
 
 def _now() -> str:

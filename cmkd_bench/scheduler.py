@@ -25,7 +25,8 @@ class PlannedRun:
     request: RunRequest
     run_id: str
     label: str
-    state: str  # "done" (completed record), "resume" (checkpoint), "new", "retry" (failed record)
+    state: str  # "done" (completed record), "resume" (checkpoint), "new", "retry" (failed record),
+    # "stale" (completed under another environment than its table's, rerun with --rerun-stale)
 
     @property
     def run_dir(self) -> Path:
@@ -114,7 +115,19 @@ class Scheduler:
         count = f"[{len(self.outcomes)}/{self.total}]"
         state = "completed" if outcome.status == "completed" else "FAILED   "
         resumed = " (resumed)" if outcome.resumed else ""
-        self.echo(f"{count} {state} {outcome.run.run_id}  {outcome.detail}  {outcome.seconds:.1f} s{resumed}")
+        self.echo(f"{count} {state} {outcome.run.run_id}  {outcome.detail}  {outcome.seconds:.1f} s{resumed}"
+                  f"  · {self.progress_text()}")
+
+    def progress_text(self) -> str:
+        """The suite so far: done / running / left, and an ETA from the mean time of the runs done
+        (left and running runs shared among the job slots)."""
+        done, running, left = len(self.outcomes), len(self.running), len(self.pending)
+        text = f"{done} done, {running} running, {left} left"
+        if done and (running or left):
+            mean = sum(outcome.seconds for outcome in self.outcomes) / done
+            eta = mean * (left + running / 2) / max(1, len(self.slots))
+            text += f", ETA {_duration(eta)}"
+        return text
 
     def _stop_all(self) -> None:
         for job in self.running:
@@ -125,6 +138,12 @@ class Scheduler:
             except subprocess.TimeoutExpired:
                 job.process.kill()
             job.log.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def _outcome(job: _Running) -> Outcome:

@@ -9,8 +9,10 @@ so that a crash or a kill takes down one run, not the suite; runs that need one 
 once, the others waiting on the runner's teacher lock (cmkd_bench.scheduler runs them). The
 command line of each run comes from the caller: the CLI builds it from `run`'s own options.
 
-Suite file (YAML; every key optional except methods and datasets, relative paths are relative to
-the directory the command runs from):
+Suite file (YAML; every key optional except methods and datasets). A relative `out:` is relative
+to the suite file's folder (so `out: ../runs` in leaderboard/suites/ is leaderboard/runs wherever
+the command runs from); the other relative paths (data_root, teacher_cache, plugins) and `--out`
+on the command line are relative to the directory the command runs from:
 
     datasets: [synth-av]          # names, or {name: NAME, sets: {KEY: VALUE}, data_root: PATH}
     methods: all                  # every method for the dataset's task, or a list of names,
@@ -19,8 +21,9 @@ the directory the command runs from):
     seeds: [0, 1, 2]
     sets: {epochs: 12}            # settings for every run, as with `run --set`
     grid: {T: [2, 4]}             # every combination of these values is a run of its own
-    out: runs                     # runs go to OUT/<run_id>/
-    epochs: / batch_size: / lr: / student: / teacher: / device: / teacher_cache: / data_root: / plugins: [...]
+    out: runs                     # runs go to OUT/<run_id>/ (relative to this file's folder;
+                                  # without out:, ./runs)
+    epochs: / teacher_epochs: / batch_size: / lr: / student: / teacher: / device: / teacher_cache: / data_root: / plugins: [...]
     tune: {budget: 8}             # also tune every method with a search space (see cmkd_bench.tuning):
                                   # true, or {budget: N, sample_seed: S, spaces: {METHOD: {KEY: [VALUES]}}}
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +44,10 @@ from .catalog import load_all
 from .data import DatasetSpec
 from .engine import resolve_device
 from .errors import UserError
+from .files import check_writable_dir
 from .records import direction_label, find_record
 from .registry import METHODS
-from .runner import ResolvedRun, RunRequest, existing_record, resolve_run
+from .runner import ResolvedRun, RunRequest, existing_record, reads_data_root, resolve_run
 from .scheduler import CommandBuilder, Outcome, PlannedRun, Scheduler, print_now
 
 if TYPE_CHECKING:  # tuning builds on this module (imports it at its top); its functions are imported where used
@@ -50,8 +55,8 @@ if TYPE_CHECKING:  # tuning builds on this module (imports it at its top); its f
 
 DEFAULT_SEEDS = (0, 1, 2)  # the protocol: mean ± std over 3 seeds, both directions
 DEFAULT_DIRECTIONS = "both"
-SUITE_KEYS = ("datasets", "methods", "directions", "seeds", "sets", "grid", "out", "epochs", "batch_size", "lr",
-              "student", "teacher", "device", "teacher_cache", "data_root", "plugins", "tune")
+SUITE_KEYS = ("datasets", "methods", "directions", "seeds", "sets", "grid", "out", "epochs", "teacher_epochs",
+              "batch_size", "lr", "student", "teacher", "device", "teacher_cache", "data_root", "plugins", "tune")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +87,7 @@ class Suite:
     grid: tuple[tuple[str, tuple[str, ...]], ...] = ()
     out: str = "runs"
     epochs: int | None = None
+    teacher_epochs: int | None = None  # run --teacher-epochs for every run
     batch_size: int | None = None
     lr: float | None = None
     student: str | None = None
@@ -110,7 +116,10 @@ def load_suite(path: str | Path) -> Suite:
         raise UserError(f"suite file {str(path)!r} is not valid YAML{line}; fix its syntax") from None
     if not isinstance(raw, dict):
         raise UserError(f"suite file {str(path)!r} must be a mapping of keys ({', '.join(SUITE_KEYS)})")
-    return suite_from_mapping(raw, where=str(path))
+    suite = suite_from_mapping(raw, where=str(path))
+    if "out" in raw and not Path(suite.out).is_absolute():  # relative to the file, not to where it runs
+        suite.out = os.path.normpath(path.parent / suite.out)
+    return suite
 
 
 def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
@@ -128,7 +137,8 @@ def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
         sets=_sets(raw.get("sets") or {}, "sets", where),
         grid=_grid(raw.get("grid") or {}, where),
         out=str(raw.get("out", "runs")),
-        epochs=_optional(raw, "epochs", int, where), batch_size=_optional(raw, "batch_size", int, where),
+        epochs=_optional(raw, "epochs", int, where), teacher_epochs=_optional(raw, "teacher_epochs", int, where),
+        batch_size=_optional(raw, "batch_size", int, where),
         lr=_optional(raw, "lr", float, where),
         student=_optional(raw, "student", str, where), teacher=_optional(raw, "teacher", str, where),
         device=str(raw.get("device", "auto")),
@@ -313,8 +323,10 @@ def _request(suite: Suite, dataset: DatasetEntry, method: MethodEntry, seed: int
     return RunRequest(
         method=method.name, dataset=dataset.name, student_modality=student_modality,
         teacher_modality=teacher_modality, student_backbone=suite.student, teacher_backbone=suite.teacher,
-        epochs=suite.epochs, batch_size=suite.batch_size, lr=suite.lr, seed=seed, device=suite.device,
-        data_root=dataset.data_root or suite.data_root, out=suite.out,
+        epochs=suite.epochs, teacher_epochs=suite.teacher_epochs, batch_size=suite.batch_size, lr=suite.lr, seed=seed,
+        device=suite.device,
+        # a suite-wide data_root is for the datasets that read one (not synth-av, synth-rgbd, mfh-gauss)
+        data_root=dataset.data_root or (suite.data_root if reads_data_root(dataset.name) else None), out=suite.out,
         sets=(*dataset.sets, *suite.sets, *method.sets, *point), teacher_cache=suite.teacher_cache,
     )
 
@@ -355,8 +367,27 @@ def _planned(request: RunRequest) -> PlannedRun:
 # Summaries
 
 
+def mark_stale(planned: list[PlannedRun]) -> int:
+    """`--rerun-stale`: completed runs whose records were made under another environment (library
+    versions, CPU threads) or code revision than most of their table's are run again (state
+    "stale", with force: same run id, the record replaced). Returns how many."""
+    from dataclasses import replace
+
+    from .leaderboard.summary import stale_runs  # the leaderboard's own rule, so both mark the same runs
+
+    done = {run.run_id: run for run in planned if run.state == "done"}
+    records = [record for run in done.values() if (record := find_record(run.run_dir / "result.json")) is not None]
+    stale = stale_runs(records)
+    for run_id, differs in stale.items():
+        run = done[run_id]
+        run.state, run.request = "stale", replace(run.request, force=True)
+        run.label += f" [{'; '.join(differs)}]"
+    return len(stale)
+
+
 def plan_text(planned: list[PlannedRun]) -> str:
-    states = {"done": "skip (completed)", "resume": "resume", "new": "run", "retry": "run (failed before)"}
+    states = {"done": "skip (completed)", "resume": "resume", "new": "run", "retry": "run (failed before)",
+              "stale": "rerun (stale)"}
     lines = [f"{states[run.state]:<20} {run.run_id}  {run.label}" for run in planned]
     return "\n".join(lines + [counts_line(planned)])
 
@@ -381,9 +412,12 @@ def summary_text(planned: list[PlannedRun], outcomes: list[Outcome], seconds: fl
 
 
 def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, command: CommandBuilder,
-              echo: Callable[[str], None] = print_now) -> int:
-    """Expand, then run what is left; returns the exit code (0 none failed, 1 some failed)."""
+              echo: Callable[[str], None] = print_now, rerun_stale: bool = False) -> int:
+    """Expand, then run what is left; returns the exit code (0 none failed, 1 some failed).
+    `rerun_stale`: also rerun completed runs made under another environment than their table's (mark_stale)."""
     planned = expand(suite)
+    if rerun_stale:
+        mark_stale(planned)
     studies = []
     if suite.tune is not None:
         from .tuning import plan_studies  # (tuning imports this module)
@@ -442,11 +476,13 @@ def suite_with_flags(suite_file: str | None, flags: dict[str, Any]) -> Suite:
     suite.sets = (*suite.sets, *flags["sets"])
     suite.grid = merge_grid(suite.grid, [parse_grid_flag(text) for text in flags["grid"]])
     suite.plugins = (*suite.plugins, *flags["plugins"])
-    for key in ("out", "epochs", "batch_size", "lr", "student", "teacher", "teacher_cache", "data_root"):
-        if flags[key] is not None:
+    for key in ("out", "epochs", "teacher_epochs", "batch_size", "lr", "student", "teacher", "teacher_cache",
+                "data_root"):
+        if flags.get(key) is not None:
             setattr(suite, key, flags[key])
     if not suite.datasets or not suite.methods:
         raise UserError("the suite names no dataset or no method; list them in the file or with --datasets/--methods")
+    check_writable_dir(suite.out, "--out" if flags["out"] is not None else "the suite's out:")
     return suite
 
 

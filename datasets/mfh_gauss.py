@@ -21,7 +21,7 @@ from cmkd_bench.registry import DATASETS
 LATENT, STUDENT_DIMS, TEACHER_DIMS, CARRIED = 20, 50, 25, 10
 
 
-@DATASETS.register("mfh-gauss", tasks=("classification",),
+@DATASETS.register("mfh-gauss", reads_data_root=False, tasks=("classification",),
                    description="MFH synthetic Gaussian setting: decisive latent shared by `overlap` dims across modalities")
 def mfh_gauss(data_root: Path | None, overlap: int = 5, train: int = 200, val: int = 500, test: int = 1000,
               data_seed: int = 0) -> TensorPairs:

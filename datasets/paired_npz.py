@@ -29,6 +29,9 @@ def _load(path: Path, what: str) -> dict[str, np.ndarray]:
         raise UserError(f"{what}: file {str(path)!r} does not exist; pass --data-root FILE.npz")
     if path.is_dir():
         raise UserError(f"{what}: {str(path)!r} is a folder; pass --data-root FILE.npz")
+    if not zipfile.is_zipfile(path):  # np.load would blame pickles (allow_pickle) for any other file
+        raise UserError(f"{what}: {str(path)!r} is not an .npz file (an .npz is a zip archive of arrays); "
+                        "write one with numpy.savez(PATH, label=..., MODALITY=...)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}

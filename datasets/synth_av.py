@@ -71,7 +71,7 @@ def _render(codes: Tensor, basis: Tensor) -> Tensor:
     return torch.einsum("nk,kchw->nchw", codes, basis) / math.sqrt(basis.shape[0])
 
 
-@DATASETS.register("synth-av", aliases=("synth",), tasks=("classification",),
+@DATASETS.register("synth-av", reads_data_root=False, aliases=("synth",), tasks=("classification",),
                    description="embedded paired visual images and audio spectrograms with shared and modality-specific class evidence")
 def synth_av(data_root: Path | None, classes: int = 8, codes: int = 8, shared: float = 0.5, noise: float = 1.6,
              image_size: int = 24, train: int = 2000, val: int = 500, test: int = 1000, data_seed: int = 0) -> TensorPairs:

@@ -114,7 +114,7 @@ def _scenes(g: torch.Generator, n: int, size: int, max_objects: int) -> dict[str
     return {"rgb": rgb, "depth": depth.unsqueeze(1), "label": label}
 
 
-@DATASETS.register("synth-rgbd", aliases=("rgbd",), tasks=("segmentation",),
+@DATASETS.register("synth-rgbd", reads_data_root=False, aliases=("rgbd",), tasks=("segmentation",),
                    description="embedded RGB-D scenes for segmentation; each modality leaves other classes ambiguous")
 def synth_rgbd(data_root: Path | None, image_size: int = 48, objects: int = 6, train: int = 400, val: int = 100,
                test: int = 200, data_seed: int = 0, augment: bool = False) -> PairedData:

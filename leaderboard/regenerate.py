@@ -1,7 +1,8 @@
 """Regenerate the committed leaderboard from real runs of the suite.
 
     python leaderboard/regenerate.py [--datasets synth-av,synth-rgbd] [--methods kd,fd,...] [--seeds 0,1,2]
-                                     [--budget 8 | --no-tune] [--jobs 2] [--tables-only]
+                                     [--budget 8 | --no-tune] [--jobs 2] [--tables-only] [--allow-dirty]
+                                     [--rerun-stale]
 
 Runs, through `cmkd-bench suite`, every method that supports each dataset's task (or the given ones)
 in both directions over the seeds with the dataset's default recipe, then tunes every method that
@@ -10,6 +11,11 @@ the selection on every seed), into leaderboard/runs/ (records are committed; che
 Then writes LEADERBOARD.md (default and tuned overviews, the published numbers, per-table details),
 leaderboard.csv and leaderboard.html from those records. Finished runs are not repeated, so an
 interrupted regeneration resumes.
+
+Records name the code revision they were made with, so runs are refused (one line naming the
+files, exit 2) from a checkout with uncommitted changes other than this script's own outputs
+(leaderboard/runs/, the tables, README.md), unless --allow-dirty. --rerun-stale reruns the records
+made under another environment or code revision than most of their table (the leaderboard marks them).
 """
 
 from __future__ import annotations
@@ -20,9 +26,23 @@ from pathlib import Path
 
 from cmkd_bench.cli.suite import run_command_line
 from cmkd_bench.leaderboard import load_published, load_records, render, render_published
+from cmkd_bench.runner import uncommitted_files
 from cmkd_bench.suite import run_suite, suite_from_mapping
 
 HERE = Path(__file__).resolve().parent
+# what a regeneration itself writes: changes there do not make the tree dirty
+OUTPUTS = ("leaderboard/runs/", "leaderboard/LEADERBOARD.md", "leaderboard/leaderboard.csv",
+           "leaderboard/leaderboard.html", "README.md")
+
+
+def dirty_tree_error(root: Path = HERE.parent) -> str | None:
+    """The one-line refusal for a checkout with uncommitted changes (besides OUTPUTS), or None."""
+    files = uncommitted_files(root, OUTPUTS)
+    if not files:
+        return None
+    shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+    return (f"regenerate.py: the tree has uncommitted changes ({shown}); the records would not name the code they "
+            f"were made with: commit or stash them, or pass --allow-dirty")
 
 
 def show_in_readme(table: str) -> None:
@@ -70,7 +90,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(HERE / "runs"))
     parser.add_argument("--tables-only", action="store_true", help="rewrite the tables from the records; run nothing")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="run even with uncommitted changes in the tree (the records say -dirty)")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="rerun records made under another environment or code revision than most of their table")
     args = parser.parse_args()
+    if not args.tables_only and not args.allow_dirty and (error := dirty_tree_error()):
+        print(error, file=sys.stderr)
+        sys.exit(2)
     if not args.tables_only:
         suite = suite_from_mapping({
             "datasets": args.datasets.split(","),
@@ -78,7 +105,8 @@ def main() -> None:
             "directions": "both", "seeds": [int(s) for s in args.seeds.split(",")], "out": args.out,
             "device": args.device, "tune": False if args.no_tune else {"budget": args.budget},
         }, where="regenerate.py")
-        code = run_suite(suite, args.jobs, [args.device], dry_run=False, command=run_command_line)
+        code = run_suite(suite, args.jobs, [args.device], dry_run=False, command=run_command_line,
+                         rerun_stale=args.rerun_stale)
         if code:
             print("some runs failed; the tables below leave them out (see the failed-runs list)", file=sys.stderr)
     write_tables(Path(args.out))

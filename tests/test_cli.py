@@ -59,7 +59,35 @@ def test_both_entry_points_exist():
 def test_list_shows_hparams_and_aliases():
     result = cli("list", "methods")
     assert result.returncode == 0
-    assert "fd-cmkd" in result.stdout and "alpha=0.5" in result.stdout.replace("\n", "")
+    assert "fd-cmkd" in result.stdout  # aliases in the one-line listing
+    detail = cli("list", "methods", "kd")  # hyper-parameters and search space in the full entry
+    assert detail.returncode == 0
+    assert "alpha=0.5" in detail.stdout.replace("\n", "")
+
+
+def test_list_is_one_line_per_entry_and_never_splits_words(tmp_path):
+    from cmkd_bench.catalog import BACKBONES, DATASETS, METHODS, load_all
+
+    load_all()
+    result = cli("list", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert len(lines) < len(list(METHODS)) + len(list(DATASETS)) + 30
+    text = " ".join(entry.description for entry in [*METHODS, *DATASETS, *BACKBONES])
+    words = {word.strip(",;:()") for word in text.split()}
+    for line in lines:  # every shortened description ends on a whole word and '…'
+        if line.endswith("…"):
+            assert line[:-1].split()[-1].strip(",;:()") in words, line
+    detail = cli("list", "datasets", "synth-av", env={"COLUMNS": "80"})
+    assert detail.returncode == 0, detail.stderr
+    for fragment in ("modalities", "visual: 3x24x24, small-cnn", "default direction: visual (teacher) → audio",
+                     "recipe: epochs=12", "recipe from: chosen for synth-av", "files: none"):
+        assert fragment in detail.stdout, (fragment, detail.stdout)
+    assert all(len(line) <= 80 for line in detail.stdout.splitlines())
+    method = cli("list", "methods", "fd", env={"COLUMNS": "80"})
+    assert "reference: Liu et al." in method.stdout and "search space (cmkd-bench tune):" in method.stdout
+    assert_one_line_error(cli("list", "methods", "kdd"), "unknown method 'kdd'")
 
 
 @pytest.mark.parametrize("args, fragments", [

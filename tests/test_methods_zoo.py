@@ -532,7 +532,9 @@ def test_list_methods_shows_every_name_and_reference():
             continue  # a plug-in another test registered in this process
         assert entry.name in result.output
         if getattr(method_class(entry), "uses_teacher", True):  # every distillation method cites its paper
-            assert entry.reference and entry.reference in result.output
+            detail = CliRunner().invoke(cli, ["list", "methods", entry.name], env={"COLUMNS": "4000"})
+            assert detail.exit_code == 0, detail.output
+            assert entry.reference and entry.reference in detail.output
 
 
 # -- every method, one step, every classification dataset ------------------------------------------

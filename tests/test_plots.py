@@ -80,3 +80,25 @@ def test_plot_command_writes_the_files(tmp_path: Path, capsys) -> None:
               "--output-dir", str(tmp_path / "plots")])
     assert stopped.value.code == 0, capsys.readouterr().err
     assert len(list((tmp_path / "plots").glob("heatmap-*.png"))) == 1
+
+
+def test_bars_start_at_zero_keep_the_legend_off_the_bars_wrap_titles_and_explain_marks(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from cmkd_bench.plots import TITLE_WIDTH, _draw_bars, bars_notes, panel_title
+
+    panels = bar_panels(main_fixture_records())
+    panel = next(p for p in panels if any(bar.mark for bar in p.bars))
+    figure, axis = plt.subplots()
+    _draw_bars(axis, panel)
+    assert axis.get_ylim()[0] == 0.0
+    figure.canvas.draw()
+    legend = axis.get_legend().get_window_extent()
+    assert legend.x0 >= axis.get_window_extent().x1  # beside the axes, so it covers no bar
+    long = panel.__class__(**{**panel.__dict__, "title": "x " * 200})
+    assert all(len(line) <= TITLE_WIDTH for line in panel_title(long).splitlines())
+    assert any("significantly better / worse than no-kd" in note for note in bars_notes(panels))
+    plt.close(figure)

@@ -174,6 +174,8 @@ def test_a_suite_run_gets_every_field_of_its_request_through_runs_own_options() 
     assert command[:4] == [sys.executable, "-m", "cmkd_bench", "run"]
     parsed = run_command.make_context("run", command[4:]).params  # what the subprocess's `run` receives
     assert parsed.pop("quiet") is True and parsed.pop("plugins") == ("plugins/a.py", "plugins/b.py")
+    assert parsed.pop("logger") is None  # suite runs log to run.log and history.csv
+    assert parsed.pop("dry_run") is False  # a suite's run trains (suite --dry-run lists, runs nothing)
     assert RunRequest(**parsed) == replace(request, device="cuda:7")  # the job slot's device, all else as asked
     plain = run_command_line(RunRequest(method="kd", dataset="synth-av", sets=("T=2",)), "cpu", [])
     assert plain[4:] == ["--method", "kd", "--dataset", "synth-av", "--seed", "0", "--device", "cpu",

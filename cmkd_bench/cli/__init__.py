@@ -28,6 +28,8 @@ from .suite import suite_command, tune_command
 
 __all__ = ["cli", "main"]
 
+INTERRUPTED = "interrupted; run the same command again to resume from the last finished epoch"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cmkd-bench")
@@ -43,7 +45,9 @@ for _command in (list_command, run_command, leaderboard_command, suite_command, 
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="cmkd-bench", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except click.ClickException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `cmkd-bench`: the help, as with git
@@ -58,6 +62,6 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"run failed: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        click.echo("interrupted; run the same command again to resume from the last finished epoch", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     sys.exit(0)

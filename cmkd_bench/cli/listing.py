@@ -1,49 +1,166 @@
-"""`cmkd-bench list`: the registered methods, datasets and backbones with their hyper-parameters."""
+"""`cmkd-bench list`: the registered methods, datasets and backbones, one line each; `list KIND NAME`
+for one entry in full (hyper-parameters, reference, search space; a dataset's modalities, default
+direction, backbones and recipe, and where the recipe comes from).
+
+Plain lines, wrapped at word boundaries to the terminal's width (COLUMNS), never mid-word.
+"""
 
 from __future__ import annotations
 
+import shutil
+import textwrap
+from pathlib import Path
 import click
-from rich.console import Console
-from rich.table import Table
 
 from ..catalog import BACKBONES, DATASETS, METHODS, load_all
-from ..registry import Registry
+from ..registry import Entry, Registry
+from ..runner import reads_data_root
 from ..tuning import declared_space
 from .options import plugin_option
 
+REGISTRIES: dict[str, Registry] = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES}
+TASKS = {"classification": "cls", "segmentation": "seg"}
+OPEN_BACKBONES = ("Also any timm model by name (e.g. resnet18, convnext_atto), pretrained=False, in_chans from the "
+                  "modality; for segmentation any segmentation-models-pytorch model as ARCH:ENCODER (e.g. "
+                  "deeplabv3plus:resnet18, unet:tu-convnext_atto), encoder_weights=None, in_channels from the modality.")
+SMALL_SPLITS = {"train": 8, "val": 4, "test": 4}  # enough to read a dataset's spec without building all of it
 
-def _format_value(value: object) -> str:
+
+def _width() -> int:
+    return max(40, shutil.get_terminal_size((100, 24)).columns)
+
+
+def _value(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _registry_table(registry: Registry, title: str) -> Table:
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for column in ("name", "aliases", "tasks", "description", "hyper-parameters (defaults)"):
-        table.add_column(column, overflow="fold")
-    for entry in registry:
-        described = entry.description + (f"\n[dim]{entry.reference}[/dim]" if entry.reference else "")
-        hparams = ", ".join(f"{k}={_format_value(v)}" for k, v in entry.hparams.items())
-        space = declared_space(entry) if registry is METHODS else {}
-        if space:
-            hparams += "\n[dim]tuned over " + "; ".join(
-                f"{k}={','.join(map(_format_value, values))}" for k, values in space.items()) + "[/dim]"
-        table.add_row(entry.name, ", ".join(entry.aliases), ", ".join(entry.tasks), described, hparams)
-    return table
+def _wrapped(label: str, text: str, width: int, indent: int = 2) -> list[str]:
+    """`label: text`, wrapped at word boundaries with the continuation lines indented under the text."""
+    first = " " * indent + (f"{label}: " if label else "")
+    return textwrap.wrap(text, width=width, initial_indent=first, subsequent_indent=" " * (indent + 4),
+                         break_long_words=False, break_on_hyphens=False) or [first.rstrip()]
+
+
+def _shortened(text: str, room: int) -> str:
+    """The first `room` characters of `text`, cut at a word boundary and marked with '…'."""
+    if len(text) <= room:
+        return text
+    cut = text[:max(1, room - 1)].rsplit(" ", 1)[0].rstrip(" ,;:(")
+    return cut + "…"
+
+
+def compact_lines(kind: str, registry: Registry, width: int) -> list[str]:
+    """One line per entry: name (aliases), tasks, the description shortened to fit `width`."""
+    entries = list(registry)
+    names = [entry.name + (f" ({', '.join(entry.aliases)})" if entry.aliases else "") for entry in entries]
+    tasks = ["+".join(TASKS.get(task, task) for task in entry.tasks) for entry in entries]
+    name_width = min(max(map(len, names), default=4), max(16, width // 3))
+    task_width = max(map(len, tasks), default=3)
+    lines = _wrapped("", f"{kind} ({len(entries)}; cls classification, seg segmentation) · in full: "
+                         f"cmkd-bench list {kind} NAME", width, indent=0)
+    for entry, name, task in zip(entries, names, tasks):
+        head = f"  {name:<{name_width}}  {task:<{task_width}}  "
+        if len(name) > name_width:  # a long name with aliases: its own line, the rest below
+            lines.append(f"  {name}")
+            head = f"  {'':<{name_width}}  {task:<{task_width}}  "
+        lines.append(head + _shortened(entry.description, max(10, width - len(head))))
+    return lines
+
+
+def method_detail(entry: Entry, width: int) -> list[str]:
+    lines = [entry.name + (f"  (aliases: {', '.join(entry.aliases)})" if entry.aliases else "")]
+    lines += _wrapped("tasks", ", ".join(entry.tasks), width)
+    if entry.meta.get("preset_of"):
+        lines += _wrapped("preset of", str(entry.meta["preset_of"]), width)
+    lines += _wrapped("description", entry.description, width)
+    if entry.reference:
+        lines += _wrapped("reference", entry.reference, width)
+    lines += _hparam_lines("hyper-parameters (defaults; --set KEY=VALUE)", entry, width)
+    space = declared_space(entry)
+    if space:
+        lines.append("  search space (cmkd-bench tune):")
+        for key, values in space.items():
+            lines += _wrapped("", f"{key}={','.join(map(_value, values))}", width, indent=4)
+    else:
+        lines += _wrapped("search space", "none declared (cmkd-bench tune skips it)", width)
+    return lines
+
+
+def _hparam_lines(title: str, entry: Entry, width: int) -> list[str]:
+    if not entry.hparams:
+        return _wrapped(title.split(" (")[0], "none", width)
+    lines = [f"  {title}:"]
+    for key, value in entry.hparams.items():
+        lines += _wrapped("", f"{key}={_value(value)}", width, indent=4)
+    return lines
+
+
+def dataset_detail(entry: Entry, width: int, data_root: str | None) -> list[str]:
+    lines = [entry.name + (f"  (aliases: {', '.join(entry.aliases)})" if entry.aliases else "")]
+    lines += _wrapped("tasks", ", ".join(entry.tasks), width)
+    lines += _wrapped("description", entry.description, width)
+    if entry.reference:
+        lines += _wrapped("reference", entry.reference, width)
+    reads = reads_data_root(entry.name)
+    files = ("--data-root PATH" + (f" (prepare it: cmkd-bench prepare {entry.name} --src RAW --dst DATA_ROOT)"
+                                   if entry.meta.get("prepare") else "")) if reads else "none (embedded or generated)"
+    lines += _wrapped("files", files, width)
+    lines += _hparam_lines("options (defaults; --set KEY=VALUE)", entry, width)
+    if reads and data_root is None:
+        lines += _wrapped("modalities, direction, backbones, recipe",
+                          f"read from the files: cmkd-bench list datasets {entry.name} --data-root PATH", width)
+        return lines
+    small = {key: size for key, size in SMALL_SPLITS.items() if key in entry.hparams}
+    spec = DATASETS.build(entry.name, Path(data_root) if data_root else None, **small).spec
+    lines.append("  modalities (default backbone):")
+    for name, modality in spec.modalities.items():
+        shape = "x".join(map(str, modality.shape))
+        lines += _wrapped(name, f"{shape}, {modality.backbone}" + (f"; {modality.description}"
+                                                                     if modality.description else ""), width, indent=4)
+    lines += _wrapped("default direction", f"{spec.teacher_modality} (teacher) → {spec.student_modality} (student); "
+                      "--teacher-modality / --student-modality change it", width)
+    lines += _wrapped("classes", str(spec.num_classes), width)
+    recipe = ", ".join(f"{key}={_value(value)}" for key, value in spec.recipe.as_dict().items())
+    lines += _wrapped("recipe", recipe, width)
+    if spec.recipe_source:
+        lines += _wrapped("recipe from", spec.recipe_source, width)
+    return lines
+
+
+def backbone_detail(entry: Entry, width: int) -> list[str]:
+    lines = [entry.name + (f"  (aliases: {', '.join(entry.aliases)})" if entry.aliases else "")]
+    lines += _wrapped("tasks", ", ".join(entry.tasks), width)
+    lines += _wrapped("description", entry.description, width)
+    return lines + _hparam_lines("options (defaults)", entry, width)
 
 
 @click.command("list")
-@click.argument("kind", required=False, type=click.Choice(["methods", "datasets", "backbones"]))
+@click.argument("kind", required=False, type=click.Choice(list(REGISTRIES)))
+@click.argument("name", required=False)
+@click.option("--data-root", type=click.Path(), help="With `list datasets NAME`: read a dataset's modalities and "
+                                                      "recipe from these files.")
 @plugin_option
-def list_command(kind: str | None, plugins: tuple[str, ...]) -> None:
-    """List registered methods, datasets and backbones with their hyper-parameters."""
+def list_command(kind: str | None, name: str | None, data_root: str | None, plugins: tuple[str, ...]) -> None:
+    """List methods, datasets and backbones, one line each; KIND NAME shows one in full."""
     load_all(plugins)
-    console = Console()
-    registries = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES}
-    for name, registry in registries.items():
-        if kind in (None, name):
-            console.print(_registry_table(registry, name))
-            if name == "backbones":
-                console.print("[dim]Also any timm model by name (e.g. resnet18, convnext_atto), pretrained=False, "
-                              "in_chans from the modality. Segmentation: any segmentation-models-pytorch model as "
-                              "ARCH:ENCODER (e.g. deeplabv3plus:resnet18, unet:tu-convnext_atto), encoder_weights=None, "
-                              "in_channels from the modality.[/dim]")
+    width = _width()
+    if name is not None:
+        if kind is None:  # click fills KIND first, so this cannot happen; kept for clarity
+            raise click.UsageError("give the kind before the name, e.g. `cmkd-bench list methods kd`")
+        entry = REGISTRIES[kind].get(name)  # an unknown name: one line with suggestions
+        if kind == "methods":
+            lines = method_detail(entry, width)
+        elif kind == "datasets":
+            lines = dataset_detail(entry, width, data_root)
+        else:
+            lines = backbone_detail(entry, width)
+        click.echo("\n".join(lines))
+        return
+    blocks = []
+    for registry_kind, registry in REGISTRIES.items():
+        if kind in (None, registry_kind):
+            lines = compact_lines(registry_kind, registry, width)
+            if registry_kind == "backbones":
+                lines += _wrapped("", OPEN_BACKBONES, width)
+            blocks.append("\n".join(lines))
+    click.echo("\n\n".join(blocks))

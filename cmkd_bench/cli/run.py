@@ -12,37 +12,57 @@ from typing import Any, Sequence
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
 
 from ..catalog import load_all
 from ..engine import EpochReport
 from ..runner import RunCallbacks, RunRequest, execute, resolve_run
+from ..tracking import LOGGERS, logger_factory
 from .options import plugin_option
 
 # `run` options that are no field of RunRequest: they change what is printed and what is registered,
 # never the run itself (its run id, its record).
-RUN_ONLY_OPTIONS = ("quiet", "plugins")
+RUN_ONLY_OPTIONS = ("quiet", "plugins", "logger", "dry_run")
+
+
+class RateColumn(ProgressColumn):
+    """Steps per second of the epoch under way."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} steps/s" if task.speed else "- steps/s")
+
+
+def duration_text(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 class RichProgress:
-    """Per-epoch progress bars, one printed line per epoch with the mean of each loss term."""
+    """Per-epoch progress bars (steps/s, the epoch's ETA) on a terminal, one printed line per epoch
+    with the mean of each loss term, steps/s and the phase's ETA. `quiet`: no bars and no epoch lines
+    on a terminal; where stdout is a pipe or a file (a suite's run.log) the epoch lines are printed."""
 
     def __init__(self, console: Console, quiet: bool) -> None:
         self.console, self.quiet = console, quiet
         self.bar: Progress | None = None
         self.task: TaskID | None = None
         self.label = ""
+        self.seconds: list[float] = []
 
     def phase(self, label: str, epochs: int, steps: int) -> None:
-        self.label, self.steps = label, steps
+        self.label, self.steps, self.seconds = label, steps, []
         self.console.print(f"[bold]{label}[/bold]: {epochs} epochs x {steps} steps")
 
     def step(self, step: int, steps: int) -> None:
         if self.quiet or not self.console.is_terminal:
             return
         if self.bar is None:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=self.console, transient=True)
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=self.console, transient=True)
             self.bar.start()
             self.task = self.bar.add_task(self.label, total=steps)
         self.bar.update(self.task, completed=step)
@@ -51,11 +71,10 @@ class RichProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
-        if self.quiet:
+        self.seconds.append(report.seconds)
+        if self.quiet and self.console.is_terminal:
             return
-        losses = "  ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
-        self.console.print(f"  epoch {report.epoch:>3}/{report.epochs}  {losses}  val {report.val:.2f} "
-                           f"(best {report.best_val:.2f})  lr {report.lr:.3g}")
+        self.console.print(epoch_line(report, self.seconds), soft_wrap=True)
 
     def message(self, text: str) -> None:
         self.console.print(text)
@@ -65,6 +84,20 @@ class RichProgress:
             self.bar.stop()
 
 
+def epoch_line(report: EpochReport, seconds: Sequence[float] = ()) -> str:
+    """One epoch: each loss term's mean, val (best), lr, steps/s, and the phase's ETA from the mean
+    seconds of its epochs so far (training only; evaluation adds a little)."""
+    losses = "  ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
+    line = (f"  epoch {report.epoch:>3}/{report.epochs}  {losses}  val {report.val:.2f} "
+            f"(best {report.best_val:.2f})  lr {report.lr:.3g}")
+    if report.seconds > 0:
+        line += f"  {report.steps / report.seconds:.1f} steps/s"
+    done = [s for s in seconds if s > 0]
+    if done and report.epoch < report.epochs:
+        line += f"  ETA {duration_text(sum(done) / len(done) * (report.epochs - report.epoch))}"
+    return line
+
+
 def summary_line(record: dict[str, Any]) -> str:
     m, t = record["metrics"], record["teacher"]
     metric = record["metric"]
@@ -72,7 +105,46 @@ def summary_line(record: dict[str, Any]) -> str:
     speed = f" · {record['steps_per_s']:.1f} steps/s" if record.get("steps_per_s") else ""
     return (f"{record['method']} on {record['dataset']} {direction} seed {record['seed']}: test {metric} "
             f"{m['test']:.2f} (best val {m['val_best']:.2f} at epoch {m['best_epoch']}; last epoch {m['test_last']:.2f}) "
-            f"· teacher {t['metrics']['test']:.2f}{speed} · {record['run_id']}")
+            f"· teacher {t['metrics']['test']:.2f} ({teacher_recipe_text(record)}){speed} · {record['run_id']}")
+
+
+def teacher_recipe_text(record: dict[str, Any]) -> str:
+    """Which recipe the run's teacher was trained with, in a few words: its epochs, and whether they
+    are the student's (records from before --teacher-epochs name no teacher recipe: the student's)."""
+    teacher, config = record["teacher"], record.get("config") or {}
+    if teacher.get("checkpoint") and str(teacher.get("key", "")).startswith("checkpoint-"):
+        return "given checkpoint"
+    student_epochs = (config.get("recipe") or {}).get("epochs")
+    epochs = (teacher.get("recipe") or {}).get("epochs", student_epochs)
+    if epochs is None:
+        return "student's recipe"
+    return f"{epochs} epochs" + (", the student's recipe" if epochs == student_epochs else
+                                 f"; the student's recipe with --teacher-epochs {epochs}")
+
+
+def dry_run_text(resolved: Any) -> str:
+    """What `run --dry-run` prints: the run id, where it would go, what would happen, the resolved configuration."""
+    import yaml
+
+    from ..runner import existing_record, teacher_folder
+
+    config = resolved.config
+    if existing_record(resolved) is not None:
+        state = "already completed: would print its record (--force reruns)"
+    elif (resolved.run_dir / "checkpoint.pt").exists():
+        state = "interrupted: would resume from its checkpoint"
+    else:
+        state = "new: would train"
+    epochs = config.teacher_recipe["epochs"]
+    cached = (teacher_folder(resolved) / "teacher.pt").exists()
+    teacher = (f"given checkpoint {resolved.teacher_checkpoint}" if resolved.teacher_checkpoint is not None
+               else f"{teacher_folder(resolved)} ({epochs} epoch{'s' if epochs != 1 else ''}; "
+                    + ("cached)" if cached else "would be trained)"))
+    lines = [f"run id: {config.run_id}", f"run folder: {resolved.run_dir} ({state})", f"teacher: {teacher}",
+             f"device: {resolved.device}", "configuration:",
+             yaml.safe_dump(config.as_dict(), sort_keys=False, default_flow_style=None, width=100).rstrip(),
+             "dry run: nothing trained, nothing written"]
+    return "\n".join(lines)
 
 
 @click.command("run")
@@ -83,6 +155,8 @@ def summary_line(record: dict[str, Any]) -> str:
 @click.option("--student", "student_backbone", help="Student backbone. Default: the dataset's for the modality.")
 @click.option("--teacher", "teacher_backbone", help="Teacher backbone. Default: the dataset's for the modality.")
 @click.option("--epochs", type=int, help="Default: the dataset's recipe.")
+@click.option("--teacher-epochs", type=int,
+              help="Epochs of the teacher it trains (its recipe is the student's with these epochs). Default: --epochs.")
 @click.option("--batch-size", type=int, help="Default: the dataset's recipe.")
 @click.option("--lr", type=float, help="Default: the dataset's recipe.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -93,18 +167,33 @@ def summary_line(record: dict[str, Any]) -> str:
               help="Method, dataset or recipe setting (repeatable); prefix method./data./recipe. when ambiguous.")
 @click.option("--teacher-checkpoint", type=click.Path(), help="Use this teacher state_dict instead of training one.")
 @click.option("--teacher-cache", type=click.Path(), help="Where trained teachers are cached. Default: OUT/teachers.")
+@click.option("--student-init", type=click.Path(), metavar="PATH",
+              help="Start the student from this weights file (.pt/.pth state_dict or .safetensors): what fits is "
+                   "loaded, a 3-channel input stem is adapted, other mismatches (a head) stay fresh.")
+@click.option("--teacher-init", type=click.Path(), metavar="PATH",
+              help="Start the teacher it trains from this weights file, as --student-init does.")
 @click.option("--force", is_flag=True, help="Rerun even if a completed record exists.")
-@click.option("--quiet", is_flag=True, help="No per-epoch output.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and run id; train and write nothing.")
+@click.option("--quiet", is_flag=True,
+              help="No progress bars or epoch lines on a terminal (piped or to a file, epoch lines still print).")
+@click.option("--logger", type=click.Choice(LOGGERS), default=None,
+              help="Also log each epoch to TensorBoard (OUT/<run_id>/tensorboard/) or wandb (offline unless "
+                   "WANDB_MODE says otherwise); OUT/<run_id>/history.csv is always written.")
 @plugin_option
-def run_command(plugins: tuple[str, ...], quiet: bool, **request_options: Any) -> None:
+def run_command(plugins: tuple[str, ...], quiet: bool, logger: str | None, dry_run: bool,
+                **request_options: Any) -> None:
     """Train (or reuse) the teacher, train the student with METHOD, and write the run record."""
     load_all(plugins)
+    open_logger = logger_factory(logger or "none")  # a missing package is a one-line error before anything runs
     request = RunRequest(**request_options)
     resolved = resolve_run(request)
+    if dry_run:
+        click.echo(dry_run_text(resolved))
+        return
     console = Console(stderr=False, highlight=False)
     display = RichProgress(console, quiet)
     callbacks = RunCallbacks(on_phase=display.phase, on_step=display.step, on_epoch=display.epoch,
-                             on_message=display.message)
+                             on_message=display.message, logger=open_logger)
     try:
         record = execute(resolved, callbacks, force=request.force)
     finally:
@@ -122,7 +211,8 @@ def run_arguments(request: RunRequest, quiet: bool = False, plugins: Sequence[st
     so no option can be dropped from a suite's runs without notice.
     """
     values = {field.name: getattr(request, field.name) for field in fields(request)}
-    values.update(quiet=quiet, plugins=tuple(plugins))
+    values.update(quiet=quiet, plugins=tuple(plugins), logger=None)
+    values.setdefault("dry_run", False)  # a suite's run trains
     arguments: list[str] = []
     for param in run_command.params:
         if param.name not in values:

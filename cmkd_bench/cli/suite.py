@@ -39,6 +39,8 @@ def run_command_line(request: RunRequest, device: str, plugins: Sequence[str]) -
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="A setting for every run (repeatable), as in `run`.")
 @click.option("--epochs", type=int, help="Recipe epochs for every run.")
+@click.option("--teacher-epochs", "teacher_epochs", type=int,
+              help="Teacher epochs for every run (run --teacher-epochs). Default: the recipe's.")
 @click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run.")
 @click.option("--lr", type=float, help="Recipe learning rate for every run.")
 @click.option("--student", help="Student backbone for every run.")
@@ -51,9 +53,12 @@ def run_command_line(request: RunRequest, device: str, plugins: Sequence[str]) -
 @click.option("--device", help="auto, cpu, cuda or cuda:N for every run. Default: the file's, else auto.")
 @click.option("--devices", help="Comma-separated devices; job slots take them in turn (e.g. cuda:0,cuda:1).")
 @click.option("--dry-run", is_flag=True, help="List the runs and what would happen to each; run nothing.")
+@click.option("--rerun-stale", is_flag=True,
+              help="Also rerun completed runs made under another environment (library versions, CPU threads) or "
+                   "code revision than most of their table (the leaderboard marks them); same run ids.")
 @plugin_option
 def suite_command(suite_file: str | None, jobs: int | None, device: str | None, devices: str | None,
-                  dry_run: bool, **flags: Any) -> None:
+                  dry_run: bool, rerun_stale: bool, **flags: Any) -> None:
     """Run a grid of runs (SUITE_FILE and/or flags); finished runs are skipped, interrupted ones resume.
 
     Exit code 0 when no run failed, 1 when one did, 2 for bad input (nothing runs).
@@ -62,7 +67,7 @@ def suite_command(suite_file: str | None, jobs: int | None, device: str | None, 
     if device is not None:
         suite.device = device
     device_names, jobs = job_devices(None if devices else suite.device, devices, jobs)
-    code = run_suite(suite, jobs, device_names, dry_run, run_command_line, click.echo)
+    code = run_suite(suite, jobs, device_names, dry_run, run_command_line, click.echo, rerun_stale=rerun_stale)
     if code:
         sys.exit(code)
 
@@ -80,6 +85,8 @@ def suite_command(suite_file: str | None, jobs: int | None, device: str | None, 
 @click.option("--directions", help="default, both, or TEACHER->STUDENT pairs, comma-separated. Default: both.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A setting for every run (repeatable).")
 @click.option("--epochs", type=int, help="Recipe epochs for every run.")
+@click.option("--teacher-epochs", "teacher_epochs", type=int,
+              help="Teacher epochs for every run (run --teacher-epochs). Default: the recipe's.")
 @click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run.")
 @click.option("--lr", type=float, help="Recipe learning rate for every run.")
 @click.option("--student", help="Student backbone for every run.")

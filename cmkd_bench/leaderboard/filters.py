@@ -30,7 +30,13 @@ def filter_records(records: Sequence[dict[str, Any]], *, datasets: Sequence[str]
         key, wanted = _parse_where(test)
         if not any(rec.has_setting(r, key) for r in records):
             raise UserError(f"--where {test}: no run record has a field, hyper-parameter or setting {key!r}")
+        had_runs = any(r["method"] != NO_KD for r in kept)
         kept = [r for r in kept if _where_matches(r, key, wanted)]
+        if had_runs and not any(r["method"] != NO_KD for r in kept):  # only the kept baselines would be left
+            values = sorted({str(rec.record_setting(r, key)) for r in records if rec.has_setting(r, key)})
+            shown = ", ".join(values[:8]) + (", ..." if len(values) > 8 else "")
+            raise UserError(f"--where {test}: no run matches (besides the no-kd baselines); "
+                            f"the records have {key} = {shown}")
     return kept
 
 

@@ -36,9 +36,13 @@ PUBLISHED_NOTE = ("published: a number reported in the paper cited, not measured
 TUNED_NOTE = ("(tuned): the configuration with the best validation score among at most {budget} configurations "
               "of the method's declared search space (the same budget for every method), run on seed {seed} and "
               "then on every seed; test scores are never read for the selection.")
+STALE_MARK = "§"
+STALE_NOTE = (f"{STALE_MARK}: some of the row's records were made under another environment (library versions, "
+              "CPU threads) or code revision than most records of their table; they may differ by seed noise. "
+              "`cmkd-bench suite --rerun-stale` reruns them:")
 RANK_NOTE = ("avg rank: the rank of the method's mean among the methods of each column (1 = best, ties "
-             "share the mean rank), averaged over the columns it has; (k/K) when it has k of K columns. "
-             "Bold: the best mean of a column.")
+             "share the mean rank), averaged over the columns it has; (k/K) when it has k of K columns; "
+             "methods measured in fewer columns come after those measured in more. Bold: the best mean of a column.")
 
 
 @dataclass
@@ -91,7 +95,9 @@ def grids(tables: list[TableData], layout: str, published: PublishedIndex | None
 
 
 def mean_std_text(mean: float | None, std: float | None) -> str:
-    return MISSING if mean is None else f"{mean:.2f} ± {std:.2f}"
+    if mean is None:
+        return MISSING
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"  # no spread from one seed
 
 
 def value_cell(mean: float | None, std: float | None, mark: str = "") -> Cell:
@@ -111,9 +117,21 @@ def grid_notes(rows: Iterable[RowData], sources: Sources, published: PublishedIn
     rows = list(rows)
     notes = [SIGNIFICANCE_NOTE] if any(row.p_value is not None for row in rows) else []
     notes += tuned_notes(tables)
+    notes += stale_notes(rows)
     if published is not None:
         notes += [PUBLISHED_NOTE, *sources.notes()]
     return notes
+
+
+def stale_label(row: RowData) -> str:
+    """The row's label, marked when some of its records are stale (see STALE_NOTE)."""
+    return f"{row.label} {STALE_MARK}" if row.stale else row.label
+
+
+def stale_notes(rows: Iterable[RowData]) -> list[str]:
+    """STALE_NOTE and, per stale record, what differs from the majority of its table."""
+    lines = [f"{run_id}: {'; '.join(differs)}." for row in rows for run_id, differs in sorted(row.stale.items())]
+    return [STALE_NOTE, *sorted(set(lines))] if lines else []
 
 
 def tuned_notes(tables: Sequence[TableData]) -> list[str]:
@@ -144,19 +162,21 @@ def tuned_notes(tables: Sequence[TableData]) -> list[str]:
 
 def long_grid(table: TableData, published: PublishedIndex | None = None, *, plain: bool = False) -> Grid:
     """A grid per table. `plain`: the long layout as it prints without published numbers or tuned
-    rows (md, latex, rich): no significance marks, no notes, and LaTeX headers in math mode."""
+    rows (md, latex, rich): no significance marks, no notes but the stale one (STALE_NOTE), and LaTeX
+    headers in math mode."""
     headers = list(HEADERS) + (["published", "gap vs published"] if published is not None else [])
     sources = Sources()
     rows = [_long_cells(table, row, published, sources, marked=not plain) for row in table.rows]
     return Grid(title=table.title, headers=headers, rows=rows, align=["l"] + ["r"] * (len(headers) - 1),
                 pinned=sum(row.kind == "teacher" for row in table.rows),
-                notes=[] if plain else grid_notes(table.rows, sources, published, [table]),
+                # stale records are marked and listed even in plain grids: such numbers do not compare as they are
+                notes=stale_notes(table.rows) if plain else grid_notes(table.rows, sources, published, [table]),
                 latex_headers=list(LATEX_HEADERS) if plain and published is None else None)
 
 
 def _long_cells(table: TableData, row: RowData, published: PublishedIndex | None, sources: Sources,
                 marked: bool = True) -> list[Cell]:
-    cells = [Cell(row.label, row.label), value_cell(row.mean, row.std, significance_mark(row) if marked else ""),
+    cells = [Cell(stale_label(row), row.label), value_cell(row.mean, row.std, significance_mark(row) if marked else ""),
              value_cell(row.mean_last, row.std_last), Cell(str(row.n), row.n),
              Cell("" if row.delta is None else f"{row.delta:+.2f}", row.delta)]
     if published is not None:
@@ -221,8 +241,10 @@ def method_rows(table: TableData) -> dict[str, RowData]:
 def wide_row_order(tables: list[TableData], ranks: dict[str, tuple[float, int]]) -> list[str]:
     labels = sorted({label for table in tables for label in method_rows(table)})
     no_kd = [label for label in labels if any(method_rows(t).get(label, NO_ROW).method == NO_KD for t in tables)]
+    # a rank over fewer columns does not compare with one over all of them: more columns come first
     others = sorted((label for label in labels if label not in no_kd),
-                    key=lambda label: (ranks.get(label, (math.inf, 0))[0], label))
+                    key=lambda label: (-ranks.get(label, (math.inf, 0))[1], ranks.get(label, (math.inf, 0))[0],
+                                       label))
     return no_kd + others
 
 
@@ -241,7 +263,8 @@ def _wide_teacher_cells(tables: list[TableData], with_published: list[bool], pub
 def _wide_method_cells(label: str, tables: list[TableData], with_published: list[bool],
                        published: PublishedIndex | None, sources: Sources,
                        rank: tuple[float, int] | None) -> list[Cell]:
-    cells = [Cell(label, label)]
+    stale = any(row.stale for row in (method_rows(table).get(label) for table in tables) if row is not None)
+    cells = [Cell(f"{label} {STALE_MARK}" if stale else label, label)]
     for table, extra in zip(tables, with_published):
         row = method_rows(table).get(label)
         if row is None:

@@ -42,6 +42,9 @@ class RowData:
     p_value: float | None = None  # Welch's t-test against the table's no-KD row (two-sided)
     selection: str = "default"  # "tuned": the configuration the tuning protocol selected on val
     tuning: dict[str, Any] | None = None  # the record's tuning entry (space, budget, scores) for tuned rows
+    # run id -> what differs, for the row's records made under another environment or code revision
+    # than most records of the table (records.environment_outliers); `suite --rerun-stale` reruns them
+    stale: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +85,19 @@ def summarize(records: Iterable[dict[str, Any]], view: str = "all") -> list[Tabl
     keys = sorted(groups)
     extras = _distinguishing_settings([groups[key][0] for key in keys])
     return [_build_table(groups[key], extra, view) for key, extra in zip(keys, extras)]
+
+
+def stale_runs(records: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """The completed records made under another environment or code revision than most records of
+    their table: run id -> what differs (what the leaderboard marks, `suite --rerun-stale` reruns)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for record in records:
+        if record.get("status") == "completed":
+            groups.setdefault(_table_key(record), []).append(record)
+    stale: dict[str, list[str]] = {}
+    for group in groups.values():
+        stale.update(rec.environment_outliers(group))
+    return stale
 
 
 def check_view(view: str) -> None:
@@ -126,12 +142,18 @@ def _table_key(record: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _distinguishing_settings(representatives: list[dict[str, Any]]) -> list[list[str]]:
-    """Per table, the data options and recipe settings that are not the same in every table."""
+    """Per table, the data options and recipe settings that are not the same in every table of its
+    dataset (another dataset's options never show up as `unset`)."""
     data = [rec.data_options(record) for record in representatives]
     recipes = [rec.recipe(record) for record in representatives]
-    varying_data, varying_recipe = _varying_keys(data), _varying_keys(recipes)
+    datasets = [str(record["dataset"]) for record in representatives]
+    varying: dict[str, tuple[list[str], list[str]]] = {}
+    for dataset in dict.fromkeys(datasets):
+        same = [i for i, name in enumerate(datasets) if name == dataset]
+        varying[dataset] = (_varying_keys([data[i] for i in same]), _varying_keys([recipes[i] for i in same]))
     extras = []
-    for options, recipe in zip(data, recipes):
+    for dataset, options, recipe in zip(datasets, data, recipes):
+        varying_data, varying_recipe = varying[dataset]
         parts = []
         if varying_data:
             parts.append("data " + _settings_text(options, varying_data))
@@ -165,6 +187,9 @@ def _build_table(records: list[dict[str, Any]], extra: list[str], view: str = "a
     _set_significance(method_rows)
     _mark_best(method_rows)
     kept = [record for row_records in per_row.values() for record in row_records]
+    outliers = rec.environment_outliers(kept)
+    for row in method_rows:
+        row.stale = {source: outliers[source] for source in row.sources if source in outliers}
     table.rows = [_teacher_row(table, kept), *_ordered(method_rows)]
     return table
 
@@ -258,8 +283,8 @@ def _row(label: str, kind: str, method: str, hparams: dict[str, Any], *, values:
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
-    # Sample std (ddof=1); one seed has no spread to estimate, shown as 0.
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    # Sample std (ddof=1); one seed has no spread to estimate: None, and the tables show no ± then.
+    std = statistics.stdev(values) if len(values) > 1 else None
     return statistics.mean(values), std
 
 

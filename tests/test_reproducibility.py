@@ -1,0 +1,182 @@
+"""A leaderboard someone else can reproduce: the pinned environment, each record's environment,
+no records from a dirty tree, stale records marked in tables and rerun by `suite --rerun-stale`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from cmkd_bench import records, runner
+from cmkd_bench.cli.run import run_arguments
+from cmkd_bench.leaderboard import render, summarize
+from cmkd_bench.leaderboard.grid import STALE_MARK
+from cmkd_bench.suite import expand, mark_stale, plan_text, suite_from_mapping
+
+from test_leaderboard import make_record
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["train=64", "val=32", "test=32", "image_size=16"]
+ENVIRONMENT = {"libraries": {"torch": "2.14.1", "timm": "1.0.31", "segmentation_models_pytorch": "0.6.0",
+                             "albumentations": "2.0.8", "numpy": "2.4.6", "scipy": "1.17.1"},
+               "threads": 2, "git_revision": "a" * 40}
+
+
+def with_environment(record: dict, **changes) -> dict:
+    environment = json.loads(json.dumps(ENVIRONMENT))
+    for key, value in changes.items():
+        if key in environment["libraries"]:
+            environment["libraries"][key] = value
+        else:
+            environment[key] = value
+    return {**record, "environment": environment}
+
+
+# --- the pinned environment
+
+
+def test_make_installs_with_the_constraints_that_pin_every_library_that_changes_numbers() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    assert "pip install -q -c constraints.txt -e '.[test]'" in makefile
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    pins = {name.lower().replace("_", "-"): version for name, version in pins.items()}
+    for name in (*records.NUMERIC_LIBRARIES, "torchvision", "click", "rich", "pyyaml"):
+        assert re.fullmatch(r"[0-9][0-9a-z.+]*", pins[name.replace("_", "-")]), name
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"torch>=' in pyproject and "==" not in pyproject  # a plain install keeps lower bounds
+
+
+# --- each record's environment
+
+
+def test_a_record_holds_the_versions_threads_and_revision_its_numbers_depend_on() -> None:
+    environment = runner.environment()
+    assert set(environment["libraries"]) == set(records.NUMERIC_LIBRARIES)
+    assert environment["threads"] >= 1 and "git_revision" in environment
+    assert set(records.NUMERIC_LIBRARIES) <= set(runner.versions())  # `versions` is kept, and extended
+    signature = records.environment_signature({"environment": environment})
+    assert set(signature) >= {*records.NUMERIC_LIBRARIES, "threads"}
+
+
+def test_older_records_give_what_their_versions_device_and_revision_say() -> None:
+    old = {"versions": {"torch": "2.15.0", "timm": "1.0.31"}, "device": "cpu (x86_64, 4 threads)",
+           "git_revision": "abc"}
+    assert records.environment_signature(old) == {"torch": "2.15.0", "timm": "1.0.31", "threads": "4",
+                                                  "revision": "abc"}
+
+
+def test_outliers_are_the_records_that_differ_from_the_majority() -> None:
+    group = [with_environment(make_record("kd", seed, 60.0, 59.0)) for seed in range(3)]
+    group[1] = with_environment(group[1], torch="2.15.0", threads=8)
+    assert records.environment_outliers(group) == {group[1]["run_id"]: ["threads 8, most 2", "torch 2.15.0, most 2.14.1"]}
+    assert records.environment_outliers(group[:1] + group[2:]) == {}
+
+
+# --- tables mark stale records
+
+
+def stale_fixture() -> list[dict]:
+    recs = []
+    for seed in range(3):
+        recs.append(with_environment(make_record("no-kd", seed, 60.0 + seed, 59.0)))
+        recs.append(with_environment(make_record("kd", seed, 64.0 + seed, 63.0)))
+    recs[3] = with_environment(recs[3], torch="2.15.0")  # kd seed 1
+    return recs
+
+
+def test_the_leaderboard_marks_a_row_with_a_stale_record_and_says_what_differs() -> None:
+    recs = stale_fixture()
+    table = summarize(recs)[0]
+    rows = {row.label: row for row in table.rows}
+    assert rows["kd"].stale == {recs[3]["run_id"]: ["torch 2.15.0, most 2.14.1"]} and not rows["no-kd"].stale
+    for layout in ("wide", "long"):
+        text = render(recs, "md", layout=layout)
+        assert re.search(rf"\| (\*\*)?kd {STALE_MARK}(\*\*)? \|", text) and f"no-kd {STALE_MARK}" not in text
+        assert f"{recs[3]['run_id']}: torch 2.15.0, most 2.14.1." in text and "--rerun-stale" in text
+    for fmt in ("md", "rich", "latex", "html"):  # (csv, a data export, has no notes)
+        assert STALE_MARK in render(recs, fmt), fmt
+    assert STALE_MARK not in render([with_environment(r) for r in recs], "md", layout="wide")
+
+
+# --- suite --rerun-stale
+
+
+def test_rerun_stale_reruns_the_marked_runs_under_their_run_ids(tmp_path: Path) -> None:
+    suite = suite_from_mapping({"datasets": ["synth-av"], "methods": ["no-kd", "kd"], "directions": "default",
+                                "seeds": [0, 1, 2], "sets": TINY, "epochs": 1, "out": str(tmp_path)})
+    planned = expand(suite)
+    for index, run in enumerate(planned):
+        record = with_environment(make_record(run.request.method, run.request.seed, 60.0, 59.0),
+                                  **({"torch": "2.15.0"} if index == 4 else {}))
+        record.update(run_id=run.run_id, config={"recipe": {"epochs": 1}})
+        run.run_dir.mkdir(parents=True)
+        records.write_record(record, run.run_dir / "result.json")
+    planned = expand(suite)
+    assert all(run.state == "done" for run in planned)
+    assert mark_stale(planned) == 1
+    stale = [run for run in planned if run.state == "stale"]
+    assert [run.run_id for run in stale] == [planned[4].run_id]
+    assert stale[0].request.force and "--force" in run_arguments(stale[0].request)
+    assert "rerun (stale)" in plan_text(planned) and "torch 2.15.0, most 2.14.1" in plan_text(planned)
+    assert "5 already completed (skipped), 0 to resume, 1 to run" in plan_text(planned)
+
+
+# --- no leaderboard records from a dirty tree
+
+
+def load_regenerate():
+    spec = importlib.util.spec_from_file_location("regenerate", REPO / "leaderboard" / "regenerate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(root), "PATH": "/usr/bin:/bin"})
+
+
+def test_regenerate_refuses_a_dirty_tree_except_for_its_own_outputs(tmp_path: Path) -> None:
+    regenerate = load_regenerate()
+    git(tmp_path, "init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("table\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "one")
+    assert regenerate.dirty_tree_error(tmp_path) is None
+    (tmp_path / "leaderboard" / "runs" / "r1").mkdir(parents=True)
+    (tmp_path / "leaderboard" / "runs" / "r1" / "result.json").write_text("{}")
+    (tmp_path / "README.md").write_text("new table\n")
+    assert regenerate.dirty_tree_error(tmp_path) is None  # what regeneration itself writes
+    (tmp_path / "code.py").write_text("x = 2\n")
+    (tmp_path / "plugin.py").write_text("")
+    error = regenerate.dirty_tree_error(tmp_path)
+    assert error is not None and "\n" not in error and "code.py, plugin.py" in error and "--allow-dirty" in error
+    (tmp_path / "elsewhere").mkdir()
+    result = subprocess.run([sys.executable, str(REPO / "leaderboard" / "regenerate.py"), "--help"],
+                            capture_output=True, text=True)
+    assert "--allow-dirty" in result.stdout and "--rerun-stale" in result.stdout
+
+
+def test_suite_dry_run_with_rerun_stale_lists_the_stale_runs(tmp_path: Path) -> None:
+    suite = suite_from_mapping({"datasets": ["synth-av"], "methods": ["no-kd"], "directions": "default",
+                                "seeds": [0, 1, 2], "sets": TINY, "epochs": 1, "out": str(tmp_path)})
+    for index, run in enumerate(expand(suite)):
+        record = with_environment(make_record("no-kd", run.request.seed, 60.0, 59.0),
+                                  **({"threads": 8} if index == 0 else {}))
+        record.update(run_id=run.run_id, config={"recipe": {"epochs": 1}})
+        run.run_dir.mkdir(parents=True)
+        records.write_record(record, run.run_dir / "result.json")
+    flags = [arg for setting in TINY for arg in ("--set", setting)]
+    args = ["suite", "--methods", "no-kd", "--datasets", "synth-av", "--seeds", "0,1,2", "--directions", "default",
+            "--epochs", "1", "--out", str(tmp_path), "--dry-run", *flags]
+    plain = subprocess.run([sys.executable, "-m", "cmkd_bench", *args], capture_output=True, text=True)
+    stale = subprocess.run([sys.executable, "-m", "cmkd_bench", *args, "--rerun-stale"], capture_output=True,
+                           text=True)
+    assert plain.returncode == 0 and "rerun (stale)" not in plain.stdout
+    assert stale.returncode == 0 and stale.stdout.count("rerun (stale)") == 1 and "threads 8, most 2" in stale.stdout
