@@ -72,8 +72,8 @@ def test_a_data_root_for_a_dataset_that_reads_none_is_refused(tmp_path, dataset)
 
 
 def test_a_where_that_matches_no_run_is_an_error(tmp_path):
-    result = cli("leaderboard", str(RUNS), "--where", "T=2", "--output", str(tmp_path / "t.md"), "--format", "md")
-    assert_one_line_error(result, "--where T=2", "no run matches")
+    result = cli("leaderboard", str(RUNS), "--where", "T=3", "--output", str(tmp_path / "t.md"), "--format", "md")
+    assert_one_line_error(result, "--where T=3", "no run matches")
     assert not (tmp_path / "t.md").exists()
     assert cli("leaderboard", str(RUNS), "--where", "T=4", "--format", "md").returncode == 0
 
