@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import click
 
 plugin_option = click.option("--plugin", "plugins", multiple=True, metavar="PATH.py",
                              help="Load a Python file that registers methods, datasets or backbones (repeatable).")
+
+
+# The settings `suite` and `tune` give every run they plan (each is `run`'s option of the same name).
+_PER_RUN = (
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                 help="A setting for every run (repeatable), as in `run`."),
+    click.option("--epochs", type=int, help="Recipe epochs for every run."),
+    click.option("--teacher-epochs", "teacher_epochs", type=int,
+                 help="Teacher epochs for every run (run --teacher-epochs). Default: the recipe's."),
+    click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run."),
+    click.option("--lr", type=float, help="Recipe learning rate for every run."),
+    click.option("--student", help="Student backbone for every run."),
+    click.option("--teacher", help="Teacher backbone for every run."),
+    click.option("--teacher-cache", "teacher_cache", type=click.Path(),
+                 help="Where teachers are cached. Default: OUT/teachers."),
+    click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live."),
+)
+
+
+def per_run_options(command: Callable) -> Callable:
+    for option in reversed(_PER_RUN):
+        command = option(command)
+    return command

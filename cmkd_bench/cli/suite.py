@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..runner import RunRequest
 from ..suite import job_devices, run_suite, suite_with_flags
 from ..tuning import TuneSettings, check_budget, parse_space_flags, plan_studies, plan_text, run_studies
-from .options import plugin_option
+from .options import per_run_options, plugin_option
 from .run import run_arguments
 
 
@@ -36,19 +36,8 @@ def run_command_line(request: RunRequest, device: str, plugins: Sequence[str]) -
 @click.option("--directions", help="default, both, or TEACHER->STUDENT pairs, comma-separated. Default: both.")
 @click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
               help="A run per value (repeatable: every combination).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="A setting for every run (repeatable), as in `run`.")
-@click.option("--epochs", type=int, help="Recipe epochs for every run.")
-@click.option("--teacher-epochs", "teacher_epochs", type=int,
-              help="Teacher epochs for every run (run --teacher-epochs). Default: the recipe's.")
-@click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run.")
-@click.option("--lr", type=float, help="Recipe learning rate for every run.")
-@click.option("--student", help="Student backbone for every run.")
-@click.option("--teacher", help="Teacher backbone for every run.")
+@per_run_options
 @click.option("--out", help="Runs go to OUT/<run_id>/ (default: the file's, else runs).")
-@click.option("--teacher-cache", "teacher_cache", type=click.Path(),
-              help="Where teachers are cached. Default: OUT/teachers.")
-@click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live.")
 @click.option("--jobs", "-j", type=int, help="Runs at once on this machine. Default: 1 (one per --devices entry).")
 @click.option("--device", help="auto, cpu, cuda or cuda:N for every run. Default: the file's, else auto.")
 @click.option("--devices", help="Comma-separated devices; job slots take them in turn (e.g. cuda:0,cuda:1).")
@@ -83,17 +72,8 @@ def suite_command(suite_file: str | None, jobs: int | None, device: str | None, 
 @click.option("--sample-seed", type=int, help="Seed of the subset drawn from a space larger than the budget (default 0).")
 @click.option("--seeds", help="Protocol seeds, comma-separated; the first selects. Default: the file's, else 0,1,2.")
 @click.option("--directions", help="default, both, or TEACHER->STUDENT pairs, comma-separated. Default: both.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A setting for every run (repeatable).")
-@click.option("--epochs", type=int, help="Recipe epochs for every run.")
-@click.option("--teacher-epochs", "teacher_epochs", type=int,
-              help="Teacher epochs for every run (run --teacher-epochs). Default: the recipe's.")
-@click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run.")
-@click.option("--lr", type=float, help="Recipe learning rate for every run.")
-@click.option("--student", help="Student backbone for every run.")
-@click.option("--teacher", help="Teacher backbone for every run.")
+@per_run_options
 @click.option("--out", help="Runs go to OUT/<run_id>/, study summaries to OUT/tuning/ (default: runs).")
-@click.option("--teacher-cache", "teacher_cache", type=click.Path(), help="Where teachers are cached.")
-@click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live.")
 @click.option("--jobs", "-j", type=int, help="Runs at once on this machine. Default: 1 (one per --devices entry).")
 @click.option("--device", help="auto, cpu, cuda or cuda:N for every run.")
 @click.option("--devices", help="Comma-separated devices; job slots take them in turn.")
