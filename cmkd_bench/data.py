@@ -292,6 +292,14 @@ def _collate(samples: list) -> dict[str, Tensor] | SampleFailure:
     return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
 
+def worker_limit(num_workers: int) -> int:
+    """`num_workers`, at most CMKD_BENCH_WORKERS where a suite sets it (its runs' share of the cores)."""
+    import os
+
+    limit = os.environ.get("CMKD_BENCH_WORKERS", "")
+    return min(num_workers, int(limit)) if limit.isdigit() else num_workers
+
+
 def _single_thread(_: int) -> None:
     torch.set_num_threads(1)  # workers decode; intra-op threads would only contend
 
@@ -329,7 +337,7 @@ class DecodedPairs(PairedData):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
         count = self.num_batches(split, batch_size, shuffle=shuffle)
         chunks = [order[b * batch_size:(b + 1) * batch_size].tolist() for b in range(count)]
-        workers = self.num_workers if count > 1 else 0
+        workers = worker_limit(self.num_workers) if count > 1 else 0
         loader = torch.utils.data.DataLoader(
             _SplitView(self.readers[split], seed if augments(split, shuffle) else None), batch_sampler=chunks,
             num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",

@@ -3,6 +3,13 @@
 Each run is its own `python -m cmkd_bench run` process, so that a crash or a kill takes down one
 run, not the suite; its output goes to `<run_dir>/run.log`. The command line comes from the caller
 (the CLI builds it from `run`'s own options, cmkd_bench.cli.suite), so no option is re-spelled here.
+
+Job slots share the machine's cores: each run's process gets `threads_per_run` CPU threads
+(CMKD_BENCH_THREADS, which `run` gives torch.set_num_threads, and OMP_NUM_THREADS / MKL_NUM_THREADS) and at most
+as many DataLoader workers (CMKD_BENCH_WORKERS, read by data.DecodedPairs). The number follows from
+the suite's settings alone (--threads-per-run, else the cores this process may use divided by the
+job slots), never from the load of the moment, since CPU threads change a run's numbers; the run
+record keeps it (`environment.threads`, and its `device` line).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Sequence
 
+from .errors import UserError
 from .records import find_record, metric, record_metric_name
 from .runner import RunRequest
 
@@ -52,6 +60,42 @@ def print_now(text: str) -> None:
     print(text, flush=True)
 
 
+WORKERS_VARIABLE = "CMKD_BENCH_WORKERS"  # the most DataLoader workers a run of a suite starts
+THREADS_VARIABLE = "CMKD_BENCH_THREADS"  # its torch.set_num_threads (OMP_NUM_THREADS alone is capped at the cores)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a SLURM or taskset share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_run(jobs: int, requested: int | None = None) -> int:
+    """Each job slot's share of the cores: `requested` (--threads-per-run) or cores // jobs, at least 1."""
+    if requested is not None:
+        if requested < 1:
+            raise UserError(f"--threads-per-run must be at least 1, got {requested}")
+        return requested
+    return max(1, available_cores() // max(1, jobs))
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """The environment variables that give a run's process `threads` CPU threads and workers."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), THREADS_VARIABLE: str(threads),
+            WORKERS_VARIABLE: str(threads)}
+
+
+def apply_thread_share() -> None:
+    """In a suite's run process: torch.set_num_threads(CMKD_BENCH_THREADS) where the suite set it."""
+    value = os.environ.get(THREADS_VARIABLE, "")
+    if value.isdigit() and int(value) > 0:
+        import torch
+
+        torch.set_num_threads(int(value))
+
+
 @dataclass
 class _Running:
     run: PlannedRun
@@ -66,8 +110,10 @@ class Scheduler:
     """Runs planned runs as subprocesses, `jobs` at a time, each slot bound to a device."""
 
     def __init__(self, runs: list[PlannedRun], jobs: int, devices: Sequence[str], plugins: Sequence[str],
-                 command: CommandBuilder, echo: Callable[[str], None] = print_now) -> None:
+                 command: CommandBuilder, echo: Callable[[str], None] = print_now,
+                 threads: int | None = None) -> None:
         self.pending = deque(runs)
+        self.threads = threads_per_run(jobs, threads)  # each run's CPU threads (and DataLoader workers)
         self.total = len(runs)
         self.slots = [devices[i % len(devices)] for i in range(jobs)]
         self.free = list(range(jobs))
@@ -97,7 +143,8 @@ class Scheduler:
         log.flush()
         start = log.tell()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                        **thread_environment(self.threads)})
         self.running.append(_Running(run, process, log, start, time.perf_counter(), slot))
 
     def _collect(self) -> bool:

@@ -24,6 +24,7 @@ on the command line are relative to the directory the command runs from:
     out: runs                     # runs go to OUT/<run_id>/ (relative to this file's folder;
                                   # without out:, ./runs)
     epochs: / teacher_epochs: / batch_size: / lr: / student: / teacher: / device: / teacher_cache: / data_root: / plugins: [...]
+    threads_per_run: 1            # CPU threads of each run (default: the cores // --jobs)
     tune: {budget: 8}             # also tune every method with a search space (see cmkd_bench.tuning):
                                   # true, or {budget: N, sample_seed: S, spaces: {METHOD: {KEY: [VALUES]}}}
 """
@@ -56,7 +57,8 @@ if TYPE_CHECKING:  # tuning builds on this module (imports it at its top); its f
 DEFAULT_SEEDS = (0, 1, 2)  # the protocol: mean ± std over 3 seeds, both directions
 DEFAULT_DIRECTIONS = "both"
 SUITE_KEYS = ("datasets", "methods", "directions", "seeds", "sets", "grid", "out", "epochs", "teacher_epochs",
-              "batch_size", "lr", "student", "teacher", "device", "teacher_cache", "data_root", "plugins", "tune")
+              "batch_size", "lr", "student", "teacher", "device", "teacher_cache", "data_root", "plugins", "tune",
+              "threads_per_run")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,6 +99,7 @@ class Suite:
     data_root: str | None = None
     plugins: tuple[str, ...] = ()
     tune: TuneSettings | None = None  # after the default runs, tune every method with a search space
+    threads_per_run: int | None = None  # CPU threads of each local run (default: cores // jobs, scheduler.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +148,7 @@ def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
         teacher_cache=_optional(raw, "teacher_cache", str, where), data_root=_optional(raw, "data_root", str, where),
         plugins=tuple(str(p) for p in _as_list(raw["plugins"], "plugins", where)) if raw.get("plugins") else (),
         tune=_tune(raw.get("tune"), where),
+        threads_per_run=_optional(raw, "threads_per_run", int, where),
     )
 
 
@@ -411,6 +415,12 @@ def summary_text(planned: list[PlannedRun], outcomes: list[Outcome], seconds: fl
     return "\n".join(lines)
 
 
+def start_runs(suite: Suite, todo: list[PlannedRun], jobs: int, devices: Sequence[str], command: CommandBuilder,
+               echo: Callable[[str], None] = print_now) -> list[Outcome]:
+    """Run `todo` as local processes, `jobs` at a time, each with its share of the CPU threads."""
+    return Scheduler(todo, jobs, devices, suite.plugins, command, echo, threads=suite.threads_per_run).run()
+
+
 def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, command: CommandBuilder,
               echo: Callable[[str], None] = print_now, rerun_stale: bool = False) -> int:
     """Expand, then run what is left; returns the exit code (0 none failed, 1 some failed).
@@ -433,7 +443,7 @@ def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, co
     todo = [run for run in planned if run.state != "done"]
     echo(f"suite: {counts_line(planned)}; {min(jobs, max(1, len(todo)))} at a time; runs in {suite.out}/")
     began = time.perf_counter()
-    outcomes = Scheduler(todo, jobs, devices, suite.plugins, command, echo).run()
+    outcomes = start_runs(suite, todo, jobs, devices, command, echo)
     echo(summary_text(planned, outcomes, time.perf_counter() - began))
     code = 1 if any(o.status == "failed" for o in outcomes) else 0
     if studies:
@@ -477,7 +487,7 @@ def suite_with_flags(suite_file: str | None, flags: dict[str, Any]) -> Suite:
     suite.grid = merge_grid(suite.grid, [parse_grid_flag(text) for text in flags["grid"]])
     suite.plugins = (*suite.plugins, *flags["plugins"])
     for key in ("out", "epochs", "teacher_epochs", "batch_size", "lr", "student", "teacher", "teacher_cache",
-                "data_root"):
+                "data_root", "threads_per_run"):
         if flags.get(key) is not None:
             setattr(suite, key, flags[key])
     if not suite.datasets or not suite.methods:

@@ -34,8 +34,9 @@ from .config import coerce
 from .errors import UserError
 from .records import direction_label, find_record, is_number, metric, tuning_entries, write_record
 from .registry import METHODS, Entry
-from .scheduler import CommandBuilder, PlannedRun, Scheduler
-from .suite import DatasetEntry, MethodEntry, Suite, _direction_pairs, _planned, _probe_spec, _request, setting_text
+from .scheduler import CommandBuilder, PlannedRun
+from .suite import (DatasetEntry, MethodEntry, Suite, _direction_pairs, _planned, _probe_spec, _request, setting_text,
+                    start_runs)
 
 DEFAULT_BUDGET = 8
 SAMPLE_SEED = 0  # draws the subset of a space larger than the budget; fixed, so every method draws alike
@@ -252,7 +253,7 @@ def run_studies(suite: Suite, studies: list[Study], jobs: int, devices: Sequence
     candidates = _unique(run for study in studies for run in study.candidate_runs)
     echo(f"tune: {len(studies)} studies, {len(candidates)} candidate runs on seed {suite.seeds[0]} "
          f"({sum(run.state == 'done' for run in candidates)} already completed)")
-    failed |= _run(candidates, jobs, devices, suite.plugins, command, echo)
+    failed |= _run(suite, candidates, jobs, devices, command, echo)
     for study in studies:
         records = [find_record(run.run_dir / "result.json") for run in study.candidate_runs]
         study.scores = [_val(record) for record in records]
@@ -265,7 +266,7 @@ def run_studies(suite: Suite, studies: list[Study], jobs: int, devices: Sequence
     finals = _unique(run for study in studies for run in study.final_runs)
     echo(f"tune: {len(finals)} runs of the selected configurations on seeds {', '.join(map(str, suite.seeds))} "
          f"({sum(run.state == 'done' for run in finals)} already completed)")
-    failed |= _run(finals, jobs, devices, suite.plugins, command, echo)
+    failed |= _run(suite, finals, jobs, devices, command, echo)
     for study in studies:
         if study.selected is not None:
             write_study(suite, study)
@@ -296,12 +297,12 @@ def _unique(runs) -> list[PlannedRun]:
     return list(seen.values())
 
 
-def _run(runs: list[PlannedRun], jobs: int, devices: Sequence[str], plugins: Sequence[str], command: CommandBuilder,
+def _run(suite: Suite, runs: list[PlannedRun], jobs: int, devices: Sequence[str], command: CommandBuilder,
          echo: Callable[[str], None]) -> bool:
     todo = [run for run in runs if run.state != "done"]
     if not todo:
         return False
-    outcomes = Scheduler(todo, jobs, devices, plugins, command, echo).run()
+    outcomes = start_runs(suite, todo, jobs, devices, command, echo)
     return any(outcome.status == "failed" for outcome in outcomes)
 
 

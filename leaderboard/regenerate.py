@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=8, help="tuning budget per method (the same for all)")
     parser.add_argument("--no-tune", action="store_true", help="default configurations only")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--threads-per-run", type=int, default=1,
+                        help="CPU threads of each run (default 1: the thread count of the committed records)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(HERE / "runs"))
     parser.add_argument("--tables-only", action="store_true", help="rewrite the tables from the records; run nothing")
@@ -104,6 +106,7 @@ def main() -> None:
             "methods": "all" if args.methods == "all" else args.methods.split(","),
             "directions": "both", "seeds": [int(s) for s in args.seeds.split(",")], "out": args.out,
             "device": args.device, "tune": False if args.no_tune else {"budget": args.budget},
+            "threads_per_run": args.threads_per_run,
         }, where="regenerate.py")
         code = run_suite(suite, args.jobs, [args.device], dry_run=False, command=run_command_line,
                          rerun_stale=args.rerun_stale)

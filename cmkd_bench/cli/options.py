@@ -24,6 +24,9 @@ _PER_RUN = (
     click.option("--teacher-cache", "teacher_cache", type=click.Path(),
                  help="Where teachers are cached. Default: OUT/teachers."),
     click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live."),
+    click.option("--threads-per-run", "threads_per_run", type=int,
+                 help="CPU threads (and at most as many DataLoader workers) of each run. Default: the cores "
+                      "available divided by --jobs; part of each record, since threads change CPU results."),
 )
 
 

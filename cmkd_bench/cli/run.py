@@ -19,6 +19,7 @@ from rich.text import Text
 from ..catalog import load_all
 from ..engine import EpochReport
 from ..runner import RunCallbacks, RunRequest, execute, resolve_run
+from ..scheduler import apply_thread_share
 from ..tracking import LOGGERS, logger_factory
 from .options import plugin_option
 
@@ -183,6 +184,7 @@ def dry_run_text(resolved: Any) -> str:
 def run_command(plugins: tuple[str, ...], quiet: bool, logger: str | None, dry_run: bool,
                 **request_options: Any) -> None:
     """Train (or reuse) the teacher, train the student with METHOD, and write the run record."""
+    apply_thread_share()  # a suite's run: its share of the CPU threads (cmkd_bench.scheduler)
     load_all(plugins)
     open_logger = logger_factory(logger or "none")  # a missing package is a one-line error before anything runs
     request = RunRequest(**request_options)

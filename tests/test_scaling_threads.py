@@ -1,0 +1,50 @@
+"""Parallel local runs share the cores: each run's CPU threads follow from the suite's settings
+(--threads-per-run, else cores // jobs), reach the run's process, and are kept in its record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cmkd_bench import scheduler
+from cmkd_bench.data import worker_limit
+from cmkd_bench.errors import UserError
+
+from conftest import cli
+
+
+def test_each_job_gets_the_cores_divided_by_the_jobs_and_an_override_wins(monkeypatch) -> None:
+    monkeypatch.setattr(scheduler, "available_cores", lambda: 16)
+    assert [scheduler.threads_per_run(jobs) for jobs in (1, 2, 3, 16, 40)] == [16, 8, 5, 1, 1]
+    assert scheduler.threads_per_run(4, requested=3) == 3
+    with pytest.raises(UserError, match="--threads-per-run must be at least 1"):
+        scheduler.threads_per_run(2, requested=0)
+    assert scheduler.thread_environment(2) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "CMKD_BENCH_THREADS": "2",
+                                               "CMKD_BENCH_WORKERS": "2"}
+
+
+def test_dataloader_workers_are_capped_by_the_runs_share(monkeypatch) -> None:
+    monkeypatch.delenv("CMKD_BENCH_WORKERS", raising=False)
+    assert worker_limit(4) == 4
+    monkeypatch.setenv("CMKD_BENCH_WORKERS", "2")
+    assert (worker_limit(4), worker_limit(1), worker_limit(0)) == (2, 1, 0)
+
+
+def test_a_suite_runs_each_run_with_its_threads_and_the_record_says_so(tmp_path) -> None:
+    out = tmp_path / "runs"
+    done = cli("suite", "--methods", "no-kd", "--datasets", "mfh-gauss", "--seeds", "0", "--directions", "default",
+               "--epochs", "1", "--device", "cpu", "--out", str(out), "--threads-per-run", "3",
+               "--set", "train=32", "--set", "val=16", "--set", "test=16")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (record_file,) = [p for p in out.glob("*/result.json")]
+    record = json.loads(record_file.read_text())
+    assert record["environment"]["threads"] == 3  # OMP_NUM_THREADS=3 in the child, torch's count
+    assert record["device"].endswith(", 3 threads)")
+
+
+def test_threads_per_run_below_one_is_one_line_and_exit_2(tmp_path) -> None:
+    done = cli("suite", "--methods", "no-kd", "--datasets", "mfh-gauss", "--seeds", "0", "--directions", "default",
+               "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "runs"), "--threads-per-run", "0")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: --threads-per-run must be at least 1, got 0"]
