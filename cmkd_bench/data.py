@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .distributed import shard
 from .errors import UserError
 from .media import MediaError
 
@@ -97,12 +98,17 @@ class DatasetSpec:
 
 
 class PairedData:
-    """A dataset with paired modalities and train/val/test splits."""
+    """A dataset with paired modalities and train/val/test splits.
+
+    `batches(..., part=(rank, world))` yields rank's contiguous part of every batch (torchrun;
+    cmkd_bench.distributed.shard); the batches themselves do not depend on `part`. A part that
+    would be empty (a last evaluation batch smaller than the world) is skipped.
+    """
 
     spec: DatasetSpec
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
-                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+                device: torch.device | str = "cpu", part: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Tensor]]:
         raise NotImplementedError
 
     def num_batches(self, split: str, batch_size: int, *, shuffle: bool) -> int:
@@ -140,7 +146,7 @@ class TensorPairs(PairedData):
         return -(-n // batch_size)
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
-                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+                device: torch.device | str = "cpu", part: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Tensor]]:
         tensors = self._tensors(split, device)
         n = self.size(split)
         if shuffle:
@@ -149,7 +155,9 @@ class TensorPairs(PairedData):
             order = torch.arange(n, device=device)
         count = self.num_batches(split, batch_size, shuffle=shuffle)
         for b in range(count):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+            idx = shard(order[b * batch_size:(b + 1) * batch_size], part)
+            if len(idx) == 0:
+                continue
             batch = {k: v.index_select(0, idx) for k, v in tensors.items()}
             batch["index"] = idx
             yield batch
@@ -229,11 +237,11 @@ class AugmentedPairs(PairedData):
         return self.data.num_batches(split, batch_size, shuffle=shuffle)
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
-                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+                device: torch.device | str = "cpu", part: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Tensor]]:
         if not augments(split, shuffle):
-            yield from self.data.batches(split, batch_size, shuffle=shuffle, seed=seed, device=device)
+            yield from self.data.batches(split, batch_size, shuffle=shuffle, seed=seed, device=device, part=part)
             return
-        for batch in self.data.batches(split, batch_size, shuffle=True, seed=seed, device="cpu"):
+        for batch in self.data.batches(split, batch_size, shuffle=True, seed=seed, device="cpu", part=part):
             samples = [self.transform({k: v[i] for k, v in batch.items() if k != "index"}, sample_seed(seed, index))
                        for i, index in enumerate(batch["index"].tolist())]
             out = {k: torch.stack([sample[k] for sample in samples]).to(device) for k in samples[0]}
@@ -332,12 +340,12 @@ class DecodedPairs(PairedData):
     num_batches = TensorPairs.num_batches  # the same rule: drop the last incomplete training batch
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
-                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+                device: torch.device | str = "cpu", part: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Tensor]]:
         n, device = self.size(split), torch.device(device)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
         count = self.num_batches(split, batch_size, shuffle=shuffle)
-        chunks = [order[b * batch_size:(b + 1) * batch_size].tolist() for b in range(count)]
-        workers = worker_limit(self.num_workers) if count > 1 else 0
+        chunks = [chunk for b in range(count) if (chunk := shard(order[b * batch_size:(b + 1) * batch_size], part).tolist())]
+        workers = worker_limit(self.num_workers) if len(chunks) > 1 else 0
         loader = torch.utils.data.DataLoader(
             _SplitView(self.readers[split], seed if augments(split, shuffle) else None), batch_sampler=chunks,
             num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",

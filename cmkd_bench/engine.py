@@ -3,6 +3,9 @@
 The engine knows nothing of a method's internals: it runs the models, asks the method for named
 loss terms, sums them and logs each. Model selection is on the validation split; the test split
 is read twice, at the best-val weights and at the last epoch's.
+
+Under torchrun (cmkd_bench.distributed) each rank trains on its part of every batch inside one
+DistributedDataParallel module, and evaluation is sharded and its counts summed over ranks.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from .data import PairedData, Recipe
 from .errors import RunFailed, UserError
 from .files import atomic_save
@@ -113,10 +117,31 @@ def evaluate_metric(model: FeatureModel, data: PairedData, split: str, modality:
     spec = data.spec
     metric = metric_for(spec.task)(spec.num_classes, spec.ignore_index, device)
     with autocast(device):
-        for batch in data.batches(split, batch_size or eval_batch_size(data, modality), shuffle=False, device=device):
+        for batch in batches(data, split, batch_size or eval_batch_size(data, modality), shuffle=False, device=device):
             metric.update(model(batch[modality]).logits.float(), batch["label"])
     model.train(was_training)
-    return metric
+    return distributed.reduce_counts(metric)  # under torchrun: every rank's counts, summed
+
+
+def batches(data: PairedData, split: str, batch_size: int, **options: Any):
+    """`data.batches`, this rank's part of each batch under torchrun (datasets without `part` work in one process)."""
+    world = distributed.world()
+    if world.size > 1:
+        options["part"] = world.part
+    return data.batches(split, batch_size, **options)
+
+
+class TrainStep(nn.Module):
+    """The modules one training step trains, as one module for DistributedDataParallel; its
+    forward is the step's forward (`losses`: the batch -> the method's loss terms)."""
+
+    def __init__(self, modules: dict[str, nn.Module], losses: Callable[[dict[str, Tensor]], dict[str, Tensor]]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(modules)
+        self.losses = losses
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.losses(batch)
 
 
 def evaluate(model: FeatureModel, data: PairedData, split: str, modality: str, device: torch.device,
@@ -182,6 +207,10 @@ class Fit:
 
     def __post_init__(self) -> None:
         self.uses_teacher = self.teacher is not None and self.method.uses_teacher
+        if distributed.world().sync_bn and distributed.world().size > 1:  # same parameters and state keys: before the optimiser, any checkpoint loads
+            distributed.convert_sync_batchnorm(self.student, self.device)
+            if self.method.trains_teacher and self.teacher is not None:
+                distributed.convert_sync_batchnorm(self.teacher, self.device)
         self.params = trainable_parameters(self.student, self.method, self.teacher)
         self.optimizer = build_optimizer(parameter_groups(self.student, self.method, self.teacher), self.recipe)
         self.steps_per_epoch = self.data.num_batches("train", self.recipe.batch_size, shuffle=True)
@@ -189,7 +218,15 @@ class Fit:
             self.optimizer, lambda step: lr_factor(self.recipe, step, self.steps_per_epoch))
         if not self.check_every:
             self.check_every = 1 if self.device.type == "cpu" else 50
+        trained = {"student": self.student, "method": self.method}
+        if self.method.trains_teacher and self.teacher is not None:
+            trained["teacher"] = self.teacher
+        self.trained = list(trained.values())
+        # the step's forward: in DistributedDataParallel under torchrun (gradients averaged over ranks)
+        self.step = distributed.wrap(TrainStep(trained, self._losses))
 
+    def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.method(self.student(batch[self.student_modality]), self._teacher_output(batch), batch)
     # -- state -------------------------------------------------------------------------------
     def _model_states(self) -> dict[str, Any]:
         states = {"student": self.student.state_dict(), "method": self.method.state_dict()}
@@ -262,16 +299,15 @@ class Fit:
         sums: dict[str, Tensor] = {}
         first_bad: dict[str, Tensor] = {}
         steps = 0
-        batches = self.data.batches("train", self.recipe.batch_size, shuffle=True,
-                                    seed=self.seed * 1_000_003 + epoch, device=self.device)
-        for steps, batch in enumerate(batches, start=1):
+        train = batches(self.data, "train", self.recipe.batch_size, shuffle=True,
+                        seed=self.seed * 1_000_003 + epoch, device=self.device)
+        for steps, batch in enumerate(train, start=1):
             if steps == 1 and (missing := self.method.needs - batch.keys()):
                 raise UserError(f"method {type(self.method).__name__} needs {', '.join(sorted(missing))} in every batch, "
                                 f"which dataset {self.data.spec.name!r} does not provide")
             self.method.on_step_start(steps, self.steps_per_epoch)
             with autocast(self.device):
-                teacher_out = self._teacher_output(batch)
-                losses = self.method(self.student(batch[self.student_modality]), teacher_out, batch)
+                losses = self.step(batch)
             total = torch.stack([v.float() for v in losses.values()]).sum()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -288,9 +324,14 @@ class Fit:
             if self.on_step is not None:
                 self.on_step(steps, self.steps_per_epoch)
         self._check_finite(first_bad, epoch)
-        return {k: (v / steps).item() for k, v in sums.items()}, steps
+        names = list(sums)  # under torchrun: the mean over ranks (the whole batch's, for batch-mean terms)
+        means = distributed.mean(torch.stack([sums[name] / steps for name in names])).tolist()
+        return dict(zip(names, means)), steps
 
     def _check_finite(self, first_bad: dict[str, Tensor], epoch: int) -> None:
+        if distributed.world().size > 1:  # every rank stops at the same step (no rank left waiting)
+            names = list(first_bad)
+            first_bad = dict(zip(names, distributed.first_positive_step(torch.stack([first_bad[n] for n in names]))))
         bad = {name: int(step) for name, step in first_bad.items() if int(step) >= 0}
         if bad:
             name = min(bad, key=lambda n: bad[n])
@@ -314,6 +355,7 @@ class Fit:
             epoch_seconds = time.perf_counter() - began
             seconds += epoch_seconds
             steps_done += steps
+            distributed.broadcast_buffers(self.trained)  # rank 0's BatchNorm statistics
             val = evaluate(self.student, self.data, "val", self.student_modality, self.device)
             if val > best["val"]:
                 best = {"val": val, "epoch": epoch, "states": self._snapshot()}

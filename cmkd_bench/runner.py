@@ -13,7 +13,7 @@ import platform
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from datetime import datetime, timezone
@@ -22,14 +22,14 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .catalog import load_all
 from .config import RunConfig, parse_sets, resolve, split_sets
 from .data import PairedData, Recipe
 from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
 from .errors import RunFailed, UserError
 from .backbones import init_from_weights, init_summary
-from .files import atomic_save, check_writable_dir, load_weights, read_state_dict, write_json_atomic
+from .files import atomic_save, check_writable_dir, is_main_process, load_weights, read_state_dict, write_json_atomic
 from .method import Method
 from .models import FeatureModel
 from .records import NUMERIC_LIBRARIES, RECORD_SCHEMA, find_record, metric_name, write_record
@@ -158,6 +158,7 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     teacher_dir = Path(request.teacher_cache) if request.teacher_cache else out / "teachers"
     if request.teacher_cache:
         check_writable_dir(teacher_dir, "--teacher-cache")
+    distributed.check_batch(config.recipe["batch_size"], data.spec.split_sizes["train"])  # under torchrun
     return ResolvedRun(config, data, Recipe(**config.recipe), device, out / config.run_id, teacher_dir, teacher_checkpoint,
                        inits["student"], inits["teacher"])
 
@@ -223,7 +224,9 @@ def obtain_teacher(prepared: ResolvedRun, teacher: FeatureModel, progress: RunCa
     key = teacher_key(config)
     folder = teacher_folder(prepared)
     folder.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(folder / ".lock"):  # parallel runs needing one teacher train it once
+    # parallel runs needing one teacher train it once; under torchrun rank 0 holds the lock for all ranks
+    with exclusive_lock(folder / ".lock") if is_main_process() else nullcontext():
+        distributed.barrier()
         metrics = _cached_or_trained_teacher(prepared, teacher, folder, key, progress)
     return {**info, "key": key, "checkpoint": str(folder / "teacher.pt"), "metrics": metrics,
             "recipe": config.teacher_recipe}
@@ -291,7 +294,7 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
         if report is not None:
             progress.message(init_summary(role, report))
     method = build_method(config, student, teacher, data, device)
-    with run_lock(prepared.run_dir, config.run_id):
+    with run_lock(prepared.run_dir, config.run_id) if is_main_process() else nullcontext():  # torchrun: rank 0's
         return _execute_locked(prepared, teacher, student, method, progress, force, inits)
 
 
@@ -384,6 +387,7 @@ def base_record(prepared: ResolvedRun) -> dict[str, Any]:
         "metrics": None,
         "teacher": None,
         "device": describe_device(prepared.device),
+        "distributed": distributed.world().describe(),  # world size, backend, sync BN (torchrun)
         "versions": versions(),
         "git_revision": git_revision(),
         "environment": environment(),

@@ -17,6 +17,7 @@ import sys
 import click
 
 from .. import __version__
+from ..distributed import world
 from ..errors import RunFailed, UserError
 from .analyze import analyze_group
 from .leaderboard import leaderboard_command
@@ -56,10 +57,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
+        if world().rank == 0:  # under torchrun, one line from rank 0 (every rank exits 2)
+            click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except RunFailed as exc:
-        click.echo(f"run failed: {exc}", err=True)
+        if world().rank == 0:
+            click.echo(f"run failed: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo(INTERRUPTED, err=True)

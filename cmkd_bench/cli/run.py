@@ -7,7 +7,7 @@ suite's subprocess gets every field of its request, including fields added later
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Sequence
 
 import click
@@ -16,6 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
+from .. import distributed
 from ..catalog import load_all
 from ..engine import EpochReport
 from ..runner import RunCallbacks, RunRequest, execute, resolve_run
@@ -25,7 +26,8 @@ from .options import plugin_option
 
 # `run` options that are no field of RunRequest: they change what is printed and what is registered,
 # never the run itself (its run id, its record).
-RUN_ONLY_OPTIONS = ("quiet", "plugins", "logger", "dry_run")
+# --sync-bn is torchrun's (it changes nothing in one process; the record's `distributed` field keeps it).
+RUN_ONLY_OPTIONS = ("quiet", "plugins", "logger", "dry_run", "sync_bn")
 
 
 class RateColumn(ProgressColumn):
@@ -180,22 +182,37 @@ def dry_run_text(resolved: Any) -> str:
 @click.option("--logger", type=click.Choice(LOGGERS), default=None,
               help="Also log each epoch to TensorBoard (OUT/<run_id>/tensorboard/) or wandb (offline unless "
                    "WANDB_MODE says otherwise); OUT/<run_id>/history.csv is always written.")
+@click.option("--sync-bn", is_flag=True,
+              help="Under torchrun: BatchNorm statistics over the whole batch (SyncBatchNorm), not each process's part.")
 @plugin_option
-def run_command(plugins: tuple[str, ...], quiet: bool, logger: str | None, dry_run: bool,
+def run_command(plugins: tuple[str, ...], quiet: bool, logger: str | None, dry_run: bool, sync_bn: bool,
                 **request_options: Any) -> None:
-    """Train (or reuse) the teacher, train the student with METHOD, and write the run record."""
+    """Train (or reuse) the teacher, train the student with METHOD, and write the run record.
+
+    Under `torchrun --nproc-per-node N -m cmkd_bench run ...` the run trains on N processes (DDP);
+    rank 0 alone prints and writes (cmkd_bench.distributed)."""
     apply_thread_share()  # a suite's run: its share of the CPU threads (cmkd_bench.scheduler)
     load_all(plugins)
     open_logger = logger_factory(logger or "none")  # a missing package is a one-line error before anything runs
     request = RunRequest(**request_options)
+    request = replace(request, device=distributed.start(request.device, sync_bn))  # torchrun: this rank's device
+    try:
+        _run(request, quiet, open_logger, dry_run)
+    finally:
+        distributed.stop()
+
+
+def _run(request: RunRequest, quiet: bool, open_logger: Any, dry_run: bool) -> None:
     resolved = resolve_run(request)
+    main = distributed.world().rank == 0
     if dry_run:
-        click.echo(dry_run_text(resolved))
+        if main:
+            click.echo(dry_run_text(resolved))
         return
-    console = Console(stderr=False, highlight=False)
+    console = Console(stderr=False, highlight=False, quiet=not main)
     display = RichProgress(console, quiet)
     callbacks = RunCallbacks(on_phase=display.phase, on_step=display.step, on_epoch=display.epoch,
-                             on_message=display.message, logger=open_logger)
+                             on_message=display.message, logger=open_logger if main else None)
     try:
         record = execute(resolved, callbacks, force=request.force)
     finally:
