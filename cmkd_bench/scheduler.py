@@ -48,6 +48,7 @@ class Outcome:
     detail: str  # the test metric, or the reason it failed
     seconds: float
     resumed: bool = False
+    requeues: int = 0  # --executor slurm: times the cluster pre-empted or timed out and requeued it
 
 
 # The process command line of one run: (request, device of the job slot, plug-in files) -> argv.

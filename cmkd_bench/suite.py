@@ -100,6 +100,7 @@ class Suite:
     plugins: tuple[str, ...] = ()
     tune: TuneSettings | None = None  # after the default runs, tune every method with a search space
     threads_per_run: int | None = None  # CPU threads of each local run (default: cores // jobs, scheduler.py)
+    cluster: Any = None  # executors.ClusterSettings: `--executor slurm` submits the runs through submitit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,8 +409,9 @@ def summary_text(planned: list[PlannedRun], outcomes: list[Outcome], seconds: fl
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = sum(run.state == "done" for run in planned)
     resumed = sum(o.resumed for o in completed)
+    requeues = sum(o.requeues for o in outcomes)
     lines = [f"suite finished in {seconds:.0f} s: {len(completed)} completed"
-             + (f" ({resumed} resumed)" if resumed else "")
+             + (f" ({resumed} resumed)" if resumed else "") + (f", {requeues} requeues" if requeues else "")
              + f", {skipped} skipped (already completed), {len(failed)} failed"]
     lines += [f"  failed: {o.run.run_id} ({o.run.label}): {o.detail}" for o in failed]
     return "\n".join(lines)
@@ -417,7 +419,12 @@ def summary_text(planned: list[PlannedRun], outcomes: list[Outcome], seconds: fl
 
 def start_runs(suite: Suite, todo: list[PlannedRun], jobs: int, devices: Sequence[str], command: CommandBuilder,
                echo: Callable[[str], None] = print_now) -> list[Outcome]:
-    """Run `todo` as local processes, `jobs` at a time, each with its share of the CPU threads."""
+    """Run `todo` as local processes, `jobs` at a time, each with its share of the CPU threads; or,
+    with `--executor slurm`, as submitit jobs (cmkd_bench.executors)."""
+    if suite.cluster is not None and suite.cluster.submits:
+        from .executors import submit_runs
+
+        return submit_runs(todo, suite.cluster, devices[0], suite.out, suite.plugins, command, echo)
     return Scheduler(todo, jobs, devices, suite.plugins, command, echo, threads=suite.threads_per_run).run()
 
 
@@ -441,7 +448,9 @@ def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, co
             echo(tuning_plan_text(studies))
         return 0
     todo = [run for run in planned if run.state != "done"]
-    echo(f"suite: {counts_line(planned)}; {min(jobs, max(1, len(todo)))} at a time; runs in {suite.out}/")
+    where = (f"through submitit ({suite.cluster.executor})" if suite.cluster is not None and suite.cluster.submits
+             else f"{min(jobs, max(1, len(todo)))} at a time")
+    echo(f"suite: {counts_line(planned)}; {where}; runs in {suite.out}/")
     began = time.perf_counter()
     outcomes = start_runs(suite, todo, jobs, devices, command, echo)
     echo(summary_text(planned, outcomes, time.perf_counter() - began))

@@ -36,6 +36,12 @@ Draws use torch's global RNG on the batch's device (seeded and restored by the e
 NumPy in DataLoader workers. The NCE noise term keeps P_n = 1 / N in both modes, as the official
 code does. Scores are computed in float32 even under bf16 autocast (exp(<v, m> / 0.07)
 magnifies rounding).
+
+Under torchrun (DDP; RepDistiller itself trains on one GPU) each rank scores its part of the
+batch, but the negatives are drawn for the whole batch on every rank (the draws one process makes,
+this rank's rows kept), Z comes from the whole batch's mean, and both banks are updated with the
+whole batch's embeddings (all-gathered), so the banks stay identical on every rank and the run
+matches a single process up to float rounding.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmkd_bench import distributed
 from cmkd_bench.errors import UserError
 from cmkd_bench.method import Method
 from cmkd_bench.registry import METHODS
@@ -158,7 +165,8 @@ class CRD(Method):
         else:
             dots = torch.bmm(memory[contrast].detach(), anchor.unsqueeze(2)).squeeze(2)  # B x (1 + K)
         h = torch.exp(dots / self.nce_t)
-        z.copy_(torch.where(z < 0, h.detach().mean() * self.n_data, z))  # set once, no host sync
+        # set once (no host sync); under torchrun from the whole batch's mean (equal parts: the mean of the ranks')
+        z.copy_(torch.where(z < 0, distributed.mean(h.detach().mean()) * self.n_data, z))
         return h / z
 
     @torch.no_grad()
@@ -172,13 +180,15 @@ class CRD(Method):
                             "for its memory bank; this dataset's batches do not provide it")
         self.check_labels()
         index, dtype = batch["index"], self.memory_s.dtype
+        whole = distributed.gather(index)  # under torchrun: the whole batch's rows, in one process's order
         with torch.autocast(index.device.type, enabled=False):  # exp(<v, m> / 0.07) magnifies bf16 rounding
             v_s = self.embed_s(student.feature_post.to(dtype))
             v_t = self.embed_t(teacher.feature_post.detach().to(dtype))
-            contrast = self.sample_contrast(index)
+            # the whole batch's negatives drawn on every rank (the same draws as one process), this rank's rows kept
+            contrast = distributed.local_rows(self.sample_contrast(whole))
             noise = self.k / self.n_data
             loss = (nce_loss(self.scores(v_s, self.memory_t, contrast, self.z_s), noise)
                     + nce_loss(self.scores(v_t, self.memory_s, contrast, self.z_t), noise))
-        self.update(self.memory_s, index, v_s)
-        self.update(self.memory_t, index, v_t)
+        self.update(self.memory_s, whole, distributed.gather(v_s))  # every rank's bank sees the whole batch
+        self.update(self.memory_t, whole, distributed.gather(v_t))
         return {"ce": self.task_loss(student.logits, batch["label"]), "crd": self.weight * loss}

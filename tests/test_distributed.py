@@ -108,6 +108,16 @@ def test_two_processes_reproduce_one_process_loss_trajectory_metrics_and_weights
     assert two["distributed"] == {"world_size": 2, "backend": "gloo", "sync_bn": False}
 
 
+def test_crd_gathers_its_memory_banks_and_negatives_so_two_processes_match_one(tmp_path) -> None:
+    args = [*LINEAR, "--method", "crd", "--set", "nce_k=20"]
+    assert in_process(*args, "--out", str(tmp_path / "one")) == 0
+    done = torchrun(*args, "--out", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    # epoch 2's NCE loss reads the banks epoch 1 wrote: equal only if every rank's bank saw the whole batch
+    assert_same_training(the_record(tmp_path / "one"), the_record(tmp_path / "two"))
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+
+
 def test_only_rank_0_writes_and_prints(linear_runs) -> None:
     out = linear_runs["two"]
     (run_dir,) = [p for p in out.iterdir() if p.name != "teachers"]

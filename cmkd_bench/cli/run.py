@@ -232,6 +232,7 @@ def run_arguments(request: RunRequest, quiet: bool = False, plugins: Sequence[st
     values = {field.name: getattr(request, field.name) for field in fields(request)}
     values.update(quiet=quiet, plugins=tuple(plugins), logger=None)
     values.setdefault("dry_run", False)  # a suite's run trains
+    values.setdefault("sync_bn", False)  # and runs in one process
     arguments: list[str] = []
     for param in run_command.params:
         if param.name not in values:

@@ -14,6 +14,7 @@ import click
 
 from ..catalog import load_all
 from ..errors import UserError
+from ..executors import EXECUTORS, cluster_settings, status_text
 from ..runner import RunRequest
 from ..suite import job_devices, run_suite, suite_with_flags
 from ..tuning import TuneSettings, check_budget, parse_space_flags, plan_studies, plan_text, run_studies
@@ -42,17 +43,34 @@ def run_command_line(request: RunRequest, device: str, plugins: Sequence[str]) -
 @click.option("--device", help="auto, cpu, cuda or cuda:N for every run. Default: the file's, else auto.")
 @click.option("--devices", help="Comma-separated devices; job slots take them in turn (e.g. cuda:0,cuda:1).")
 @click.option("--dry-run", is_flag=True, help="List the runs and what would happen to each; run nothing.")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+              help="local: runs as processes here (--jobs at a time); slurm: a SLURM job array through submitit "
+                   "(pip install 'cmkd-bench[cluster]'); submitit-local: submitit's jobs on this machine.")
+@click.option("--partition", help="--executor slurm: the SLURM partition.")
+@click.option("--gpus-per-run", type=int, help="--executor slurm: GPUs of each run's job (default 1; 0 with --device cpu).")
+@click.option("--cpus-per-run", type=int, help="--executor slurm: CPUs of each run's job, also its threads (default 8).")
+@click.option("--time", "time_limit", help="--executor slurm: each job's time limit, HH:MM:SS (default 04:00:00).")
+@click.option("--array-parallelism", type=int, help="--executor slurm: jobs of the array running at once (default 64).")
+@click.option("--status", "status_dir", type=click.Path(), metavar="DIR",
+              help="Print how the runs in DIR stand (completed, running, failed, pending) from their files; run nothing.")
 @click.option("--rerun-stale", is_flag=True,
               help="Also rerun completed runs made under another environment (library versions, CPU threads) or "
                    "code revision than most of their table (the leaderboard marks them); same run ids.")
 @plugin_option
 def suite_command(suite_file: str | None, jobs: int | None, device: str | None, devices: str | None,
-                  dry_run: bool, rerun_stale: bool, **flags: Any) -> None:
+                  dry_run: bool, rerun_stale: bool, executor: str, partition: str | None, gpus_per_run: int | None,
+                  cpus_per_run: int | None, time_limit: str | None, array_parallelism: int | None,
+                  status_dir: str | None, **flags: Any) -> None:
     """Run a grid of runs (SUITE_FILE and/or flags); finished runs are skipped, interrupted ones resume.
 
     Exit code 0 when no run failed, 1 when one did, 2 for bad input (nothing runs).
     """
+    if status_dir is not None:
+        click.echo(status_text(status_dir))
+        return
+    cluster = cluster_settings(executor, partition, gpus_per_run, cpus_per_run, time_limit, array_parallelism)
     suite = suite_with_flags(suite_file, flags)
+    suite.cluster = cluster
     if device is not None:
         suite.device = device
     device_names, jobs = job_devices(None if devices else suite.device, devices, jobs)
