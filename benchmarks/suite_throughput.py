@@ -1,9 +1,9 @@
 """Suite throughput: runs per minute of one fixed tiny grid with --jobs 1 and with --jobs N, side by side.
 
 The grid (synth-av at a small size, no-kd and kd, the default direction, `--seeds` seeds) runs twice
-through `cmkd-bench suite`'s own code (suite.run_suite, local runs as processes), into two fresh
-folders, so nothing is reused between the two: first with one job, then with N jobs, each run with
-the default share of the CPU threads (the cores available divided by the jobs; scheduler.py).
+as `python -m cmkd_bench suite ...` processes, into two fresh folders, so nothing is reused between
+the two: first with one job, then with N jobs, each run with the default share of the CPU threads
+(the cores available divided by the jobs; scheduler.py). Wall time includes the suite's start-up.
 
     python benchmarks/suite_throughput.py [--jobs 2] [--seeds 2] [--epochs 2] [--size 64]
 
@@ -14,31 +14,32 @@ that is otherwise idle, --jobs N should not be slower than --jobs 1 (ratio >= 1)
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from cmkd_bench.cli.suite import run_command_line
 from cmkd_bench.scheduler import available_cores, threads_per_run
-from cmkd_bench.suite import run_suite, suite_from_mapping
 
 
-def grid(out: Path, seeds: int, epochs: int, size: int) -> dict:
-    return {"datasets": [{"name": "synth-av", "sets": {"train": size, "val": size // 2, "test": size // 2,
-                                                       "image_size": 16}}],
-            "methods": ["no-kd", "kd"], "directions": "default", "seeds": list(range(seeds)),
-            "epochs": epochs, "device": "cpu", "out": str(out)}
+def suite_command(out: Path, jobs: int, seeds: int, epochs: int, size: int) -> list[str]:
+    sets = {"train": size, "val": size // 2, "test": size // 2, "image_size": 16}
+    return [sys.executable, "-m", "cmkd_bench", "suite", "--methods", "no-kd,kd", "--datasets", "synth-av",
+            "--directions", "default", "--seeds", ",".join(str(seed) for seed in range(seeds)),
+            "--epochs", str(epochs), "--device", "cpu", "--out", str(out), "--jobs", str(jobs),
+            *(arg for key, value in sets.items() for arg in ("--set", f"{key}={value}"))]
 
 
 def timed(jobs: int, seeds: int, epochs: int, size: int) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as folder:
-        suite = suite_from_mapping(grid(Path(folder) / "runs", seeds, epochs, size), where="suite_throughput")
+        out = Path(folder) / "runs"
         began = time.perf_counter()
-        code = run_suite(suite, jobs, ["cpu"], dry_run=False, command=run_command_line, echo=lambda _: None)
+        done = subprocess.run(suite_command(out, jobs, seeds, epochs, size), capture_output=True, text=True)
         seconds = time.perf_counter() - began
-        if code:
-            raise SystemExit(f"the suite with --jobs {jobs} had failed runs (exit {code})")
-        runs = len(list((Path(folder) / "runs").glob("*/result.json")))
+        if done.returncode:
+            raise SystemExit(f"the suite with --jobs {jobs} failed (exit {done.returncode}): {done.stderr.strip()}")
+        runs = len(list(out.glob("*/result.json")))
     return runs, seconds
 
 
