@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 from .errors import UserError
 from .files import write_json_atomic
 from .records import find_record, metric, record_metric_name
-from .scheduler import CommandBuilder, Outcome, PlannedRun, print_now, thread_environment
+from .scheduler import CommandBuilder, Outcome, PlannedRun, Scheduler, print_now, thread_environment
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 _CLUSTER = {"slurm": "slurm", "submitit-local": "local"}  # submitit.AutoExecutor's names
@@ -284,6 +284,16 @@ def _report_line(outcome: Outcome, done: int, total: int) -> str:
     notes = " (resumed)" if outcome.resumed else ""
     notes += f" ({outcome.requeues} requeue{'s' if outcome.requeues != 1 else ''})" if outcome.requeues else ""
     return f"[{done}/{total}] {state} {outcome.run.run_id}  {outcome.detail}  {outcome.seconds:.1f} s{notes}"
+
+
+# -- a suite's runs, here or through submitit ----------------------------------------------------
+def start_runs(suite: Any, todo: list[PlannedRun], jobs: int, devices: Sequence[str], command: CommandBuilder,
+               echo: Callable[[str], None] = print_now) -> list[Outcome]:
+    """Run `todo` as local processes, `jobs` at a time, each with its share of the CPU threads; or,
+    with `--executor slurm`, as submitit jobs (cmkd_bench.executors)."""
+    if suite.cluster is not None and suite.cluster.submits:
+        return submit_runs(todo, suite.cluster, devices[0], suite.out, suite.plugins, command, echo)
+    return Scheduler(todo, jobs, devices, suite.plugins, command, echo, threads=suite.threads_per_run).run()
 
 
 # -- status --------------------------------------------------------------------------------------

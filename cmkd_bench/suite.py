@@ -49,7 +49,8 @@ from .files import check_writable_dir
 from .records import direction_label, find_record
 from .registry import METHODS
 from .runner import ResolvedRun, RunRequest, existing_record, reads_data_root, resolve_run
-from .scheduler import CommandBuilder, Outcome, PlannedRun, Scheduler, print_now
+from .executors import start_runs
+from .scheduler import CommandBuilder, Outcome, PlannedRun, print_now
 
 if TYPE_CHECKING:  # tuning builds on this module (imports it at its top); its functions are imported where used
     from .tuning import TuneSettings
@@ -415,17 +416,6 @@ def summary_text(planned: list[PlannedRun], outcomes: list[Outcome], seconds: fl
              + f", {skipped} skipped (already completed), {len(failed)} failed"]
     lines += [f"  failed: {o.run.run_id} ({o.run.label}): {o.detail}" for o in failed]
     return "\n".join(lines)
-
-
-def start_runs(suite: Suite, todo: list[PlannedRun], jobs: int, devices: Sequence[str], command: CommandBuilder,
-               echo: Callable[[str], None] = print_now) -> list[Outcome]:
-    """Run `todo` as local processes, `jobs` at a time, each with its share of the CPU threads; or,
-    with `--executor slurm`, as submitit jobs (cmkd_bench.executors)."""
-    if suite.cluster is not None and suite.cluster.submits:
-        from .executors import submit_runs
-
-        return submit_runs(todo, suite.cluster, devices[0], suite.out, suite.plugins, command, echo)
-    return Scheduler(todo, jobs, devices, suite.plugins, command, echo, threads=suite.threads_per_run).run()
 
 
 def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, command: CommandBuilder,

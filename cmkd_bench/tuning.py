@@ -35,8 +35,8 @@ from .errors import UserError
 from .records import direction_label, find_record, is_number, metric, tuning_entries, write_record
 from .registry import METHODS, Entry
 from .scheduler import CommandBuilder, PlannedRun
-from .suite import (DatasetEntry, MethodEntry, Suite, _direction_pairs, _planned, _probe_spec, _request, setting_text,
-                    start_runs)
+from .executors import start_runs
+from .suite import DatasetEntry, MethodEntry, Suite, _direction_pairs, _planned, _probe_spec, _request, setting_text
 
 DEFAULT_BUDGET = 8
 SAMPLE_SEED = 0  # draws the subset of a space larger than the budget; fixed, so every method draws alike
