@@ -54,7 +54,7 @@ class NanKD(KD):
 def suite_args(out: Path, plugin: Path, methods: str = "no-kd,slow-kd", jobs: int = 1) -> list[str]:
     return ["suite", "--methods", methods, "--datasets", "synth-av", "--seeds", "0", "--directions", "default",
             "--epochs", "3", "--device", "cpu", "--out", str(out), "--jobs", str(jobs), "--plugin", str(plugin),
-            *TINY_FLAGS]
+            "--threads-per-run", "1", *TINY_FLAGS]  # one thread whatever --jobs: bitwise-equal results
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
@@ -176,6 +176,7 @@ def test_a_suite_run_gets_every_field_of_its_request_through_runs_own_options() 
     assert parsed.pop("quiet") is True and parsed.pop("plugins") == ("plugins/a.py", "plugins/b.py")
     assert parsed.pop("logger") is None  # suite runs log to run.log and history.csv
     assert parsed.pop("dry_run") is False  # a suite's run trains (suite --dry-run lists, runs nothing)
+    assert parsed.pop("sync_bn") is False  # a suite's run is one process (torchrun's option)
     assert RunRequest(**parsed) == replace(request, device="cuda:7")  # the job slot's device, all else as asked
     plain = run_command_line(RunRequest(method="kd", dataset="synth-av", sets=("T=2",)), "cpu", [])
     assert plain[4:] == ["--method", "kd", "--dataset", "synth-av", "--seed", "0", "--device", "cpu",
