@@ -207,7 +207,8 @@ class Fit:
 
     def __post_init__(self) -> None:
         self.uses_teacher = self.teacher is not None and self.method.uses_teacher
-        if distributed.world().sync_bn and distributed.world().size > 1:  # same parameters and state keys: before the optimiser, any checkpoint loads
+        # --sync-bn under torchrun: the same parameters and state keys, so any checkpoint loads
+        if distributed.world().sync_bn and distributed.world().size > 1:
             distributed.convert_sync_batchnorm(self.student, self.device)
             if self.method.trains_teacher and self.teacher is not None:
                 distributed.convert_sync_batchnorm(self.teacher, self.device)
@@ -227,6 +228,7 @@ class Fit:
 
     def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.method(self.student(batch[self.student_modality]), self._teacher_output(batch), batch)
+
     # -- state -------------------------------------------------------------------------------
     def _model_states(self) -> dict[str, Any]:
         states = {"student": self.student.state_dict(), "method": self.method.state_dict()}
