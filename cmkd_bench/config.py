@@ -68,6 +68,16 @@ class RunConfig:
         return asdict(self)
 
 
+def init_sha256(path: Path | None) -> str | None:
+    """The content hash of --student-init / --teacher-init: a weights file's, or a model folder's (every file)."""
+    if path is None:
+        return None
+    if path.is_dir():
+        from .text import directory_fingerprint
+        return directory_fingerprint(path)
+    return file_sha256(path)
+
+
 def parse_sets(items: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
@@ -176,7 +186,7 @@ def resolve(
         data_options=dict(spec.options),
         teacher_checkpoint_sha256=file_sha256(teacher_checkpoint) if teacher_checkpoint else None,
         hparams_changed=changed,
-        student_init_sha256=file_sha256(student_init) if student_init else None,
-        teacher_init_sha256=file_sha256(teacher_init) if teacher_init else None,
+        student_init_sha256=init_sha256(student_init),
+        teacher_init_sha256=init_sha256(teacher_init),
         teacher_epochs=teacher_epochs,
     )

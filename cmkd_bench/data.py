@@ -7,7 +7,7 @@ its split, for methods that keep per-sample state such as a memory bank).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable, Iterator, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol as TypingProtocol
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from torch import Tensor
 
 from .errors import UserError
 from .media import MediaError
+
+if TYPE_CHECKING:
+    from .text import TokenSpec
 
 SPLITS = ("train", "val", "test")
 TASKS = ("classification", "segmentation")
@@ -68,6 +71,8 @@ class Modality:
     shape: tuple[int, ...]  # per-sample shape
     backbone: str  # default backbone for this modality
     description: str = ""
+    # text: the tensor is 2 x L token ids and attention mask, made with this vocabulary (cmkd_bench.text)
+    tokens: "TokenSpec | None" = None
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,10 @@ from .data import PairedData, Recipe
 from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
 from .errors import RunFailed, UserError
 from .backbones import init_from_weights, init_summary
-from .files import atomic_save, check_writable_dir, load_weights, read_state_dict, write_json_atomic
+from .files import atomic_save, check_writable_dir, load_weights, read_state_dict, write_atomic, write_json_atomic
 from .method import Method
 from .models import FeatureModel
+from .text import vocabulary_files
 from .records import NUMERIC_LIBRARIES, RECORD_SCHEMA, find_record, metric_name, write_record
 from .registry import BACKBONES, DATASETS, METHODS
 from .tracking import HISTORY_FILE, ExperimentLogger, HistoryCSV, with_epoch_logging
@@ -135,8 +136,9 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     inits = {role: Path(value) if value else None
              for role, value in (("student", request.student_init), ("teacher", request.teacher_init))}
     for role, path in inits.items():
-        if path is not None and not path.is_file():
-            raise UserError(f"--{role}-init {str(path)!r} does not exist; pass the path of a .pt, .pth or .safetensors file")
+        if path is not None and not (path.is_file() or path.is_dir()):
+            raise UserError(f"--{role}-init {str(path)!r} does not exist; pass the path of a .pt, .pth or .safetensors "
+                            "file (or, for an hf: text backbone, a local Hugging Face model folder)")
     if teacher_checkpoint is not None and inits["teacher"] is not None:
         raise UserError("--teacher-checkpoint and --teacher-init both set the teacher's weights; pass one of them")
     if request.teacher_epochs is not None and teacher_checkpoint is not None:
@@ -167,8 +169,18 @@ def build_model(backbone: str, data: PairedData, modality: str, seed: int, devic
     entry = BACKBONES.get(backbone)
     if not entry.supports(spec.task):
         raise UserError(f"backbone {backbone!r} does not support {spec.task}; see `cmkd-bench list backbones`")
+    declared = spec.modality(modality)
+    takes_tokens = bool(entry.meta.get("takes_tokens"))
+    if takes_tokens and declared.tokens is None:
+        raise UserError(f"backbone {backbone!r} reads text (token ids), but modality {modality!r} of {spec.name!r} is "
+                        f"not text (shape {tuple(declared.shape)}); give it an image or vector backbone, e.g. "
+                        f"{declared.backbone}")
+    if declared.tokens is not None and not takes_tokens:
+        raise UserError(f"modality {modality!r} of {spec.name!r} is text (token ids), which backbone {backbone!r} "
+                        f"does not read; use a text backbone: text-cnn, text-transformer or hf:<model type>")
     torch.manual_seed(seed)
-    return entry.factory(spec.modality(modality).shape, spec.num_classes).to(device)
+    extra = {"tokens": declared.tokens} if takes_tokens else {}  # text backbones: the vocabulary they embed
+    return entry.factory(declared.shape, spec.num_classes, **extra).to(device)
 
 
 def initialise(model: FeatureModel, path: Path | None, sha256: str | None, data: PairedData, modality: str,
@@ -176,6 +188,9 @@ def initialise(model: FeatureModel, path: Path | None, sha256: str | None, data:
     """Load what fits of the --student-init / --teacher-init file into `model`; the report, or None without one."""
     if path is None:
         return None
+    if path.is_dir():  # a Hugging Face model folder: from_pretrained, for hf: text backbones
+        from .text_backbones import init_from_folder
+        return init_from_folder(model, path, data.spec.modality(modality).tokens, sha256, f"--{role}-init")
     state = read_state_dict(path, device, f"--{role}-init")
     in_chans = data.spec.modality(modality).shape[0]
     return init_from_weights(model, state, in_chans, str(path), sha256, what=f"--{role}-init")
@@ -350,6 +365,8 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
     # the best-val weights (Fit leaves them loaded), for analyses such as t-SNE of features
     atomic_save(student.state_dict(), prepared.run_dir / "student.pt")
     record["student_checkpoint"] = str(prepared.run_dir / "student.pt")
+    for name, text in vocabulary_files(data.spec).items():  # a text modality's word vocabulary, by id
+        write_atomic(prepared.run_dir / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
     if method.trains_teacher:
         atomic_save(teacher.state_dict(), prepared.run_dir / "teacher_finetuned.pt")
         record["teacher"]["finetuned_checkpoint"] = str(prepared.run_dir / "teacher_finetuned.pt")
