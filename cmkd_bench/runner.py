@@ -28,7 +28,7 @@ from .config import RunConfig, parse_sets, resolve, split_sets
 from .data import PairedData, Recipe
 from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
 from .errors import RunFailed, UserError
-from .backbones import init_from_weights, init_summary
+from .backbones import build_backbone, init_from_weights, init_summary
 from .files import atomic_save, check_writable_dir, load_weights, read_state_dict, write_atomic, write_json_atomic
 from .method import Method
 from .models import FeatureModel
@@ -169,18 +169,8 @@ def build_model(backbone: str, data: PairedData, modality: str, seed: int, devic
     entry = BACKBONES.get(backbone)
     if not entry.supports(spec.task):
         raise UserError(f"backbone {backbone!r} does not support {spec.task}; see `cmkd-bench list backbones`")
-    declared = spec.modality(modality)
-    takes_tokens = bool(entry.meta.get("takes_tokens"))
-    if takes_tokens and declared.tokens is None:
-        raise UserError(f"backbone {backbone!r} reads text (token ids), but modality {modality!r} of {spec.name!r} is "
-                        f"not text (shape {tuple(declared.shape)}); give it an image or vector backbone, e.g. "
-                        f"{declared.backbone}")
-    if declared.tokens is not None and not takes_tokens:
-        raise UserError(f"modality {modality!r} of {spec.name!r} is text (token ids), which backbone {backbone!r} "
-                        f"does not read; use a text backbone: text-cnn, text-transformer or hf:<model type>")
     torch.manual_seed(seed)
-    extra = {"tokens": declared.tokens} if takes_tokens else {}  # text backbones: the vocabulary they embed
-    return entry.factory(declared.shape, spec.num_classes, **extra).to(device)
+    return build_backbone(backbone, spec, modality).to(device)
 
 
 def initialise(model: FeatureModel, path: Path | None, sha256: str | None, data: PairedData, modality: str,
