@@ -17,6 +17,7 @@ from cmkd_bench.cli import main
 from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
 from cmkd_bench.runner import build_model
+from cmkd_bench.datasets.synth_it import TEMPLATES
 from cmkd_bench.text import CLS, PAD, UNK, WordVocabulary, require_transformers
 
 load_all()
@@ -57,6 +58,19 @@ def test_word_vocabulary_orders_by_count_then_alphabet_and_encodes_with_cls_and_
     assert out.dtype == torch.long and out.shape == (2, 2, 5)
     assert out[0].tolist() == [[CLS, 4, 3, UNK, PAD], [1, 1, 1, 1, 0]]  # unknown word: [UNK]; then padding
     assert out[1].tolist() == [[CLS, 6, 6, 6, 6], [1, 1, 1, 1, 1]]  # cut to the length
+
+
+def test_synth_it_is_a_function_of_its_seed_and_shared_moves_the_words_between_lexicons():
+    a = DATASETS.build("synth-it", None, train=64, val=8, test=8, image_size=16)
+    b = DATASETS.build("synth-it", None, train=64, val=8, test=8, image_size=16)
+    assert a.texts == b.texts and all(torch.equal(a.splits["train"][k], b.splits["train"][k]) for k in a.splits["train"])
+    assert DATASETS.build("synth-it", None, train=64, val=8, test=8, image_size=16, data_seed=1).texts != a.texts
+    plain = {"train": 200, "val": 8, "test": 8, "image_size": 16, "class_word": 0.0, "distractors": 0}
+    only_shared = {w for t in DATASETS.build("synth-it", None, shared=1.0, **plain).texts["train"] for w in t.split()}
+    only_own = {w for t in DATASETS.build("synth-it", None, shared=0.0, **plain).texts["train"] for w in t.split()}
+    fillers = {w for template in TEMPLATES for w in template.replace("{}", " ").split()}
+    assert only_shared & only_own <= fillers  # the shared and the text-specific codes have separate words
+    assert len(only_shared - fillers) > 30 and len(only_own - fillers) > 30
 
 
 def test_text_cnn_ignores_what_sits_under_the_padding_and_pools_stages_over_tokens():
