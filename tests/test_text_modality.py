@@ -16,7 +16,8 @@ from cmkd_bench.catalog import load_all
 from cmkd_bench.cli import main
 from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
-from cmkd_bench.runner import build_model
+from cmkd_bench.registry import BACKBONES
+from cmkd_bench.runner import build_model, initialise
 from cmkd_bench.datasets.synth_it import TEMPLATES
 from cmkd_bench.text import CLS, PAD, UNK, WordVocabulary, require_transformers
 
@@ -115,6 +116,8 @@ def test_a_missing_transformers_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(UserError, match=r"cmkd-bench\[text\]"):
         require_transformers("backbone 'hf:bert'")
+    with pytest.raises(UserError, match=r"hf:bert.*cmkd-bench\[text\]"):
+        BACKBONES.get("hf:bert")
 
 
 # -- synth-it end to end -----------------------------------------------------------------------
@@ -167,6 +170,19 @@ def test_a_bert_from_a_tiny_local_config_trains_one_step(tiny_bert, tmp_path, ru
     assert result.exit_code == 0, result.output
     record = json.loads(next(tmp_path.glob("kd-*/result.json")).read_text())
     assert len(record["student_init"]["loaded"]) > 20 and not record["student_init"]["skipped"]
+
+
+def test_starting_a_bert_from_its_folder_loads_every_encoder_tensor_and_keeps_the_head_fresh(tiny_bert):
+    from safetensors.torch import load_file
+
+    data = DATASETS.build("synth-it", None, train=48, val=16, test=16, image_size=16, tokenizer=str(tiny_bert))
+    model = build_model(f"hf:{tiny_bert}", data, "text", 3, torch.device("cpu"))
+    head = model.net.fc.weight.detach().clone()
+    report = initialise(model, tiny_bert, None, data, "text", "student", torch.device("cpu"))
+    saved, encoder = load_file(str(tiny_bert / "model.safetensors")), model.net.encoder.state_dict()
+    assert set(saved) == set(encoder) and all(torch.equal(saved[k], encoder[k]) for k in saved)
+    assert len(report["loaded"]) == len(saved) and torch.equal(model.net.fc.weight, head)
+    assert report["not_in_file"] == ["net.fc.weight", "net.fc.bias"]
 
 
 def test_starting_a_bert_from_its_folder_needs_its_tokenizer(tiny_bert, tmp_path, run_cli):
