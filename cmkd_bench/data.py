@@ -108,6 +108,12 @@ class PairedData:
     def num_batches(self, split: str, batch_size: int, *, shuffle: bool) -> int:
         raise NotImplementedError
 
+    def fixed_modalities(self, split: str) -> frozenset[str]:
+        """Modalities whose value for a sample is the same in every shuffled epoch of `split` as in
+        an unshuffled pass (no augmentation, no random choice); a frozen teacher's outputs on them
+        can be computed once (cmkd_bench/teacher_outputs.py). Default: none."""
+        return frozenset()
+
 
 class TensorPairs(PairedData):
     """Paired data held in memory as tensors; batches are index slices (no DataLoader needed).
@@ -126,6 +132,9 @@ class TensorPairs(PairedData):
 
     def size(self, split: str) -> int:
         return len(self.splits[split]["label"])
+
+    def fixed_modalities(self, split: str) -> frozenset[str]:
+        return frozenset(self.spec.modalities)  # served as stored
 
     def _tensors(self, split: str, device: torch.device | str) -> dict[str, Tensor]:
         key = (split, str(device))
@@ -316,6 +325,10 @@ class DecodedPairs(PairedData):
 
     def size(self, split: str) -> int:
         return len(self.readers[split])
+
+    def fixed_modalities(self, split: str) -> frozenset[str]:
+        """What the split's reader declares (`fixed_modalities`, default none)."""
+        return frozenset(getattr(self.readers[split], "fixed_modalities", ()))
 
     def labels(self, split: str) -> Tensor:
         """Every class id of the split, by position (readers that hold `labels` only)."""

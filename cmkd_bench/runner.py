@@ -404,6 +404,7 @@ def completed_record(result: FitResult, wall: float) -> dict[str, Any]:
         "train_steps": result.train_steps,
         "train_seconds": round(result.train_seconds, 3),
         "steps_per_s": round(result.steps_per_s, 3),
+        "teacher_outputs": result.teacher_outputs,  # "cached" or why the teacher ran every step
     }
 
 

@@ -198,6 +198,15 @@ class ClipReader:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def fixed_modalities(self) -> frozenset[str]:
+        """Modalities decoded the same at train as in an unshuffled pass (see PairedData.fixed_modalities):
+        frames without crop or flip, taken "first" at train and test; audio without a random window."""
+        fixed = {"audio"} if self.audio.window != "random" else set()
+        if not self.augment and self.visual.train == self.visual.test == "first":
+            fixed.add("visual")
+        return frozenset(fixed)
+
     def read(self, index: int, seed: SampleSeed | None) -> dict[str, np.ndarray]:
         rng = None if seed is None else seed.rng()
         return {"visual": self._visual(index, rng), "audio": self._audio(index, rng)}
