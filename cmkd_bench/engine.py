@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .data import PairedData, Recipe
 from .errors import RunFailed, UserError
+from .execution import Execution, as_input
 from .files import atomic_save
 from .method import Method
 from .metrics import metric_for
@@ -182,6 +183,7 @@ class Fit:
     on_resume: Callable[[int], None] | None = None  # (epochs already finished) when a checkpoint is picked up
     check_every: int = 0  # steps between host syncs for the non-finite check; 0: 1 on CPU, 50 on CUDA
     cache_teacher: bool = True  # serve a frozen teacher's outputs from a per-run cache where valid
+    execution: Execution | None = None  # --channels-last: inputs in channels-last memory format
 
     def __post_init__(self) -> None:
         self.uses_teacher = self.teacher is not None and self.method.uses_teacher
@@ -260,10 +262,11 @@ class Fit:
         assert self.teacher is not None and self.teacher_modality is not None
         if self.teacher_cache is not None:
             return self.teacher_cache.gather(batch["index"])
+        x = as_input(batch[self.teacher_modality], self.execution)
         if self.method.trains_teacher:
-            return self.teacher(batch[self.teacher_modality])
+            return self.teacher(x)
         with torch.no_grad():
-            return self.teacher(batch[self.teacher_modality])
+            return self.teacher(x)
 
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
         self._set_modes()
@@ -280,7 +283,8 @@ class Fit:
             self.method.on_step_start(steps, self.steps_per_epoch)
             with autocast(self.device):
                 teacher_out = self._teacher_output(batch)
-                losses = self.method(self.student(batch[self.student_modality]), teacher_out, batch)
+                student_out = self.student(as_input(batch[self.student_modality], self.execution))
+                losses = self.method(student_out, teacher_out, batch)
             total = torch.stack([v.float() for v in losses.values()]).sum()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -47,11 +47,18 @@ def _as_is(batch: Any) -> Any:
     return batch
 
 
+def _pinned(batch: Any) -> Any:
+    """A fetched batch's tensors in pinned memory (what the DataLoader's pin_memory does with workers)."""
+    if isinstance(batch, dict):
+        return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
+
+
 class PersistentLoader:
     """`iterate(items)` yields fetch(item) for each item, from `num_workers` persistent processes (0: here)."""
 
     def __init__(self, fetch: Callable[[Any], Any], num_workers: int, pin_memory: bool, prefetch: int = 4) -> None:
-        self.fetch, self.num_workers, self.busy = fetch, num_workers, False
+        self.fetch, self.num_workers, self.pin_memory, self.busy = fetch, num_workers, pin_memory, False
         self.sampler = _Items()
         self.loader = torch.utils.data.DataLoader(
             _Fetch(fetch), sampler=self.sampler, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
@@ -62,7 +69,8 @@ class PersistentLoader:
     def iterate(self, items: list[Any]) -> Iterator[Any]:
         if self.busy or self.num_workers == 0:  # nested, or no workers: fetch here
             for item in items:
-                yield self.fetch(item)
+                batch = self.fetch(item)
+                yield _pinned(batch) if self.pin_memory else batch
             return
         self.busy = True
         try:
