@@ -32,27 +32,38 @@ def stored_box(box: tuple[float, float, float, float], width: int, height: int, 
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def crop_resize_flip(frames: Tensor, crops: list[tuple[int, int, int, int]], flips: list[bool], size: int,
-                     normalise: bool = True) -> Tensor:
-    """uint8 B x k x S x S x 3 frames (k frames per sample, one box each sample) -> float B x 3k x size x size.
+def crop_resize(frames: Tensor, crops: list[tuple[int, int, int, int]], flips: list[bool], size: int) -> Tensor:
+    """uint8 B x k x S x S x 3 frames (k frames per sample, one box each) -> B x size x size x k x 3.
 
     crops: per sample (left, top, right, bottom) in pixels of the S x S frame; flips: per sample
-    (host values, so nothing waits for the device). The frames are read channels-last (torch's fast
-    uint8 path on the CPU). Scaled to [0, 1] and ImageNet-normalised (as `media.image_array`) in one
-    fused pass. The result is in channels-last memory format (what convolutions read fastest).
+    (host values, so nothing waits for the device). uint8 on the CPU (torch's fast channels-last
+    uint8 path), float32 elsewhere (antialiasing there needs floats).
     """
     b, k = frames.shape[:2]
     source = frames.permute(0, 1, 4, 2, 3)  # B x k x 3 x S x S, channels-last in memory
-    if frames.device.type != "cpu":  # uint8 antialiasing is CPU only
+    if frames.device.type != "cpu":
         source = source.to(torch.float32)
-    hwc = torch.empty((b, size, size, k, 3), dtype=source.dtype, device=frames.device)  # channels-last throughout
+    hwc = torch.empty((b, size, size, k, 3), dtype=source.dtype, device=frames.device)
     for j, ((left, top, right, bottom), flip) in enumerate(zip(crops, flips)):
         crop = F.interpolate(source[j, :, :, top:bottom, left:right], size=(size, size), mode="bilinear",
                              antialias=True, align_corners=False)
         hwc[j] = (crop.flip(-1) if flip else crop).permute(2, 3, 0, 1)
-    out = hwc.to(torch.float32).permute(0, 3, 4, 1, 2).reshape(b, 3 * k, size, size)  # a view, channels-last
+    return hwc
+
+
+def normalised(hwc: Tensor, normalise: bool = True) -> Tensor:
+    """B x H x W x k x 3 pixels (0-255) -> float32 B x 3k x H x W in channels-last memory format (what
+    convolutions read fastest), scaled to [0, 1] and ImageNet-normalised (as `media.image_array`)."""
+    b, height, width, k = hwc.shape[:4]
+    out = hwc.to(torch.float32).permute(0, 3, 4, 1, 2).reshape(b, 3 * k, height, width)  # a view
     scale, bias = _normaliser(out.device, 3 * k, normalise)
     return torch.addcmul(bias, out, scale, out=out)
+
+
+def crop_resize_flip(frames: Tensor, crops: list[tuple[int, int, int, int]], flips: list[bool], size: int,
+                     normalise: bool = True) -> Tensor:
+    """`crop_resize`, then `normalised`: uint8 B x k x S x S x 3 -> float B x 3k x size x size."""
+    return normalised(crop_resize(frames, crops, flips, size), normalise)
 
 
 _NORMALISERS: dict[tuple[str, int, bool], tuple[Tensor, Tensor]] = {}
