@@ -132,4 +132,7 @@ class Packer:
 
         recipes = {audio_key(name, p.audio): spectrogram(p.audio) for name, p in self.protocols.items()
                    if p.audio.window != "random"}
+        current = read_packed_info(root)
+        if current is not None and current["size"] == size and set(current["audio"]) == set(recipes):
+            return current  # already packed from these clips (a resumed prepare)
         return write_packed(clips, size, recipes, advance)

@@ -80,6 +80,9 @@ def test_pack_only_adds_the_store_to_a_prepared_folder_without_its_source(crema,
     frames = np.load(root / PACKED_DIR / "train-frames.npy", mmap_mode="r")
     assert frames.shape[1:] == (40, 40, 3) and frames.dtype == np.uint8
     assert DATASETS.build("crema-d", root, **OPTIONS).spec.options["store"] == "packed"
+    stamp = (root / PACKED_DIR / "train-frames.npy").stat().st_mtime_ns
+    assert cli("prepare", "crema-d", "--dst", str(root), "--pack-only", "--pack-size", "40").returncode == 0
+    assert (root / PACKED_DIR / "train-frames.npy").stat().st_mtime_ns == stamp  # up to date: not rewritten
 
 
 @pytest.fixture(scope="module")
