@@ -19,10 +19,12 @@ from torch import Tensor, nn
 
 from .data import PairedData, Recipe
 from .errors import RunFailed, UserError
+from .execution import Execution, as_input
 from .files import atomic_save
 from .method import Method
 from .metrics import metric_for
 from .models import FeatureModel
+from .teacher_outputs import CachePlan, TeacherOutputs, plan as teacher_cache_plan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,6 +154,7 @@ class FitResult:
     train_seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None
+    teacher_outputs: str = ""  # "cached" or why the teacher ran every step (cmkd_bench/teacher_outputs.py)
     # test at the best-val weights, beyond the one number: for segmentation pixel accuracy and
     # per-class IoU (percent); empty for classification
     test_details: dict[str, Any] = field(default_factory=dict)
@@ -179,6 +182,8 @@ class Fit:
     on_epoch: Callable[[EpochReport], None] | None = None
     on_resume: Callable[[int], None] | None = None  # (epochs already finished) when a checkpoint is picked up
     check_every: int = 0  # steps between host syncs for the non-finite check; 0: 1 on CPU, 50 on CUDA
+    cache_teacher: bool = True  # serve a frozen teacher's outputs from a per-run cache where valid
+    execution: Execution | None = None  # --channels-last: inputs in channels-last memory format
 
     def __post_init__(self) -> None:
         self.uses_teacher = self.teacher is not None and self.method.uses_teacher
@@ -189,6 +194,10 @@ class Fit:
             self.optimizer, lambda step: lr_factor(self.recipe, step, self.steps_per_epoch))
         if not self.check_every:
             self.check_every = 1 if self.device.type == "cpu" else 50
+        self.teacher_plan = teacher_cache_plan(self.method, self.teacher, self.data, self.teacher_modality, self.device)
+        if not self.cache_teacher and self.teacher_plan.cached:
+            self.teacher_plan = CachePlan(False, "live: the cache was turned off")
+        self.teacher_cache: TeacherOutputs | None = None
 
     # -- state -------------------------------------------------------------------------------
     def _model_states(self) -> dict[str, Any]:
@@ -251,10 +260,13 @@ class Fit:
         if not self.uses_teacher:
             return None
         assert self.teacher is not None and self.teacher_modality is not None
+        if self.teacher_cache is not None:
+            return self.teacher_cache.gather(batch["index"])
+        x = as_input(batch[self.teacher_modality], self.execution)
         if self.method.trains_teacher:
-            return self.teacher(batch[self.teacher_modality])
+            return self.teacher(x)
         with torch.no_grad():
-            return self.teacher(batch[self.teacher_modality])
+            return self.teacher(x)
 
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
         self._set_modes()
@@ -271,7 +283,8 @@ class Fit:
             self.method.on_step_start(steps, self.steps_per_epoch)
             with autocast(self.device):
                 teacher_out = self._teacher_output(batch)
-                losses = self.method(self.student(batch[self.student_modality]), teacher_out, batch)
+                student_out = self.student(as_input(batch[self.student_modality], self.execution))
+                losses = self.method(student_out, teacher_out, batch)
             total = torch.stack([v.float() for v in losses.values()]).sum()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -308,6 +321,11 @@ class Fit:
             steps_done, seconds = resumed["steps"], resumed["seconds"]
             if self.on_resume is not None:
                 self.on_resume(start_epoch)
+        if self.teacher_plan.cached and start_epoch < self.recipe.epochs:  # the teacher is fixed from here on
+            assert self.teacher is not None and self.teacher_modality is not None
+            self.teacher_cache = TeacherOutputs.compute(self.teacher, self.data, "train", self.teacher_modality,
+                                                        self.method.teacher_reads(), self.device,
+                                                        eval_batch_size(self.data, self.teacher_modality))
         for epoch in range(start_epoch, self.recipe.epochs):
             began = time.perf_counter()
             losses, steps = self._train_epoch(epoch)
@@ -328,4 +346,5 @@ class Fit:
         tested = evaluate_metric(self.student, self.data, "test", self.student_modality, self.device)
         return FitResult(metric=metric, val_best=best["val"], best_epoch=best["epoch"] + 1, test=tested.compute(),
                          test_last=test_last, train_steps=steps_done, train_seconds=seconds, history=history,
-                         resumed_from=start_epoch if resumed is not None else None, test_details=tested.details())
+                         resumed_from=start_epoch if resumed is not None else None, test_details=tested.details(),
+                         teacher_outputs=self.teacher_plan.reason)

@@ -59,6 +59,16 @@ class Method(nn.Module):
         data may be stored there and reused by later runs with the same teacher.
         """
 
+    def teacher_reads(self) -> frozenset[str] | None:
+        """The teacher outputs `forward` reads: "logits", "feature", "feature_post", "decoder",
+        "stage:<name>"; None (the default) when it needs the teacher's live forward.
+
+        A method that declares them, does not train the teacher, and runs on a dataset whose
+        teacher input is not augmented is given those fields from a cache computed once per run
+        (cmkd_bench/teacher_outputs.py); the other fields of its teacher `ModelOutput` are then None.
+        """
+        return None
+
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
 

@@ -202,8 +202,22 @@ class ClipPreparer:
     frames: FrameSampling
     min_frames: int = 1
     min_frames_reason: str = ""
+    # writes the packed store (cmkd_bench/packed.py) from the prepared files: (root, frame size, advance)
+    pack: Callable[[Path, int, Callable[[], None]], dict] | None = None
 
-    def __call__(self, src: Path, dst: Path, workers: int, force: bool, console: Console) -> PrepareReport:
+    def pack_store(self, dst: Path, size: int, console: Console) -> None:
+        """Add (or rewrite) the packed store of a prepared folder, from its JPEG frames and waveforms alone."""
+        if self.pack is None or size <= 0:
+            return
+        from .clips import read_info
+
+        clips = read_info(dst, self.dataset).get("clips", 0)
+        with _progress(console) as bar:
+            task = bar.add_task(f"pack {self.dataset} at {size} px", total=clips)
+            self.pack(dst, size, lambda: bar.advance(task))
+
+    def __call__(self, src: Path, dst: Path, workers: int, force: bool, console: Console,
+                 pack_size: int = 0) -> PrepareReport:
         require_pyav()
         plan = self.plan(src)
         names = [clip.name for clip in plan.clips]
@@ -240,6 +254,7 @@ class ClipPreparer:
         # sorted: the same report whatever the workers
         report = PrepareReport(prepared, len(done), sorted(failed), sorted(plan.excluded), list(plan.notes))
         self._write_layout(plan, dst, report)
+        self.pack_store(dst, pack_size, console)
         return report
 
     def _nothing_to_prepare(self, src: Path, failed: list[tuple[str, str, str]]) -> str:

@@ -27,6 +27,7 @@ from .catalog import load_all
 from .config import RunConfig, parse_sets, resolve, split_sets
 from .data import PairedData, Recipe
 from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
+from .execution import Execution, check_execution, prepare_models
 from .errors import RunFailed, UserError
 from .backbones import build_backbone, init_from_weights, init_summary
 from .files import atomic_save, check_writable_dir, load_weights, read_state_dict, write_atomic, write_json_atomic
@@ -60,6 +61,8 @@ class RunRequest:
     teacher_init: str | None = None
     teacher_epochs: int | None = None  # the teacher's recipe: the student's with these epochs (default: the same)
     force: bool = False
+    compile: bool = False  # how it executes (cmkd_bench/execution.py): recorded, not part of the run id
+    channels_last: bool = False
 
 
 @dataclass
@@ -89,6 +92,7 @@ class ResolvedRun:
     teacher_checkpoint: Path | None
     student_init: Path | None = None
     teacher_init: Path | None = None
+    execution: Execution = Execution()
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -160,8 +164,10 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     teacher_dir = Path(request.teacher_cache) if request.teacher_cache else out / "teachers"
     if request.teacher_cache:
         check_writable_dir(teacher_dir, "--teacher-cache")
+    execution = Execution(compile=request.compile, channels_last=request.channels_last)
+    check_execution(execution, data.spec, (config.teacher_modality, config.student_modality))
     return ResolvedRun(config, data, Recipe(**config.recipe), device, out / config.run_id, teacher_dir, teacher_checkpoint,
-                       inits["student"], inits["teacher"])
+                       inits["student"], inits["teacher"], execution)
 
 
 def build_model(backbone: str, data: PairedData, modality: str, seed: int, device: torch.device) -> FeatureModel:
@@ -261,6 +267,7 @@ def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, fol
                           data.num_batches("train", recipe.batch_size, shuffle=True))
     result = Fit(student=teacher, method=objective, data=data, student_modality=config.teacher_modality,
                  recipe=recipe, seed=config.seed, device=device, checkpoint=folder / "train_checkpoint.pt",
+                 execution=prepared.execution,
                  on_step=progress.on_step, on_epoch=progress.on_epoch,
                  on_resume=lambda epoch: progress.message(f"teacher resumed from epoch {epoch}")).run()
     metrics = {"val": result.val_best, "test": result.test, "test_last": result.test_last, "best_epoch": result.best_epoch}
@@ -295,6 +302,7 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
     for role, report in inits.items():
         if report is not None:
             progress.message(init_summary(role, report))
+    prepare_models(prepared.execution, teacher, student)
     method = build_method(config, student, teacher, data, device)
     with run_lock(prepared.run_dir, config.run_id):
         return _execute_locked(prepared, teacher, student, method, progress, force, inits)
@@ -343,7 +351,7 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
                               prepared.recipe.epochs, data.num_batches("train", prepared.recipe.batch_size, shuffle=True))
         result = Fit(student=student, method=method, data=data, student_modality=config.student_modality,
                      recipe=prepared.recipe, seed=config.seed, device=device, checkpoint=checkpoint,
-                     teacher=teacher, teacher_modality=config.teacher_modality,
+                     teacher=teacher, teacher_modality=config.teacher_modality, execution=prepared.execution,
                      on_step=progress.on_step, on_epoch=progress.on_epoch,
                      on_resume=lambda epoch: progress.message(f"resumed from epoch {epoch}")).run()
     except RunFailed as exc:
@@ -391,6 +399,7 @@ def base_record(prepared: ResolvedRun) -> dict[str, Any]:
         "metrics": None,
         "teacher": None,
         "device": describe_device(prepared.device),
+        "execution": prepared.execution.as_dict(),  # --compile, --channels-last
         "versions": versions(),
         "git_revision": git_revision(),
         "environment": environment(),
@@ -411,6 +420,7 @@ def completed_record(result: FitResult, wall: float) -> dict[str, Any]:
         "train_steps": result.train_steps,
         "train_seconds": round(result.train_seconds, 3),
         "steps_per_s": round(result.steps_per_s, 3),
+        "teacher_outputs": result.teacher_outputs,  # "cached" or why the teacher ran every step
     }
 
 

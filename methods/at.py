@@ -105,6 +105,9 @@ class AttentionTransfer(Method):
         self.sizes = [teacher.stage_shapes[t][1:] for _, t in self.pairs]
         self.beta, self.p = beta, p
 
+    def teacher_reads(self):
+        return frozenset(f"stage:{t}" for _, t in self.pairs)
+
     def forward(self, student, teacher, batch):
         at = sum((attention_map(student.stages[s], self.p, size)
                   - attention_map(teacher.stages[t].detach(), self.p)).pow(2).mean()

@@ -126,6 +126,9 @@ class FDCMKD(Method):
             s, t = signed_log(s), signed_log(t)
         return F.mse_loss(s, t)
 
+    def teacher_reads(self):
+        return frozenset({f"stage:{self.t_map}" if self.dense else self.attr})
+
     def forward(self, student, teacher, batch):
         labels = batch["label"]
         s_feature, t_feature = self.features(student, teacher)

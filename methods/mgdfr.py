@@ -243,6 +243,9 @@ class MGDFR(Method):
         with torch.no_grad():
             return self.head(replace_by_batch_mean(teacher_feature.detach(), self.removed))
 
+    def teacher_reads(self):
+        return frozenset({"feature_post"})
+
     def forward(self, student, teacher, batch):
         if self.head is None:
             raise RuntimeError("mgdfr: prepare() must run before training; it ranks the teacher's channels")

@@ -169,6 +169,9 @@ class MGDFRRidge(Method):
         self.channels.copy_(salience.argsort(descending=True)[:len(self.channels)])
         self.ranked = True
 
+    def teacher_reads(self):
+        return frozenset({"feature_post"})
+
     def forward(self, student, teacher, batch):
         if not self.ranked:
             raise RuntimeError("mgdfr-ridge: prepare() must run before training; it ranks the teacher's channels")
