@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .data import PairedData, Recipe
 from .errors import RunFailed, UserError
-from .files import atomic_save
+from .files import atomic_save, load_checked
 from .method import Method
 from .metrics import metric_for
 from .models import FeatureModel
@@ -179,6 +179,8 @@ class Fit:
     on_epoch: Callable[[EpochReport], None] | None = None
     on_resume: Callable[[int], None] | None = None  # (epochs already finished) when a checkpoint is picked up
     check_every: int = 0  # steps between host syncs for the non-finite check; 0: 1 on CPU, 50 on CUDA
+    # what a damaged or foreign checkpoint's one-line error tells the user to do
+    rebuild: str = "rerun with --force to discard it and train this run from the start"
 
     def __post_init__(self) -> None:
         self.uses_teacher = self.teacher is not None and self.method.uses_teacher
@@ -227,16 +229,22 @@ class Fit:
     def _resume(self) -> dict[str, Any] | None:
         if self.checkpoint is None or not self.checkpoint.exists():
             return None
+        state = load_checked(self.checkpoint, "checkpoint", self.rebuild, self.device)
         try:
-            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        except Exception as exc:
-            raise UserError(f"checkpoint {str(self.checkpoint)!r} is unreadable ({type(exc).__name__}); delete it or rerun with --force") from exc
-        self._load_model_states(state["models"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"].cpu())
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+            missing = [key for key in ("epoch", "models", "optimizer", "scheduler", "rng", "best", "history",
+                                       "steps", "seconds") if key not in state]
+            if missing:
+                raise KeyError(missing[0])
+            self._load_model_states(state["models"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"].cpu())
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            text = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:200]
+            raise UserError(f"checkpoint {str(self.checkpoint)!r} does not hold this run's training state "
+                            f"({text}); {self.rebuild}") from exc
         return state
 
     # -- loop --------------------------------------------------------------------------------
