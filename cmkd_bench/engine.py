@@ -191,6 +191,7 @@ class Fit:
             self.optimizer, lambda step: lr_factor(self.recipe, step, self.steps_per_epoch))
         if not self.check_every:
             self.check_every = 1 if self.device.type == "cpu" else 50
+        self._last_size: dict[str, Tensor] = {}  # each loss term's latest finite |value|: who to blame in a tie
 
     # -- state -------------------------------------------------------------------------------
     def _model_states(self) -> dict[str, Any]:
@@ -291,6 +292,8 @@ class Fit:
                 if name not in first_bad:  # a device-side fill: no host-to-device copy per step
                     first_bad[name] = torch.full((), -1, dtype=torch.long, device=self.device)
                 first_bad[name] = torch.where(~torch.isfinite(value) & (first_bad[name] < 0), steps, first_bad[name])
+                self._last_size[name] = torch.where(torch.isfinite(value), value.abs(),
+                                                    self._last_size.get(name, torch.zeros_like(value)))
             if steps % self.check_every == 0 or steps == self.steps_per_epoch:
                 self._check_finite(first_bad, epoch)
             if self.on_step is not None:
@@ -299,10 +302,20 @@ class Fit:
         return {k: (v / steps).item() for k, v in sums.items()}, steps
 
     def _check_finite(self, first_bad: dict[str, Tensor], epoch: int) -> None:
+        """Fail on the term that went non-finite first; where several did at one step (a term's overflow
+        poisons the weights, so every term is NaN the step after), the one that was largest before."""
         bad = {name: int(step) for name, step in first_bad.items() if int(step) >= 0}
         if bad:
-            name = min(bad, key=lambda n: bad[n])
-            raise RunFailed(f"loss term {name!r} became non-finite at epoch {epoch + 1}, step {bad[name]}")
+            step = min(bad.values())
+            tied = [name for name in first_bad if bad.get(name) == step]
+            sizes = {name: float(self._last_size[name]) for name in tied if name in self._last_size}
+            name = max(tied, key=lambda n: sizes.get(n, 0.0)) if len(tied) > 1 else tied[0]
+            also = ""
+            if len(tied) > 1:
+                before = ", ".join(f"{n} {sizes.get(n, 0.0):.3g}" for n in tied)
+                also = (f" (with {', '.join(repr(n) for n in tied if n != name)} at the same step; blamed as the "
+                        f"largest before: {before})")
+            raise RunFailed(f"loss term {name!r} became non-finite at epoch {epoch + 1}, step {step}{also}")
 
     def run(self) -> FitResult:
         torch.manual_seed(self.seed)

@@ -223,7 +223,7 @@ def check_writable_dir(path: str | Path, option: str = "--out") -> None:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         where = "is a file" if existing == target else f"is under {str(existing)!r}, which is a file"
-        raise UserError(f"{option} {str(target)!r} {where}, not a folder; pass a folder to write runs in")
+        raise UserError(f"{option} {str(target)!r} {where}, not a folder; pass a folder to write in")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".cmkd-write-check-", dir=existing))
     except OSError as exc:

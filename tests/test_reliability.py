@@ -222,3 +222,51 @@ def test_a_rerun_removes_temporaries_of_dead_processes_and_a_completed_runs_chec
     assert not digest_file(debris[2]).exists() and live.exists()
     code, _, _ = run_cli(capsys, *RUN, "--epochs", "2", "--out", str(out), "--set", "T=3")  # needs the teacher
     assert code == 0 and not debris[1].exists() and not debris[3].exists()
+
+
+# -- divergence: blame the right term, and the teacher's own -----------------------------------------------
+TIED = '''
+import torch
+from cmkd_bench.method import Method
+from cmkd_bench.registry import METHODS
+
+
+@METHODS.register("tied-nan-test", description="two terms NaN at the same step; 'big' was 1e6 times larger (tests)")
+class TiedNaN(Method):
+    def __init__(self, student, teacher, spec):
+        super().__init__(student, teacher, spec)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, student, teacher, batch):
+        self.calls += 1
+        poison = torch.where(self.calls > 2, torch.tensor(float("nan")), torch.tensor(1.0))
+        ce = self.task_loss(student.logits, batch["label"])
+        return {"ce": ce * poison, "big": 1e6 * ce.detach() * poison + 0 * student.logits.sum()}
+'''
+
+
+def test_when_every_term_goes_non_finite_at_once_the_largest_before_is_blamed(tmp_path):
+    from cmkd_bench.errors import RunFailed
+    from cmkd_bench.registry import load_plugin_file
+    from cmkd_bench.runner import RunRequest, execute, resolve_run
+
+    (tmp_path / "tied.py").write_text(TIED)
+    load_plugin_file(tmp_path / "tied.py")
+    sets = tuple(TINY_SYNTH[1::2])
+    prepared = resolve_run(RunRequest(method="tied-nan-test", dataset="synth-av", epochs=3, device="cpu",
+                                      out=str(tmp_path / "runs"), sets=sets + ("batch_size=64",)))
+    with pytest.raises(RunFailed, match=r"loss term 'big' became non-finite at epoch 3, step 1 \(with 'ce' at the "
+                                         r"same step; blamed as the largest before"):
+        execute(prepared)
+
+
+def test_a_teacher_that_diverges_is_named_as_the_teacher(tmp_path):
+    from cmkd_bench.errors import RunFailed
+    from cmkd_bench.runner import RunRequest, execute, resolve_run
+
+    prepared = resolve_run(RunRequest(method="kd", dataset="synth-av", epochs=2, device="cpu", lr=1e30,
+                                      out=str(tmp_path / "runs"), sets=tuple(TINY_SYNTH[1::2])))
+    with pytest.raises(RunFailed, match=r"^training the teacher \(visual .*\) failed: loss term 'ce' became non-finite"):
+        execute(prepared)
+    record = json.loads((prepared.run_dir / "result.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("training the teacher")

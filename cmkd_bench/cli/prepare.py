@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..catalog import DATASETS, load_all
 from ..errors import UserError
+from ..files import check_writable_dir
 from ..prepare import print_report
 
 
@@ -30,6 +31,7 @@ def prepare_command(dataset: str, src: str, dst: str, workers: int | None, force
     source = Path(src)
     if not source.is_dir():
         raise UserError(f"--src {src!r} is not a folder; pass the folder of your {entry.name} copy")
+    check_writable_dir(dst, "--dst")
     console = Console(highlight=False)
     report = preparer(source, Path(dst), workers or os.cpu_count() or 1, force, console)
     if report is not None:
