@@ -162,14 +162,14 @@ def _column(path: Path, rows: list[dict[str, str]], modality: str) -> tuple[list
         file = Path(row[modality])
         files.append(file if file.is_absolute() else path.parent / file)
         kinds.add(file_kind(row[modality]))
+    if "unknown" in kinds or len(kinds) != 1:
+        raise UserError(f"paired-manifest: column {modality!r} must hold files of one type: images (.jpg .png ...), "
+                        f".npy arrays or audio (.wav .flac ...); found {', '.join(sorted({Path(r[modality]).suffix for r in rows}))}")
     missing = [(number, file) for number, file in enumerate(files, start=2) if not file.is_file()]
     if missing:  # before anything trains, not when the first batch reaches the file
         (number, file), more = missing[0], f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(f"paired-manifest: {str(path)!r} line {number}: {modality} file {str(file)!r} does not "
                         f"exist{more}; fix the path or drop the row")
-    if "unknown" in kinds or len(kinds) != 1:
-        raise UserError(f"paired-manifest: column {modality!r} must hold files of one type: images (.jpg .png ...), "
-                        f".npy arrays or audio (.wav .flac ...); found {', '.join(sorted({Path(r[modality]).suffix for r in rows}))}")
     return files, kinds.pop()
 
 
