@@ -270,3 +270,26 @@ def test_a_teacher_that_diverges_is_named_as_the_teacher(tmp_path):
         execute(prepared)
     record = json.loads((prepared.run_dir / "result.json").read_text())
     assert record["status"] == "failed" and record["error"].startswith("training the teacher")
+
+
+def test_a_run_completed_by_another_process_while_waiting_is_not_retrained(tmp_path, monkeypatch):
+    """The completed-record check is repeated under the run lock: a process that checked before another
+    finished the run (its lock delayed) returns that record instead of training and overwriting it."""
+    from cmkd_bench import runner
+    from cmkd_bench.runner import RunRequest, execute, resolve_run
+
+    request = RunRequest(method="kd", dataset="synth-av", epochs=1, device="cpu", out=str(tmp_path),
+                         sets=tuple(TINY_SYNTH[1::2]))
+    first = execute(resolve_run(request))
+    result = tmp_path / first["run_id"] / "result.json"
+    before = result.read_bytes(), result.stat().st_mtime_ns
+    real, calls = runner.existing_record, []
+
+    def not_yet_then_real(prepared):  # the check before the lock ran before the other process finished
+        calls.append(1)
+        return None if len(calls) == 1 else real(prepared)
+
+    monkeypatch.setattr(runner, "existing_record", not_yet_then_real)
+    again = execute(resolve_run(request))
+    assert again.get("skipped") and len(calls) == 2
+    assert (result.read_bytes(), result.stat().st_mtime_ns) == before
