@@ -92,7 +92,8 @@ class ResolvedRun:
 
 
 # What a one-line error about a damaged cached teacher (or its partial training) tells the user to do.
-REBUILD_TEACHER = "run the same command again with --rebuild-teacher to train the teacher again"
+REBUILD_TEACHER = ("run the same `cmkd-bench run` command again with --rebuild-teacher to train the teacher again "
+                   "(for a suite: delete that teacher's folder, then run the suite again)")
 RUN_CHECKPOINT = "run the same command again with --force to discard it and train this run from the start"
 ALREADY_RUNNING = "is already running in another process"
 

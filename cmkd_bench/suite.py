@@ -108,12 +108,9 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        reason = error.strerror or error
-        raise UserError(f"suite file {str(path)!r} cannot be read ({reason}); pass a .yaml file") from None
-    except UnicodeDecodeError as error:
-        raise UserError(f"suite file {str(path)!r} is not UTF-8 text (byte {error.start} cannot be decoded); "
-                        "save it as UTF-8") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = f"not UTF-8 text at byte {error.start}" if isinstance(error, UnicodeDecodeError) else error.strerror or error
+        raise UserError(f"suite file {str(path)!r} cannot be read ({reason}); pass a UTF-8 .yaml file") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
