@@ -265,9 +265,12 @@ def run_record(path: str | Path) -> tuple[dict[str, Any], Path]:
 def teacher_weights_path(record: dict[str, Any], run_dir: Path) -> Path:
     """Where the run's teacher weights are: fine-tuned by the method, or from the teacher cache."""
     teacher = record.get("teacher") or {}
-    candidates = [teacher.get("finetuned_checkpoint"), teacher.get("checkpoint")]
-    if teacher.get("key"):  # a runs folder moved elsewhere keeps its teachers/ beside the runs
-        candidates.append(str(run_dir.parent / "teachers" / str(teacher["key"]) / "teacher.pt"))
+    # the files in and beside the folder given first: a copied runs folder must not read the original's
+    if teacher.get("finetuned_checkpoint"):
+        candidates = [str(run_dir / "teacher_finetuned.pt"), teacher["finetuned_checkpoint"]]
+    else:  # a runs folder moved elsewhere keeps its teachers/ beside the runs
+        candidates = [str(run_dir.parent / "teachers" / str(teacher["key"]) / "teacher.pt") if teacher.get("key")
+                      else None, teacher.get("checkpoint")]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
@@ -280,7 +283,7 @@ def student_weights_path(record: dict[str, Any], run_dir: Path, given: str | Non
         if not Path(given).is_file():
             raise UserError(f"--student-weights {given!r} does not exist; pass the path of a .pt state_dict")
         return Path(given)
-    for candidate in (record.get("student_checkpoint"), run_dir / "student.pt"):
+    for candidate in (run_dir / "student.pt", record.get("student_checkpoint")):  # the copy given, first
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     raise UserError(f"run {record['run_id']} has no saved student weights ({run_dir / 'student.pt'}); "

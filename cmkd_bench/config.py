@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,26 @@ def coerce(key: str, raw: str, default: Any, annotation: Any) -> Any:
         if target in (tuple, list):
             items = value if isinstance(value, list) else [value]
             return tuple(items)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(target, str(target))
         raise UserError(f"--set {key}={raw}: {key} expects {kind}") from None
     return value
+
+
+SEED_LIMIT = 2 ** 32  # seeds are 0 .. 2^32 - 1: the engine derives per-epoch seeds from them in 64 bits
+
+
+def check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"seed {seed!r} is out of range; pass an integer from 0 to {SEED_LIMIT - 1}")
+
+
+def check_finite(scope: str, values: dict[str, Any]) -> None:
+    """Refuse a NaN or infinite setting before anything trains (it would only fail once the run diverges)."""
+    for key, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise UserError(f"{scope} setting {key}={value!r} is not a finite number; pass a finite value")
 
 
 def split_sets(pairs: list[tuple[str, str]], method: Entry, dataset: Entry) -> tuple[dict, dict, dict]:
@@ -167,6 +184,9 @@ def resolve(
     spec.modality(s_mod), spec.modality(t_mod)
     if s_mod == t_mod:
         raise UserError(f"student and teacher modality are both {s_mod!r}; cross-modal distillation needs two different modalities")
+    check_seed(seed)
+    for scope, values in (("recipe", recipe_sets), ("method", method_sets)):
+        check_finite(scope, values)
     recipe = spec.recipe.updated(**recipe_sets)
     if teacher_epochs is not None:
         recipe.updated(epochs=teacher_epochs)  # the teacher's recipe must be valid too (warm-up < epochs)

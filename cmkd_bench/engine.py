@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .data import PairedData, Recipe
 from .errors import RunFailed, UserError
 from .execution import Execution, as_input
-from .files import atomic_save
+from .files import atomic_save, load_checked
 from .method import Method
 from .metrics import metric_for
 from .models import FeatureModel
@@ -184,6 +184,8 @@ class Fit:
     check_every: int = 0  # steps between host syncs for the non-finite check; 0: 1 on CPU, 50 on CUDA
     cache_teacher: bool = True  # serve a frozen teacher's outputs from a per-run cache where valid
     execution: Execution | None = None  # --channels-last: inputs in channels-last memory format
+    # what a damaged or foreign checkpoint's one-line error tells the user to do
+    rebuild: str = "rerun with --force to discard it and train this run from the start"
 
     def __post_init__(self) -> None:
         self.uses_teacher = self.teacher is not None and self.method.uses_teacher
@@ -198,6 +200,7 @@ class Fit:
         if not self.cache_teacher and self.teacher_plan.cached:
             self.teacher_plan = CachePlan(False, "live: the cache was turned off")
         self.teacher_cache: TeacherOutputs | None = None
+        self._last_size: dict[str, Tensor] = {}  # each loss term's latest finite |value|: who to blame in a tie
 
     # -- state -------------------------------------------------------------------------------
     def _model_states(self) -> dict[str, Any]:
@@ -236,16 +239,22 @@ class Fit:
     def _resume(self) -> dict[str, Any] | None:
         if self.checkpoint is None or not self.checkpoint.exists():
             return None
+        state = load_checked(self.checkpoint, "checkpoint", self.rebuild, self.device)
         try:
-            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        except Exception as exc:
-            raise UserError(f"checkpoint {str(self.checkpoint)!r} is unreadable ({type(exc).__name__}); delete it or rerun with --force") from exc
-        self._load_model_states(state["models"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"].cpu())
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+            missing = [key for key in ("epoch", "models", "optimizer", "scheduler", "rng", "best", "history",
+                                       "steps", "seconds") if key not in state]
+            if missing:
+                raise KeyError(missing[0])
+            self._load_model_states(state["models"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"].cpu())
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            text = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:200]
+            raise UserError(f"checkpoint {str(self.checkpoint)!r} does not hold this run's training state "
+                            f"({text}); {self.rebuild}") from exc
         return state
 
     # -- loop --------------------------------------------------------------------------------
@@ -296,6 +305,8 @@ class Fit:
                 if name not in first_bad:  # a device-side fill: no host-to-device copy per step
                     first_bad[name] = torch.full((), -1, dtype=torch.long, device=self.device)
                 first_bad[name] = torch.where(~torch.isfinite(value) & (first_bad[name] < 0), steps, first_bad[name])
+                self._last_size[name] = torch.where(torch.isfinite(value), value.abs(),
+                                                    self._last_size.get(name, torch.zeros_like(value)))
             if steps % self.check_every == 0 or steps == self.steps_per_epoch:
                 self._check_finite(first_bad, epoch)
             if self.on_step is not None:
@@ -304,10 +315,20 @@ class Fit:
         return {k: (v / steps).item() for k, v in sums.items()}, steps
 
     def _check_finite(self, first_bad: dict[str, Tensor], epoch: int) -> None:
+        """Fail on the term that went non-finite first; where several did at one step (a term's overflow
+        poisons the weights, so every term is NaN the step after), the one that was largest before."""
         bad = {name: int(step) for name, step in first_bad.items() if int(step) >= 0}
         if bad:
-            name = min(bad, key=lambda n: bad[n])
-            raise RunFailed(f"loss term {name!r} became non-finite at epoch {epoch + 1}, step {bad[name]}")
+            step = min(bad.values())
+            tied = [name for name in first_bad if bad.get(name) == step]
+            sizes = {name: float(self._last_size[name]) for name in tied if name in self._last_size}
+            name = max(tied, key=lambda n: sizes.get(n, 0.0)) if len(tied) > 1 else tied[0]
+            also = ""
+            if len(tied) > 1:
+                before = ", ".join(f"{n} {sizes.get(n, 0.0):.3g}" for n in tied)
+                also = (f" (with {', '.join(repr(n) for n in tied if n != name)} at the same step; blamed as the "
+                        f"largest before: {before})")
+            raise RunFailed(f"loss term {name!r} became non-finite at epoch {epoch + 1}, step {step}{also}")
 
     def run(self) -> FitResult:
         torch.manual_seed(self.seed)

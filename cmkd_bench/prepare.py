@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .clips import (AUDIO_DIR, CLIPS_CSV, EXCLUDED_CSV, FAILED_CSV, FRAMES_DIR, INFO_JSON, LAYOUT_VERSION, audio_file,
                     frame_folder)
 from .errors import UserError
+from .checksums import write_checksums
 from .files import TEMPORARY_GLOB, temporary, write_atomic, write_csv_atomic, write_json_atomic
 from .media import FrameSampling, MediaError, decode_audio, is_lfs_pointer
 
@@ -289,6 +290,7 @@ class ClipPreparer:
                 "clips": len(rows), "failed": len(report.failed), "problems": counts,
                 "excluded": len(report.excluded), "notes": report.notes}
         write_json_atomic(info, dst / INFO_JSON)
+        write_checksums(dst)  # last: every file's SHA-256, checked before the folder is used
 
 
 def require_pyav() -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import platform
 import shutil
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -22,7 +20,6 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__
 from .catalog import load_all
 from .config import RunConfig, parse_sets, resolve, split_sets
 from .data import PairedData, Recipe
@@ -30,11 +27,13 @@ from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
 from .execution import Execution, check_execution, prepare_models
 from .errors import RunFailed, UserError
 from .backbones import build_backbone, init_from_weights, init_summary
-from .files import atomic_save, check_writable_dir, load_weights, read_state_dict, write_atomic, write_json_atomic
+from .files import (TEMPORARY_GLOB, atomic_save, check_digest, check_writable_dir, load_weights, read_state_dict,
+                    remove_saved, sweep_temporaries, write_atomic, write_json_atomic)
 from .method import Method
 from .models import FeatureModel
+from .provenance import describe_device, environment, git_revision, library_versions, uncommitted_files, versions  # noqa: F401
+from .records import RECORD_SCHEMA, find_record, metric_name, write_record
 from .text import vocabulary_files
-from .records import NUMERIC_LIBRARIES, RECORD_SCHEMA, find_record, metric_name, write_record
 from .registry import BACKBONES, DATASETS, METHODS
 from .tracking import HISTORY_FILE, ExperimentLogger, HistoryCSV, with_epoch_logging
 
@@ -63,6 +62,7 @@ class RunRequest:
     force: bool = False
     compile: bool = False  # how it executes (cmkd_bench/execution.py): recorded, not part of the run id
     channels_last: bool = False
+    rebuild_teacher: bool = False  # discard this run's cached teacher, train it again, and rerun the run
 
 
 @dataclass
@@ -93,6 +93,14 @@ class ResolvedRun:
     student_init: Path | None = None
     teacher_init: Path | None = None
     execution: Execution = Execution()
+    rebuild_teacher: bool = False
+
+
+# What a one-line error about a damaged cached teacher (or its partial training) tells the user to do.
+REBUILD_TEACHER = ("run the same `cmkd-bench run` command again with --rebuild-teacher to train the teacher again "
+                   "(for a suite: delete that teacher's folder, then run the suite again)")
+RUN_CHECKPOINT = "run the same command again with --force to discard it and train this run from the start"
+ALREADY_RUNNING = "is already running in another process"
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -164,10 +172,13 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     teacher_dir = Path(request.teacher_cache) if request.teacher_cache else out / "teachers"
     if request.teacher_cache:
         check_writable_dir(teacher_dir, "--teacher-cache")
+    if request.rebuild_teacher and teacher_checkpoint is not None:
+        raise UserError("--rebuild-teacher has no effect with --teacher-checkpoint (that teacher is not trained); "
+                        "pass one of them")
     execution = Execution(compile=request.compile, channels_last=request.channels_last)
     check_execution(execution, data.spec, (config.teacher_modality, config.student_modality))
     return ResolvedRun(config, data, Recipe(**config.recipe), device, out / config.run_id, teacher_dir, teacher_checkpoint,
-                       inits["student"], inits["teacher"], execution)
+                       inits["student"], inits["teacher"], execution, request.rebuild_teacher)
 
 
 def build_model(backbone: str, data: PairedData, modality: str, seed: int, device: torch.device) -> FeatureModel:
@@ -235,6 +246,10 @@ def obtain_teacher(prepared: ResolvedRun, teacher: FeatureModel, progress: RunCa
     folder = teacher_folder(prepared)
     folder.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(folder / ".lock"):  # parallel runs needing one teacher train it once
+        if prepared.rebuild_teacher:
+            discard_teacher(folder)
+            progress.message(f"teacher {key}: cache discarded (--rebuild-teacher), training it again")
+        sweep_temporaries(folder)
         metrics = _cached_or_trained_teacher(prepared, teacher, folder, key, progress)
     return {**info, "key": key, "checkpoint": str(folder / "teacher.pt"), "metrics": metrics,
             "recipe": config.teacher_recipe}
@@ -251,13 +266,22 @@ def exclusive_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def discard_teacher(folder: Path) -> None:
+    """Everything in a teacher's cache folder but its lock: weights, metrics, partial training, what methods derived."""
+    for path in folder.iterdir():
+        if path.name != ".lock":
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, folder: Path, key: str,
                                progress: RunCallbacks) -> dict[str, Any]:
     config, data, device = prepared.config, prepared.data, prepared.device
     weights, summary = folder / "teacher.pt", folder / "teacher.json"
     cached = read_record(summary)
     if weights.exists() and cached is not None:
-        load_weights(teacher, weights, device, "teacher checkpoint")
+        check_digest(weights, "cached teacher", REBUILD_TEACHER)
+        load_weights(teacher, weights, device, "cached teacher", REBUILD_TEACHER)
+        remove_saved(folder / "train_checkpoint.pt")  # left by a kill between teacher.json and its removal
         progress.message(f"teacher {key}: reused ({cached['metric']} test {cached['metrics']['test']:.2f})")
         return cached["metrics"]
     objective = METHODS.build("no-kd", teacher.info, teacher.info, data.spec).to(device)
@@ -265,18 +289,22 @@ def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, fol
     if progress.on_phase is not None:
         progress.on_phase(f"teacher {config.teacher_modality}", recipe.epochs,
                           data.num_batches("train", recipe.batch_size, shuffle=True))
-    result = Fit(student=teacher, method=objective, data=data, student_modality=config.teacher_modality,
-                 recipe=recipe, seed=config.seed, device=device, checkpoint=folder / "train_checkpoint.pt",
-                 execution=prepared.execution,
-                 on_step=progress.on_step, on_epoch=progress.on_epoch,
-                 on_resume=lambda epoch: progress.message(f"teacher resumed from epoch {epoch}")).run()
+    try:
+        result = Fit(student=teacher, method=objective, data=data, student_modality=config.teacher_modality,
+                     recipe=recipe, seed=config.seed, device=device, checkpoint=folder / "train_checkpoint.pt",
+                     execution=prepared.execution, on_step=progress.on_step, on_epoch=progress.on_epoch,
+                     rebuild=REBUILD_TEACHER,
+                     on_resume=lambda epoch: progress.message(f"teacher resumed from epoch {epoch}")).run()
+    except RunFailed as exc:
+        raise RunFailed(f"training the teacher ({config.teacher_modality} {config.teacher_backbone}, {folder.name}) "
+                        f"failed: {exc}") from exc
     metrics = {"val": result.val_best, "test": result.test, "test_last": result.test_last, "best_epoch": result.best_epoch}
     atomic_save(teacher.state_dict(), weights)
     write_json_atomic({"key": key, "modality": config.teacher_modality, "backbone": config.teacher_backbone,
                        "dataset": config.dataset, "data_options": config.data_options, "recipe": config.teacher_recipe,
                        "seed": config.seed, "metric": result.metric, "metrics": metrics,
                        "steps_per_s": result.steps_per_s, "created": _now()}, summary)
-    (folder / "train_checkpoint.pt").unlink(missing_ok=True)
+    remove_saved(folder / "train_checkpoint.pt")
     return metrics
 
 
@@ -290,7 +318,8 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
     """Train (or reuse) the teacher, train the student, write and return the run record."""
     progress = progress or RunCallbacks()
     config, data, device = prepared.config, prepared.data, prepared.device
-    if not force and (done := existing_record(prepared)) is not None:
+    force = force or prepared.rebuild_teacher  # a rebuilt teacher makes the record again
+    if not force and (done := existing_record(prepared)) is not None and not leftovers(prepared.run_dir):
         return {**done, "skipped": True}
     teacher = build_model(config.teacher_backbone, data, config.teacher_modality, config.seed, device)
     student = build_model(config.student_backbone, data, config.student_modality, config.seed, device)
@@ -308,6 +337,13 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
         return _execute_locked(prepared, teacher, student, method, progress, force, inits)
 
 
+def leftovers(run_dir: Path) -> list[Path]:
+    """What a killed process can leave in a run folder: its checkpoint (killed between result.json and the
+    checkpoint's removal) and temporary files."""
+    return [path for path in (run_dir / "checkpoint.pt", run_dir / "checkpoint.pt.sha256") if path.exists()] + \
+        sorted(run_dir.glob(TEMPORARY_GLOB))
+
+
 @contextmanager
 def run_lock(run_dir: Path, run_id: str):
     """One process per run id at a time: a second (another suite over the same OUT) is refused."""
@@ -316,7 +352,7 @@ def run_lock(run_dir: Path, run_id: str):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"run {run_id} is already running in another process; wait for it or use another --out") from None
+            raise UserError(f"run {run_id} {ALREADY_RUNNING}; wait for it or use another --out") from None
         try:
             yield
         finally:
@@ -330,8 +366,12 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
     config, data, device = prepared.config, prepared.data, prepared.device
     inits = inits or {}
     checkpoint = prepared.run_dir / "checkpoint.pt"
+    sweep_temporaries(prepared.run_dir)
+    if not force and (done := existing_record(prepared)) is not None:  # again, under the lock: another process
+        remove_saved(checkpoint)  # may have finished it meanwhile; a kill after result.json leaves a checkpoint
+        return {**done, "skipped": True}
     if force:
-        checkpoint.unlink(missing_ok=True)
+        remove_saved(checkpoint)
     began = time.perf_counter()
     record = base_record(prepared)
     # history.csv (and --logger's) per epoch, teacher and student, as the run goes
@@ -352,6 +392,7 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
         result = Fit(student=student, method=method, data=data, student_modality=config.student_modality,
                      recipe=prepared.recipe, seed=config.seed, device=device, checkpoint=checkpoint,
                      teacher=teacher, teacher_modality=config.teacher_modality, execution=prepared.execution,
+                     rebuild=RUN_CHECKPOINT,
                      on_step=progress.on_step, on_epoch=progress.on_epoch,
                      on_resume=lambda epoch: progress.message(f"resumed from epoch {epoch}")).run()
     except RunFailed as exc:
@@ -371,7 +412,7 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
         record["teacher"]["metrics_after_method"] = {
             split: evaluate(teacher, data, split, config.teacher_modality, device) for split in ("val", "test")}
     write_record(record, prepared.run_dir / "result.json")
-    checkpoint.unlink(missing_ok=True)
+    remove_saved(checkpoint)
     logger.finish(record)
     return record
 
@@ -422,79 +463,6 @@ def completed_record(result: FitResult, wall: float) -> dict[str, Any]:
         "steps_per_s": round(result.steps_per_s, 3),
         "teacher_outputs": result.teacher_outputs,  # "cached" or why the teacher ran every step
     }
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), **library_versions(), "cmkd_bench": __version__}
-
-
-def library_versions() -> dict[str, str]:
-    """The installed version of each library that changes a run's numbers (records.NUMERIC_LIBRARIES)."""
-    from importlib import metadata
-
-    found = {}
-    for name in NUMERIC_LIBRARIES:
-        try:
-            found[name] = metadata.version(name.replace("_", "-"))
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    found["torch"] = torch.__version__
-    return found
-
-
-def environment() -> dict[str, Any]:
-    """What a run's numbers depend on besides its settings (records.environment_signature reads it):
-    the libraries' versions, the CPU threads torch uses, the code revision, the Python and device."""
-    return {"libraries": library_versions(), "threads": torch.get_num_threads(), "git_revision": git_revision(),
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
-def git_revision() -> str | None:
-    """The revision of the source tree cmkd_bench runs from, if it is a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def uncommitted_files(root: Path, ignore: tuple[str, ...] = ()) -> list[str] | None:
-    """The files of the git checkout at `root` that differ from its revision (modified, added,
-    deleted, untracked and not ignored), except those under the `ignore` prefixes (paths relative to
-    the checkout's top); None where `root` is no git checkout."""
-    try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
-                             timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=root,
-                                capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if top.returncode != 0 or status.returncode != 0:
-        return None
-    entries = status.stdout.split("\0")
-    files, index = [], 0
-    while index < len(entries):
-        entry = entries[index]
-        index += 1
-        if len(entry) < 4:
-            continue
-        if entry[0] in "RC":  # a rename or copy: the source path follows
-            index += 1
-        path = entry[3:]
-        if not any(path == prefix.rstrip("/") or path.startswith(prefix) for prefix in ignore):
-            files.append(path)
-    return sorted(files)
 
 
 def _now() -> str:

@@ -251,11 +251,14 @@ class ClipReader:
 
 def load_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise MediaError(f"{path}: file not found") from None
     except (ValueError, OSError, EOFError) as exc:
         raise MediaError(f"{path}: not a readable .npy file ({exc})") from None
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise MediaError(f"{path}: holds NaN or infinite values; run `cmkd-bench verify` on the prepared folder")
+    return array
 
 
 def split_positions(labels: np.ndarray, splits: np.ndarray, val_fraction: float, split_seed: int) -> dict[str, np.ndarray]:

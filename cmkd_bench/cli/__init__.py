@@ -2,7 +2,7 @@
 
     listing.py      list                      options.py   options several commands take (--plugin)
     run.py          run                       suite.py     suite, tune
-    leaderboard.py  leaderboard               prepare.py   prepare
+    leaderboard.py  leaderboard               prepare.py   prepare, verify
     plots.py        plot bars|heatmap         analyze.py   analyze freq-similarity|tsne
 
 This package is the only place that knows click: the modules it wraps take and return plain values.
@@ -22,7 +22,7 @@ from .analyze import analyze_group
 from .leaderboard import leaderboard_command
 from .listing import list_command
 from .plots import plot_group
-from .prepare import prepare_command
+from .prepare import prepare_command, verify_command
 from .run import run_command
 from .suite import suite_command, tune_command
 
@@ -38,7 +38,7 @@ def cli() -> None:
 
 
 for _command in (list_command, run_command, leaderboard_command, suite_command, tune_command, prepare_command,
-                 plot_group, analyze_group):
+                 plot_group, analyze_group, verify_command):
     cli.add_command(_command)
 
 

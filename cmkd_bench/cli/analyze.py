@@ -11,6 +11,7 @@ from ..analysis import (FreqSimilarity, TeacherRequest, check_on, freq_similarit
                         run_features, run_freq_similarity, tsne_embedding, write_freq_similarity)
 from ..catalog import load_all
 from ..errors import UserError
+from ..files import check_writable_dir
 from .options import plugin_option
 
 
@@ -60,6 +61,7 @@ def freq_similarity_command(dataset: str | None, run: str | None, modalities: st
     With --run: a run's teacher and its distilled student.
     """
     load_all(plugins)
+    check_writable_dir(output_dir, "--output-dir")
     if (dataset is None) == (run is None):
         raise UserError("give --dataset (its two teachers) or --run (a run's teacher and student), not both")
     check_on(on)
@@ -101,6 +103,7 @@ def tsne_command(runs: tuple[str, ...], student_weights: tuple[str, ...], on: st
                  seed: int, data_root: str | None, device: str, output_dir: str, plugins: tuple[str, ...]) -> None:
     """t-SNE of teacher and student features of RUN (or two RUNs side by side): colour = class, marker = modality."""
     load_all(plugins)
+    check_writable_dir(output_dir, "--output-dir")
     if len(runs) > 2:
         raise UserError(f"{len(runs)} runs given; tsne draws one run or a pair of runs")
     if student_weights and len(student_weights) != len(runs):

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..catalog import DATASETS, load_all
 from ..errors import UserError
+from ..files import check_writable_dir
 from ..prepare import print_report
 
 
@@ -44,7 +45,28 @@ def prepare_command(dataset: str, src: str | None, dst: str, workers: int | None
     source = Path(src)
     if not source.is_dir():
         raise UserError(f"--src {src!r} is not a folder; pass the folder of your {entry.name} copy")
+    check_writable_dir(dst, "--dst")
     packs = {"pack_size": pack_size} if getattr(preparer, "pack", None) is not None else {}  # video datasets
     report = preparer(source, Path(dst), workers or os.cpu_count() or 1, force, console, **packs)
     if report is not None:
         print_report(console, entry.name, Path(dst), report)
+
+
+@click.command("verify")
+@click.argument("root", type=click.Path())
+def verify_command(root: str) -> None:
+    """Check a prepared folder against the checksums `prepare` wrote: every file's SHA-256, and every .npy
+    array for NaN or infinite values. Lists each damaged file; exit 2 if any."""
+    from ..checksums import verify_prepared
+
+    folder = Path(root)
+    if not folder.is_dir():
+        raise UserError(f"{root!r} is not a folder; pass a folder written by `cmkd-bench prepare`")
+    report = verify_prepared(folder)
+    for name, problem in report.problems:
+        click.echo(f"damaged: {folder / name} {problem}")
+    if report.problems:
+        name, problem = report.problems[0]
+        raise UserError(f"{root}: {len(report.problems)} of {report.checked} prepared files are damaged (first: "
+                        f"{name} {problem}); prepare the dataset again with --force")
+    click.echo(f"ok: {report.checked} prepared files match their checksums")
