@@ -22,8 +22,9 @@ def test_shapes_match_small_cnns_stages(shape):
     assert out.logits.shape == (4, 5) and out.feature.shape == out.feature_post.shape == (4, 64)
     assert model.info.stage_shapes == cnn.info.stage_shapes  # same widths and strides as small-cnn
     assert list(out.stages) == ["stages.0", "stages.1", "stages.2"]
-    deeper = BACKBONES.build("small-resnet", shape, 5, width=8, stages=2, blocks=2)
-    assert deeper.info.feature_dim == 16 and len(deeper.net.stages[1]) == 2
+    assert [len(stage) for stage in model.net.stages] == [1, 1, 2]
+    deeper = BACKBONES.build("small-resnet", shape, 5, width=8, stages=2, blocks=2, last_blocks=3)
+    assert deeper.info.feature_dim == 16 and [len(stage) for stage in deeper.net.stages] == [2, 3]
 
 
 def test_pre_activation_is_the_block_output_before_its_final_relu():
@@ -32,11 +33,11 @@ def test_pre_activation_is_the_block_output_before_its_final_relu():
     x = torch.randn(3, 3, 16, 16)
     out = model(x)
     net = model.net
-    h = net.stages[1](net.stages[0](net.stem(x)))
-    block = net.stages[2][0]
+    h = net.stages[2][0](net.stages[1](net.stages[0](net.stem(x))))
+    block = net.stages[2][1]
     residual = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(h)))))
-    shortcut = block.shortcut.bn(block.shortcut.conv(h))  # stride 2, 32 -> 64 channels: a 1x1 projection
-    pre = residual + shortcut
+    pre = residual + h  # the last block's shortcut is the identity: the previous block's post-ReLU output
+    assert (h >= 0).all()
     torch.testing.assert_close(out.feature, pre.mean(dim=(2, 3)))
     torch.testing.assert_close(out.feature_post, F.relu(pre).mean(dim=(2, 3)))
     torch.testing.assert_close(out.logits, F.linear(F.relu(pre).mean(dim=(2, 3)), net.fc.weight, net.fc.bias))
@@ -53,5 +54,5 @@ def test_gradients_reach_every_parameter():
 def test_bad_inputs_and_settings_are_one_line_errors():
     with pytest.raises(UserError, match="image-like input"):
         BACKBONES.build("small-resnet", (8,), 3)
-    with pytest.raises(UserError, match="blocks >= 1"):
+    with pytest.raises(UserError, match="last_blocks >= 1"):
         BACKBONES.build("small-resnet", (1, 8, 8), 3, blocks=0)
