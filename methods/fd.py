@@ -38,14 +38,11 @@ included. The aligned vectors have unit norm, so each MSE is at most 4 / D, smal
 the grid mostly raises the low band's weight and keeps the high band's at or below it (the
 paper's strong low / relaxed high alignment).
 
-Band basis: `basis="fourier"` (the reference's) splits with the DFT as above; `basis="random"`
-(the `fd-random-split` preset, a control the reference does not have) replaces the DFT by a fixed,
-seeded (`basis_seed`) random orthonormal basis of the mean-free subspace, split into two subspaces
-of the Fourier bands' real dimensions (2 x cut for the low band, D - 1 - 2 x cut for the high),
-cmkd_bench.losses.random_subspace_bases; each band is the orthogonal projection onto its subspace,
-so, as with the DFT, the two bands sum to the mean-free feature. Everything else (feature,
-normalisation, logMSE, heads, weights) is fd's: the preset asks whether it is the frequency, or
-just two subspaces with different losses.
+Other band bases: `use_band_bases(low, high)` replaces the DFT split by orthogonal projections
+onto two given orthonormal bases (cmkd_bench.losses.subspace_bands). `fd-random-split`
+(methods/fd_random_split.py, a control the reference does not have) uses it; it is a method
+that derives from this one through the registry, so fd's hyper-parameters, and its run ids,
+stay as they were.
 
 Segmentation (the paper's NYU-Depth V2 RGB <-> depth setting; the reference has no code for it):
 the features are dense maps (default `seg_map="decoder"`, the map the segmentation head reads;
@@ -64,8 +61,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmkd_bench.losses import (at_least_float32, fourier_band_dims, frequency_bands, low_band_cut, random_subspace_bases,
-                               resized_like, scale_normalise, signed_log, subspace_bands)
+from cmkd_bench.losses import (at_least_float32, frequency_bands, low_band_cut, resized_like, scale_normalise,
+                               signed_log, subspace_bands)
 from cmkd_bench.method import Method
 from cmkd_bench.registry import METHODS
 
@@ -85,7 +82,7 @@ class FDCMKD(Method):
     def __init__(self, student, teacher, spec, split: float = 0.5, w_ce: float = 1.0, w_low: float = 1.0,
                  w_high: float = 1.0, w_shared: float = 1.0, w_task: float = 1.0, freq_split: bool = True,
                  scale_norm: bool = True, log_high: bool = True, shared_heads: bool = True, eps: float = 1e-8,
-                 seg_map: str = "decoder", feature: str = "post", basis: str = "fourier", basis_seed: int = 0):
+                 seg_map: str = "decoder", feature: str = "post"):
         super().__init__(student, teacher, spec)
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {', '.join(FEATURES)}, got {feature!r}")
@@ -97,13 +94,9 @@ class FDCMKD(Method):
         if freq_split and not 1 <= low_band_cut(dim, split) < dim // 2:
             raise ValueError(f"feature dimension {dim} is too small to split at {split}")
         self.cut = low_band_cut(dim, split)
-        if basis not in ("fourier", "random"):
-            raise ValueError(f"basis must be fourier or random, got {basis!r}")
-        self.basis = basis
-        if basis == "random" and freq_split:  # fixed, not trained, not saved: rebuilt from basis_seed
-            low_basis, high_basis = random_subspace_bases(dim, fourier_band_dims(dim, self.cut)[0], basis_seed)
-            self.register_buffer("low_basis", low_basis.float(), persistent=False)
-            self.register_buffer("high_basis", high_basis.float(), persistent=False)
+        self.dim = dim
+        self.register_buffer("low_basis", None, persistent=False)  # set by use_band_bases: projections, not the DFT
+        self.register_buffer("high_basis", None, persistent=False)
         self.weights = {"ce": w_ce, "low": w_low, "high": w_high, "full": w_low, "shared": w_shared, "task": w_task}
         self.freq_split, self.scale_norm, self.log_high, self.eps = freq_split, scale_norm, log_high, eps
         bands = ("low", "high") if freq_split else ("full",)
@@ -133,11 +126,20 @@ class FDCMKD(Method):
         """Split along dim 1: the feature dimension of vectors, the channels of maps (per position)."""
         if not self.freq_split:
             return {"full": at_least_float32(feature)}
-        if self.basis == "random":
+        if self.low_basis is not None:
             low, high = subspace_bands(feature, self.low_basis, self.high_basis, dim=1)
         else:
             low, high = frequency_bands(feature, self.cut, dim=1)
         return {"low": low, "high": high}
+
+    def use_band_bases(self, low_basis: Tensor, high_basis: Tensor) -> None:
+        """Split by orthogonal projection onto these orthonormal bases (D x d_low, D x d_high) instead
+        of the DFT. They are fixed buffers, not trained and not saved (whoever sets them rebuilds them)."""
+        if not self.freq_split:
+            raise ValueError("use_band_bases needs freq_split=True (there is no split to replace)")
+        if low_basis.shape[0] != self.dim or high_basis.shape[0] != self.dim:
+            raise ValueError(f"band bases must have {self.dim} rows, got {low_basis.shape[0]} and {high_basis.shape[0]}")
+        self.low_basis, self.high_basis = low_basis.float(), high_basis.float()
 
     def alignment(self, band: str, s: Tensor, t: Tensor) -> Tensor:
         if self.scale_norm:

@@ -100,8 +100,12 @@ def test_losses_equal_fds_formula_on_the_projected_parts():
     assert t.feature_post.grad is None and t.logits.grad is None
 
 
-def test_the_preset_changes_only_the_basis():
+def test_it_adds_only_the_basis_seed_and_leaves_fd_as_it_was():
     entry, fd = METHODS.get("fd-random-split"), METHODS.get("fd")
-    assert entry.hparams == {**fd.hparams, "basis": "random"} and entry.meta["search_space"] == fd.meta["search_space"]
-    with pytest.raises(ValueError, match="basis"):
-        METHODS.build("fd", info(D), info(D), spec(), basis="wavelet")
+    assert entry.hparams == {**fd.hparams, "basis_seed": 0} and entry.meta["search_space"] == fd.meta["search_space"]
+    assert "basis_seed" not in fd.hparams  # fd's hyper-parameters, hence its run ids, are unchanged
+    assert METHODS.build("fd", info(D), info(D), spec()).low_basis is None  # fd splits with the DFT
+    other = METHODS.build("fd-random-split", info(D), info(D), spec(), basis_seed=1, w_low=3.0)
+    assert other.weights["low"] == 3.0 and not torch.allclose(other.low_basis, build().low_basis.float())
+    with pytest.raises(ValueError, match="rows"):
+        METHODS.build("fd", info(D), info(D), spec()).use_band_bases(torch.eye(8), torch.eye(8))
