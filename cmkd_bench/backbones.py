@@ -401,3 +401,6 @@ def init_summary(role: str, report: dict) -> str:
     if report["unused"]:
         parts.append(f"{len(report['unused'])} in the file unused")
     return "; ".join(parts)
+
+
+from . import small_resnet  # noqa: E402,F401  (registers `small-resnet`; it builds on the helpers above)

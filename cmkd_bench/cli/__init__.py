@@ -3,7 +3,7 @@
     listing.py      list                      options.py   options several commands take (--plugin)
     run.py          run                       suite.py     suite, tune
     leaderboard.py  leaderboard               prepare.py   prepare, verify
-    plots.py        plot bars|heatmap         analyze.py   analyze freq-similarity|tsne
+    plots.py        plot bars|heatmap|sweep   analyze.py   analyze freq-similarity|tsne
 
 This package is the only place that knows click: the modules it wraps take and return plain values.
 Errors a user can cause end in one line on stderr and exit code 2; a run that fails (for example
