@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 DEMO_METHODS ?= no-kd kd fitnet fd
 
-.PHONY: demo test test-slow bench leaderboard clean
+.PHONY: demo test test-slow bench gpu-check leaderboard clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test-slow: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/overhead.py
+
+# One short call on a GPU machine (installs nothing): the gpu-marked tests and one table of figures
+# (benchmarks/gpu_check.py; small sizes without CUDA). Uses the venv as it is.
+gpu-check:
+	$(BIN)/python benchmarks/gpu_check.py
 
 # Regenerate the committed leaderboard from real runs (about 30 minutes on 2 quiet CPU cores; finished runs are skipped).
 # Refuses to run from a tree with uncommitted changes (records name a code revision); ALLOW_DIRTY=1 overrides.

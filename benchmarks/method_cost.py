@@ -3,10 +3,13 @@
     python benchmarks/method_cost.py [--dataset synth-av] [--steps 40] [--repeats 3] [--device cpu]
                                      [--output leaderboard/METHOD_COST.md]
 
-Each method trains its student (teacher forward included, as in a real run) for --steps steps
+Each method trains its student as in a real run for --steps steps: where the run would serve the
+frozen teacher's outputs from its per-run cache (cmkd_bench/teacher_outputs.py) the step gathers
+them, otherwise it runs the teacher's forward; the "teacher" column says which. Steps run
 after a warm-up, repeated --repeats times in an interleaved order so that a slow moment of the
 machine does not land on one method only; the median steps/s is compared with no-kd's. The
-one-time preparation of a method (MGDFR's ranking) is timed apart, since it is not a per-step cost.
+one-time preparation of a method (MGDFR's ranking, the teacher-output cache) is timed apart, since
+it is not a per-step cost. --no-cache measures every method with the live teacher forward.
 """
 
 from __future__ import annotations
@@ -22,15 +25,21 @@ from cmkd_bench.catalog import METHODS, load_all
 from cmkd_bench.engine import autocast, build_optimizer, resolve_device
 from cmkd_bench.registry import DATASETS
 from cmkd_bench.runner import build_model
+from cmkd_bench.teacher_outputs import TeacherOutputs, plan
 
 
-def steps_per_second(method_name: str, data, device: torch.device, steps: int, warmup: int = 5) -> tuple[float, float]:
+def steps_per_second(method_name: str, data, device: torch.device, steps: int, warmup: int = 5,
+                     cache: bool = True) -> tuple[float, float, str]:
     spec = data.spec
     teacher = build_model(spec.modalities[spec.teacher_modality].backbone, data, spec.teacher_modality, 0, device).eval()
     student = build_model(spec.modalities[spec.student_modality].backbone, data, spec.student_modality, 1, device)
     method = METHODS.build(method_name, student.info, teacher.info, spec).to(device)  # the default direction
     began = time.perf_counter()
     method.prepare(teacher, data, str(device), None)
+    teacher_plan = plan(method, teacher, data, spec.teacher_modality, device)
+    cached = None
+    if cache and teacher_plan.cached:
+        cached = TeacherOutputs.compute(teacher, data, "train", spec.teacher_modality, method.teacher_reads(), device)
     prepare_seconds = time.perf_counter() - began
     params = list(student.parameters()) + list(method.parameters())
     if method.trains_teacher:
@@ -47,14 +56,18 @@ def steps_per_second(method_name: str, data, device: torch.device, steps: int, w
             timed = time.perf_counter()
         with autocast(device):
             with torch.set_grad_enabled(method.trains_teacher):
-                t_out = teacher(batch[spec.teacher_modality]) if method.uses_teacher else None
+                if cached is not None:
+                    t_out = cached.gather(batch["index"])
+                else:
+                    t_out = teacher(batch[spec.teacher_modality]) if method.uses_teacher else None
             losses = method(student(batch[spec.student_modality]), t_out, batch)
         optimizer.zero_grad(set_to_none=True)
         torch.stack([v.float() for v in losses.values()]).sum().backward()
         optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps / (time.perf_counter() - timed), prepare_seconds
+    how = "cached" if cached is not None else ("live" if method.uses_teacher else "-")
+    return steps / (time.perf_counter() - timed), prepare_seconds, how
 
 
 def main() -> None:
@@ -65,6 +78,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", default="", help="comma-separated; default: every method for the dataset's task")
     parser.add_argument("--output", help="also write the table as Markdown to this file")
+    parser.add_argument("--no-cache", action="store_true", help="run the teacher's forward every step for every method")
     args = parser.parse_args()
     load_all()
     device = resolve_device(args.device)
@@ -73,19 +87,20 @@ def main() -> None:
     names = ["no-kd"] + [n for n in names if n != "no-kd"]
     rates: dict[str, list[float]] = {n: [] for n in names}
     prepare: dict[str, float] = {}
+    teacher: dict[str, str] = {}
     for _ in range(args.repeats):
         for name in names:
-            rate, prep = steps_per_second(name, data, device, args.steps)
+            rate, prep, teacher[name] = steps_per_second(name, data, device, args.steps, cache=not args.no_cache)
             rates[name].append(rate)
             prepare[name] = prep
     base = statistics.median(rates["no-kd"])
     lines = [f"Step cost on {data.spec.name} ({device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
              f"batch {data.spec.recipe.batch_size}, median of {args.repeats} x {args.steps} steps), "
              "measured by `python benchmarks/method_cost.py`.", "",
-             "| method | steps/s | relative to no-kd | one-time preparation (s) |", "|---|---:|---:|---:|"]
+             "| method | teacher | steps/s | relative to no-kd | one-time preparation (s) |", "|---|---|---:|---:|---:|"]
     for name in names:
         median = statistics.median(rates[name])
-        lines.append(f"| {name} | {median:.1f} | {median / base:.2f} | {prepare[name]:.1f} |")
+        lines.append(f"| {name} | {teacher[name]} | {median:.1f} | {median / base:.2f} | {prepare[name]:.1f} |")
     text = "\n".join(lines)
     print(text)
     if args.output:

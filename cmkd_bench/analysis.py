@@ -2,8 +2,10 @@
 
     cmkd-bench analyze freq-similarity --dataset D   the motivation figure: mean cosine similarity
         across modalities of the two unimodal teachers' pooled features, raw, low band and high band
-        (the paper reports low ~0.91, raw ~0.84, high ~0 on CREMA-D); --run RUN instead compares a
-        run's teacher with its distilled student
+        (the paper reports low ~0.91, raw ~0.84, high ~0 on CREMA-D), under the reference notebook's
+        convention (DC bin kept in the low band) and the training loss's (DC dropped), with the DC
+        share of each feature's energy and two controls (cmkd_bench.freqsim documents all of it
+        against the reference code); --run RUN instead compares a run's teacher with its student
     cmkd-bench analyze tsne RUN [RUN]                 t-SNE of teacher and student features of a run
         (or two, side by side), coloured by class, marked by modality (the paper's Figure 4)
 
@@ -28,7 +30,8 @@ from .data import PairedData
 from .engine import resolve_device
 from .errors import UserError
 from .files import file_stem, load_weights, write_json_atomic
-from .losses import frequency_bands, low_band_cut
+from .freqsim import BANDS, CONTROLS, CONVENTIONS, BandRow, band_cosines, dc_share, similarity_rows
+from .losses import low_band_cut
 from .models import FeatureModel
 from .plots import pyplot, save_figure
 from .records import data_options, read_record, record_direction
@@ -38,22 +41,21 @@ from .runner import ResolvedRun, RunCallbacks, RunRequest, build_data, build_mod
 if TYPE_CHECKING:  # matplotlib itself is imported by `plots.pyplot()`, after choosing the Agg backend
     from matplotlib.axes import Axes
 
-BANDS = ("raw", "low", "high")
-
 
 # ---------------------------------------------------------------------------------------------
 # Features
 
 
 def pooled_features(model: FeatureModel, data: PairedData, split: str, modality: str, device: torch.device,
-                    limit: int | None = None) -> tuple[Tensor, Tensor]:
-    """(features N x D, labels N) of a model on a split: the pooled pre-activation feature."""
+                    limit: int | None = None, attr: str = "feature") -> tuple[Tensor, Tensor]:
+    """(features N x D, labels N) of a model on a split: a pooled feature of its ModelOutput
+    (`feature`, the pre-activation one, or `feature_post`)."""
     features, labels = [], []
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for batch in data.batches(split, 256, shuffle=False, device=device):
-            features.append(model(batch[modality]).feature.float().cpu())
+            features.append(getattr(model(batch[modality]), attr).float().cpu())
             labels.append(batch["label"].cpu())
             if limit is not None and sum(len(f) for f in features) >= limit:
                 break
@@ -65,11 +67,8 @@ def pooled_features(model: FeatureModel, data: PairedData, split: str, modality:
 # Frequency similarity
 
 
-@dataclass
-class BandSimilarity:
-    band: str
-    mean: float
-    std: float
+FEATURES = {"post": "feature_post", "pre": "feature"}  # as fd's `feature` option
+DC_OPTIONS = {"include": ("include",), "exclude": ("exclude",), "both": ("include", "exclude")}
 
 
 @dataclass
@@ -79,29 +78,30 @@ class FreqSimilarity:
     backbones: tuple[str, str]
     feature_dim: int
     split: float
-    low_bins: tuple[int, int]  # rfft bins of the low band (DC excluded)
-    high_bins: tuple[int, int]
+    cut: int  # K: the low band is rfft bins 1..K (training loss) or 0..K (notebook); high is K+1..D//2
+    feature: str  # "post" (the notebook's and fd's) or "pre"
     on: str
     samples: int
-    bands: list[BandSimilarity]
+    conventions: tuple[str, ...]  # "include" (DC kept) and/or "exclude"
+    rows: list[BandRow]  # per control x convention x band
+    dc_share: dict[str, tuple[float, float]]  # per compared model (its modality): mean, std over samples
+    control_seed: int
     compared: str  # "teachers": the dataset's two teachers; "run": a run's teacher and student
     sources: tuple[str, ...]  # the teachers' cache keys, or the run id
 
-    def value(self, band: str) -> float:
-        return next(b.mean for b in self.bands if b.band == band)
+    def value(self, band: str, convention: str | None = None, control: str = "none") -> float:
+        convention = convention or self.conventions[0]
+        return next(r.mean for r in self.rows
+                    if (r.band, r.convention, r.control) == (band, convention, control))
 
 
-def band_similarities(a: Tensor, b: Tensor, split: float) -> dict[str, Tensor]:
+def band_similarities(a: Tensor, b: Tensor, split: float, dc: str = "exclude") -> dict[str, Tensor]:
     """Per-sample cosine similarity of a and b (N x D, paired rows): raw, low band and high band.
 
-    The bands are fd's (cmkd_bench.losses): rfft along the feature, bins 1..cut (low) and cut+1..D/2 (high).
+    The bands are fd's (cmkd_bench.losses): rfft along the feature, bins 1..cut (low, dc="exclude")
+    or 0..cut (dc="include", the reference notebook's) and cut+1..D/2 (high); see cmkd_bench.freqsim.
     """
-    cut = checked_cut(a.shape[1], split)
-    low_a, high_a = frequency_bands(a.double(), cut)
-    low_b, high_b = frequency_bands(b.double(), cut)
-    return {"raw": F.cosine_similarity(a.double(), b.double(), dim=1),
-            "low": F.cosine_similarity(low_a, low_b, dim=1),
-            "high": F.cosine_similarity(high_a, high_b, dim=1)}
+    return band_cosines(a, b, checked_cut(a.shape[1], split), dc)
 
 
 def checked_cut(dim: int, split: float) -> int:
@@ -112,6 +112,36 @@ def checked_cut(dim: int, split: float) -> int:
         raise UserError(f"a feature of dimension {dim} has no low and high band at split {split}; "
                         f"choose a split between {1 / (dim // 2):.3g} and {1 - 1 / (dim // 2):.3g}")
     return cut
+
+
+def checked_choices(dc: str, feature: str) -> tuple[tuple[str, ...], str]:
+    if dc not in DC_OPTIONS:
+        raise UserError(f"--dc {dc!r}: choose include, exclude or both")
+    if feature not in FEATURES:
+        raise UserError(f"--feature {feature!r}: choose post (the reference notebook's) or pre")
+    return DC_OPTIONS[dc], FEATURES[feature]
+
+
+@dataclass
+class SimilaritySettings:
+    """How the statistic is computed (the CLI's --split, --on, --dc, --feature, --control-seed)."""
+
+    split: float = 0.5
+    on: str = "test"
+    dc: str = "both"
+    feature: str = "post"
+    control_seed: int = 0
+
+
+def _similarity(a: Tensor, b: Tensor, names: tuple[str, str], settings: SimilaritySettings,
+                **fields: Any) -> FreqSimilarity:
+    conventions, _ = checked_choices(settings.dc, settings.feature)
+    cut = checked_cut(a.shape[1], settings.split)
+    shares = {name: (float(dc_share(x).mean()), float(dc_share(x).std())) for name, x in zip(names, (a, b))}
+    rows = similarity_rows(a, b, cut, conventions, seed=settings.control_seed)
+    return FreqSimilarity(feature_dim=a.shape[1], split=settings.split, cut=cut, feature=settings.feature,
+                          on=settings.on, samples=len(a), conventions=conventions, rows=rows, dc_share=shares,
+                          control_seed=settings.control_seed, **fields)
 
 
 @dataclass
@@ -146,8 +176,10 @@ def trained_teacher(request: TeacherRequest, teacher_modality: str, other_modali
 
 
 def freq_similarity(request: TeacherRequest, modalities: tuple[str, str] | None = None,
-                    backbones: dict[str, str] | None = None, split: float = 0.5, on: str = "test",
+                    backbones: dict[str, str] | None = None, settings: SimilaritySettings | None = None,
                     echo: Callable[[str], None] = print) -> FreqSimilarity:
+    settings = settings or SimilaritySettings()
+    _, attr = checked_choices(settings.dc, settings.feature)
     backbones = backbones or {}
     first, second = modalities or _default_modalities(request)
     models = {}
@@ -158,38 +190,35 @@ def freq_similarity(request: TeacherRequest, modalities: tuple[str, str] | None 
         raise UserError(f"the teachers' features differ in dimension ({first} {models[first][2]}: {dims[first]}, "
                         f"{second} {models[second][2]}: {dims[second]}); freq-similarity compares features "
                         "element by element, so give both teachers one backbone (--teacher MODALITY=BACKBONE)")
-    cut = checked_cut(dims[first], split)  # before any training: a bad split fails at once
+    checked_cut(dims[first], settings.split)  # before any training: a bad split fails at once
+    check_on(settings.on)
     keys = []
     for modality, (model, resolved, _) in models.items():
         obtain_teacher(resolved, model, RunCallbacks(on_message=echo, on_phase=lambda label, epochs, steps: echo(
             f"training {label} teacher ({epochs} epochs; cached for runs and analyses)")))
         keys.append(teacher_key(resolved.config))
     data, device = models[first][1].data, models[first][1].device
-    check_on(on)
-    feature_a, _ = pooled_features(models[first][0], data, on, first, device)
-    feature_b, _ = pooled_features(models[second][0], data, on, second, device)
-    per_sample = band_similarities(feature_a, feature_b, split)
-    bands = [BandSimilarity(band, float(per_sample[band].mean()), float(per_sample[band].std()))
-             for band in BANDS]
-    return FreqSimilarity(dataset=data.spec.name, modalities=(first, second),
-                          backbones=(models[first][2], models[second][2]), feature_dim=dims[first], split=split,
-                          low_bins=(1, cut), high_bins=(cut + 1, dims[first] // 2), on=on,
-                          samples=len(feature_a), bands=bands, compared="teachers", sources=tuple(keys))
+    feature_a, _ = pooled_features(models[first][0], data, settings.on, first, device, attr=attr)
+    feature_b, _ = pooled_features(models[second][0], data, settings.on, second, device, attr=attr)
+    return _similarity(feature_a, feature_b, (first, second), settings, dataset=data.spec.name,
+                       modalities=(first, second), backbones=(models[first][2], models[second][2]),
+                       compared="teachers", sources=tuple(keys))
 
 
-def run_freq_similarity(run: str | Path, split: float = 0.5, on: str = "test", student_weights: str | None = None,
-                        data_root: str | None = None, device_name: str = "auto") -> FreqSimilarity:
+def run_freq_similarity(run: str | Path, settings: SimilaritySettings | None = None,
+                        student_weights: str | None = None, data_root: str | None = None,
+                        device_name: str = "auto") -> FreqSimilarity:
     """The same measure between a run's teacher and its distilled student (what the method aligned)."""
-    features = run_features(run, student_weights, on, samples=None, data_root=data_root, device_name=device_name)
-    record, dim = features.record, features.teacher.shape[1]
-    cut = checked_cut(dim, split)
-    per_sample = band_similarities(features.teacher, features.student, split)
-    bands = [BandSimilarity(band, float(per_sample[band].mean()), float(per_sample[band].std())) for band in BANDS]
+    settings = settings or SimilaritySettings()
+    _, attr = checked_choices(settings.dc, settings.feature)
+    features = run_features(run, student_weights, settings.on, samples=None, data_root=data_root,
+                            device_name=device_name, attr=attr)
+    record = features.record
     modalities = (str(record["teacher_modality"]), str(record["student_modality"]))
-    return FreqSimilarity(dataset=str(record["dataset"]), modalities=modalities,
-                          backbones=(record["teacher_backbone"], record["student_backbone"]), feature_dim=dim,
-                          split=split, low_bins=(1, cut), high_bins=(cut + 1, dim // 2), on=on,
-                          samples=len(features.labels), bands=bands, compared="run", sources=(str(record["run_id"]),))
+    return _similarity(features.teacher, features.student, ("teacher", "student"), settings,
+                       dataset=str(record["dataset"]), modalities=modalities,
+                       backbones=(record["teacher_backbone"], record["student_backbone"]),
+                       compared="run", sources=(str(record["run_id"]),))
 
 
 def _default_modalities(request: TeacherRequest) -> tuple[str, str]:
@@ -207,36 +236,53 @@ def freq_similarity_table(result: FreqSimilarity) -> str:
     first, second = result.modalities
     models = (f"{first} teacher vs {second} student of run {result.sources[0]}" if result.compared == "run"
               else f"{first} teacher vs {second} teacher")
-    lines = [f"{result.dataset}: cosine similarity of pooled features, {models} ({result.backbones[0]}, "
-             f"D={result.feature_dim}), {result.on} split (n={result.samples}); split {result.split}: "
-             f"low = rfft bins {result.low_bins[0]}..{result.low_bins[1]}, "
-             f"high = {result.high_bins[0]}..{result.high_bins[1]}",
-             f"{'band':<6} {'mean':>7} {'std':>7}"]
-    lines += [f"{b.band:<6} {b.mean:>7.3f} {b.std:>7.3f}" for b in result.bands]
+    kind = "post-activation" if result.feature == "post" else "pre-activation"
+    shares = ", ".join(f"{name} {mean:.3f} ± {std:.3f}" for name, (mean, std) in result.dc_share.items())
+    lines = [f"{result.dataset}: cosine similarity of pooled {kind} features, {models} ({result.backbones[0]}, "
+             f"D={result.feature_dim}), {result.on} split (n={result.samples}); K = {result.cut} "
+             f"(split {result.split}), high = rfft bins {result.cut + 1}..{result.feature_dim // 2}",
+             f"DC share of energy: {shares}",
+             f"{'control':<34} {'convention':<42} {'raw':>13} {'low':>13} {'high':>13}"]
+    for control in CONTROLS:
+        for convention in result.conventions:
+            cells = {r.band: f"{r.mean:.3f} ± {r.std:.3f}" for r in result.rows
+                     if (r.control, r.convention) == (control, convention)}
+            if cells:
+                lines.append(f"{CONTROLS[control]:<34} {CONVENTIONS[convention]:<42} "
+                             + " ".join(f"{cells[band]:>13}" for band in BANDS))
     return "\n".join(lines)
 
 
 def plot_freq_similarity(result: FreqSimilarity, directory: Path, stem: str | None = None) -> list[Path]:
+    """One panel per DC convention: the three bands' mean cosine (± std), one bar per control."""
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(4.2, 3.2))
-    axis.bar(BANDS, [b.mean for b in result.bands], yerr=[b.std for b in result.bands], capsize=3,
-             color=["#8172b2", "#4c72b0", "#dd8452"])
-    axis.axhline(0.0, color="k", linewidth=0.6)
-    for position, band in enumerate(result.bands):
-        above = band.mean >= 0  # the label goes past the error bar, away from zero
-        axis.annotate(f"{band.mean:.2f}", (position, band.mean + (band.std if above else -band.std)),
-                      ha="center", va="bottom" if above else "top", fontsize=8)
-    axis.set_ylim(min(-0.2, min(b.mean - b.std for b in result.bands) - 0.05), 1.1)
-    axis.set_ylabel("cosine similarity across modalities")
+    figure, axes = plt.subplots(1, len(result.conventions), figsize=(4.6 * len(result.conventions), 3.4),
+                                squeeze=False)
+    colours = {"none": "#4c72b0", "permuted": "#dd8452", "random-split": "#55a868"}
+    width = 0.8 / len(CONTROLS)
+    for axis, convention in zip(axes[0], result.conventions):
+        for index, control in enumerate(CONTROLS):
+            rows = [r for r in result.rows if (r.control, r.convention) == (control, convention)]
+            positions = [b + (index - 1) * width for b in range(len(BANDS))]
+            axis.bar(positions, [r.mean for r in rows], width, yerr=[r.std for r in rows], capsize=2,
+                     color=colours[control], label=CONTROLS[control])
+        axis.set_xticks(range(len(BANDS)), BANDS)
+        axis.axhline(0.0, color="k", linewidth=0.6)
+        axis.set_ylim(-1.05, 1.1)
+        axis.set_title(CONVENTIONS[convention], fontsize=9)
+        axis.set_ylabel("cosine similarity")
+    axes[0][0].legend(fontsize=7, loc="lower left")
     models = "teacher vs student" if result.compared == "run" else "teachers"
-    axis.set_title(f"{result.dataset}: {result.modalities[0]} vs {result.modalities[1]} {models} "
-                   f"(split {result.split})", fontsize=9)
+    figure.suptitle(f"{result.dataset}: {result.modalities[0]} vs {result.modalities[1]} {models} "
+                    f"({result.backbones[0]}, {result.feature}-activation, K={result.cut})", fontsize=9)
+    figure.tight_layout()
     return save_figure(figure, directory, file_stem(stem or f"freq-similarity-{result.dataset}"))
 
 
-def write_freq_similarity(result: FreqSimilarity, directory: Path) -> list[Path]:
+def write_freq_similarity(result: FreqSimilarity, directory: Path, stem: str | None = None) -> list[Path]:
     """The result as JSON and its plot (PNG and SVG) in `directory`; returns the files written."""
-    stem = f"freq-similarity-{result.sources[0]}" if result.compared == "run" else f"freq-similarity-{result.dataset}"
+    stem = stem or (f"freq-similarity-{result.sources[0]}" if result.compared == "run"
+                    else f"freq-similarity-{result.dataset}")
     write_json_atomic(asdict(result), directory / f"{stem}.json")
     return [directory / f"{stem}.json", *plot_freq_similarity(result, directory, stem)]
 
@@ -265,9 +311,12 @@ def run_record(path: str | Path) -> tuple[dict[str, Any], Path]:
 def teacher_weights_path(record: dict[str, Any], run_dir: Path) -> Path:
     """Where the run's teacher weights are: fine-tuned by the method, or from the teacher cache."""
     teacher = record.get("teacher") or {}
-    candidates = [teacher.get("finetuned_checkpoint"), teacher.get("checkpoint")]
-    if teacher.get("key"):  # a runs folder moved elsewhere keeps its teachers/ beside the runs
-        candidates.append(str(run_dir.parent / "teachers" / str(teacher["key"]) / "teacher.pt"))
+    # the files in and beside the folder given first: a copied runs folder must not read the original's
+    if teacher.get("finetuned_checkpoint"):
+        candidates = [str(run_dir / "teacher_finetuned.pt"), teacher["finetuned_checkpoint"]]
+    else:  # a runs folder moved elsewhere keeps its teachers/ beside the runs
+        candidates = [str(run_dir.parent / "teachers" / str(teacher["key"]) / "teacher.pt") if teacher.get("key")
+                      else None, teacher.get("checkpoint")]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
@@ -280,7 +329,7 @@ def student_weights_path(record: dict[str, Any], run_dir: Path, given: str | Non
         if not Path(given).is_file():
             raise UserError(f"--student-weights {given!r} does not exist; pass the path of a .pt state_dict")
         return Path(given)
-    for candidate in (record.get("student_checkpoint"), run_dir / "student.pt"):
+    for candidate in (run_dir / "student.pt", record.get("student_checkpoint")):  # the copy given, first
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     raise UserError(f"run {record['run_id']} has no saved student weights ({run_dir / 'student.pt'}); "
@@ -288,7 +337,7 @@ def student_weights_path(record: dict[str, Any], run_dir: Path, given: str | Non
 
 
 def run_features(run: str | Path, student_weights: str | None = None, split: str = "test", samples: int | None = 500,
-                 data_root: str | None = None, device_name: str = "auto") -> RunFeatures:
+                 data_root: str | None = None, device_name: str = "auto", attr: str = "feature") -> RunFeatures:
     record, run_dir = run_record(run)
     device = resolve_device(device_name)
     check_on(split)
@@ -299,7 +348,7 @@ def run_features(run: str | Path, student_weights: str | None = None, split: str
         modality, backbone = record[f"{role}_modality"], record[f"{role}_backbone"]
         model = build_model(backbone, data, modality, int(record["seed"]), device)
         load_weights(model, weights, device, f"{role} weights file")
-        features[role], labels = pooled_features(model, data, split, modality, device, limit=samples)
+        features[role], labels = pooled_features(model, data, split, modality, device, limit=samples, attr=attr)
     if features["teacher"].shape[1] != features["student"].shape[1]:
         raise UserError(f"run {record['run_id']}: teacher and student features differ in dimension "
                         f"({features['teacher'].shape[1]} and {features['student'].shape[1]}); "

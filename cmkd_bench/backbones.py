@@ -35,6 +35,22 @@ def _described(model: FeatureModel, input_shape: tuple[int, ...]) -> FeatureMode
     return model
 
 
+def build_backbone(name: str, spec, modality: str) -> FeatureModel:
+    """Backbone `name` for one modality of a dataset spec. Text backbones (registered with
+    takes_tokens=True) also receive the modality's vocabulary (`Modality.tokens`); a text backbone on
+    another modality, or another backbone on a text modality, is one line."""
+    entry, declared = BACKBONES.get(name), spec.modality(modality)
+    takes_tokens = bool(entry.meta.get("takes_tokens"))
+    if takes_tokens and declared.tokens is None:
+        raise UserError(f"backbone {name!r} reads text (token ids), but modality {modality!r} of {spec.name!r} is not "
+                        f"text (shape {tuple(declared.shape)}); give it an image or vector backbone, e.g. {declared.backbone}")
+    if declared.tokens is not None and not takes_tokens:
+        raise UserError(f"modality {modality!r} of {spec.name!r} is text (token ids), which backbone {name!r} does not "
+                        "read; use a text backbone: text-cnn, text-transformer or hf:<model type>")
+    extra = {"tokens": declared.tokens} if takes_tokens else {}
+    return entry.factory(declared.shape, spec.num_classes, **extra)
+
+
 @BACKBONES.register("linear", tasks=("classification",), description="one linear layer on the flattened input")
 def linear(input_shape: tuple[int, ...], num_classes: int) -> FeatureModel:
     net = nn.Sequential(OrderedDict(flatten=nn.Flatten(), fc=nn.Linear(prod(input_shape), num_classes)))
@@ -385,3 +401,6 @@ def init_summary(role: str, report: dict) -> str:
     if report["unused"]:
         parts.append(f"{len(report['unused'])} in the file unused")
     return "; ".join(parts)
+
+
+from . import small_resnet  # noqa: E402,F401  (registers `small-resnet`; it builds on the helpers above)

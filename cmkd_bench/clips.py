@@ -8,6 +8,7 @@ audio-visual loaders read (datasets/), in one place.
     ROOT/waveforms/CLIP.npy       the clip's whole audio track, mono float32 at the dataset's storage rate
     ROOT/failed.csv               clip,problem,detail: clips listed but missing, Git LFS pointers, undecodable, too short
     ROOT/excluded.csv             clip,split,reason: split-file rows the dataset's split rule leaves out (AVE's duplicates)
+    ROOT/checksums.json           every file's SHA-256, size and time, written last (cmkd_bench/checksums.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checksums import check_prepared
 from .errors import UserError
 
 LAYOUT_VERSION = 2  # 1 stored spectrograms in audio/; 2 stores waveforms in waveforms/
@@ -40,8 +42,11 @@ def audio_file(root: Path, clip: str) -> Path:
 
 
 def clips_fingerprint(root: Path) -> str:
-    """Names the prepared clips, labels and splits (not the path), for run ids."""
-    return hashlib.sha256((root / CLIPS_CSV).read_bytes()).hexdigest()[:16]
+    """Names the prepared content (not the path), for run ids: every prepared file's recorded SHA-256
+    (checksums.json), or for a folder prepared before checksums existed its clips, labels and splits."""
+    from .checksums import content_fingerprint
+
+    return content_fingerprint(root) or hashlib.sha256((root / CLIPS_CSV).read_bytes()).hexdigest()[:16]
 
 
 def read_info(root: Path, dataset: str) -> dict:
@@ -83,6 +88,7 @@ def read_prepared(dataset: str, root: Path | None, num_classes: int) -> Prepared
         raise UserError(f"dataset {dataset} needs --data-root DIR, the folder written by "
                         f"`cmkd-bench prepare {dataset} --src RAW_DIR --dst DIR`")
     info = read_info(root, dataset)
+    check_prepared(root, dataset)  # a damaged or rewritten file is refused before anything trains
     if len(info.get("classes", [])) != num_classes:
         raise UserError(f"{dataset}: {str(root)!r} has {len(info.get('classes', []))} classes, {dataset} has {num_classes}; prepare it again")
     with open(root / CLIPS_CSV, newline="") as handle:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,16 @@ class RunConfig:
         return asdict(self)
 
 
+def init_sha256(path: Path | None) -> str | None:
+    """The content hash of --student-init / --teacher-init: a weights file's, or a model folder's (every file)."""
+    if path is None:
+        return None
+    if path.is_dir():
+        from .text import directory_fingerprint
+        return directory_fingerprint(path)
+    return file_sha256(path)
+
+
 def parse_sets(items: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
@@ -102,10 +113,26 @@ def coerce(key: str, raw: str, default: Any, annotation: Any) -> Any:
         if target in (tuple, list):
             items = value if isinstance(value, list) else [value]
             return tuple(items)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(target, str(target))
         raise UserError(f"--set {key}={raw}: {key} expects {kind}") from None
     return value
+
+
+SEED_LIMIT = 2 ** 32  # seeds are 0 .. 2^32 - 1: the engine derives per-epoch seeds from them in 64 bits
+
+
+def check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"seed {seed!r} is out of range; pass an integer from 0 to {SEED_LIMIT - 1}")
+
+
+def check_finite(scope: str, values: dict[str, Any]) -> None:
+    """Refuse a NaN or infinite setting before anything trains (it would only fail once the run diverges)."""
+    for key, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise UserError(f"{scope} setting {key}={value!r} is not a finite number; pass a finite value")
 
 
 def split_sets(pairs: list[tuple[str, str]], method: Entry, dataset: Entry) -> tuple[dict, dict, dict]:
@@ -157,6 +184,9 @@ def resolve(
     spec.modality(s_mod), spec.modality(t_mod)
     if s_mod == t_mod:
         raise UserError(f"student and teacher modality are both {s_mod!r}; cross-modal distillation needs two different modalities")
+    check_seed(seed)
+    for scope, values in (("recipe", recipe_sets), ("method", method_sets)):
+        check_finite(scope, values)
     recipe = spec.recipe.updated(**recipe_sets)
     if teacher_epochs is not None:
         recipe.updated(epochs=teacher_epochs)  # the teacher's recipe must be valid too (warm-up < epochs)
@@ -176,7 +206,7 @@ def resolve(
         data_options=dict(spec.options),
         teacher_checkpoint_sha256=file_sha256(teacher_checkpoint) if teacher_checkpoint else None,
         hparams_changed=changed,
-        student_init_sha256=file_sha256(student_init) if student_init else None,
-        teacher_init_sha256=file_sha256(teacher_init) if teacher_init else None,
+        student_init_sha256=init_sha256(student_init),
+        teacher_init_sha256=init_sha256(teacher_init),
         teacher_epochs=teacher_epochs,
     )

@@ -7,7 +7,7 @@ its split, for methods that keep per-sample state such as a memory bank).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable, Iterator, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol as TypingProtocol
 
 import numpy as np
 import torch
@@ -15,7 +15,11 @@ from torch import Tensor
 
 from .distributed import shard
 from .errors import UserError
+from .loading import PersistentLoader
 from .media import MediaError
+
+if TYPE_CHECKING:
+    from .text import TokenSpec
 
 SPLITS = ("train", "val", "test")
 TASKS = ("classification", "segmentation")
@@ -69,6 +73,8 @@ class Modality:
     shape: tuple[int, ...]  # per-sample shape
     backbone: str  # default backbone for this modality
     description: str = ""
+    # text: the tensor is 2 x L token ids and attention mask, made with this vocabulary (cmkd_bench.text)
+    tokens: "TokenSpec | None" = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,12 @@ class PairedData:
     def num_batches(self, split: str, batch_size: int, *, shuffle: bool) -> int:
         raise NotImplementedError
 
+    def fixed_modalities(self, split: str) -> frozenset[str]:
+        """Modalities whose value for a sample is the same in every shuffled epoch of `split` as in
+        an unshuffled pass (no augmentation, no random choice); a frozen teacher's outputs on them
+        can be computed once (cmkd_bench/teacher_outputs.py). Default: none."""
+        return frozenset()
+
 
 class TensorPairs(PairedData):
     """Paired data held in memory as tensors; batches are index slices (no DataLoader needed).
@@ -132,6 +144,9 @@ class TensorPairs(PairedData):
 
     def size(self, split: str) -> int:
         return len(self.splits[split]["label"])
+
+    def fixed_modalities(self, split: str) -> frozenset[str]:
+        return frozenset(self.spec.modalities)  # served as stored
 
     def _tensors(self, split: str, device: torch.device | str) -> dict[str, Tensor]:
         key = (split, str(device))
@@ -270,19 +285,17 @@ class SampleFailure:
     message: str
 
 
-class _SplitView(torch.utils.data.Dataset):
-    """One split of a `DecodedPairs` as a torch Dataset (what DataLoader workers receive)."""
+class _SplitView:
+    """One split of a `DecodedPairs`: a batch description (seed or None, sample indices) -> a collated
+    batch (what the split's `PersistentLoader` workers run; readers open files lazily)."""
 
-    def __init__(self, reader: SampleReader, seed: int | None) -> None:
-        self.reader, self.seed = reader, seed
+    def __init__(self, reader: SampleReader) -> None:
+        self.reader = reader
         self.labels = getattr(reader, "labels", None)
 
-    def __len__(self) -> int:
-        return len(self.reader)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor] | SampleFailure:
+    def sample(self, index: int, seed: int | None) -> dict[str, Tensor] | SampleFailure:
         try:
-            arrays = self.reader.read(index, None if self.seed is None else SampleSeed(self.seed, index))
+            arrays = self.reader.read(index, None if seed is None else SampleSeed(seed, index))
         except (MediaError, UserError) as exc:
             return SampleFailure(str(exc))
         sample = {name: torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
@@ -291,6 +304,10 @@ class _SplitView(torch.utils.data.Dataset):
             sample["label"] = torch.tensor(int(self.labels[index]), dtype=torch.long)
         sample["index"] = torch.tensor(index, dtype=torch.long)
         return sample
+
+    def __call__(self, item: tuple[int | None, list[int]]) -> dict[str, Tensor] | SampleFailure:
+        seed, indices = item
+        return _collate([self.sample(index, seed) for index in indices])
 
 
 def _collate(samples: list) -> dict[str, Tensor] | SampleFailure:
@@ -306,10 +323,6 @@ def worker_limit(num_workers: int) -> int:
 
     limit = os.environ.get("CMKD_BENCH_WORKERS", "")
     return min(num_workers, int(limit)) if limit.isdigit() else num_workers
-
-
-def _single_thread(_: int) -> None:
-    torch.set_num_threads(1)  # workers decode; intra-op threads would only contend
 
 
 class DecodedPairs(PairedData):
@@ -329,9 +342,20 @@ class DecodedPairs(PairedData):
         if num_workers < 0:
             raise UserError(f"num_workers must be 0 or more, got {num_workers}")
         self.spec, self.readers, self.num_workers = spec, readers, num_workers
+        self._loaders: dict[tuple[str, bool], PersistentLoader] = {}
+
+    def _loader(self, split: str, pin: bool) -> PersistentLoader:
+        """The split's DataLoader, made once: its workers persist across epochs (cmkd_bench/loading.py)."""
+        if (split, pin) not in self._loaders:
+            self._loaders[(split, pin)] = PersistentLoader(_SplitView(self.readers[split]), worker_limit(self.num_workers), pin)
+        return self._loaders[(split, pin)]
 
     def size(self, split: str) -> int:
         return len(self.readers[split])
+
+    def fixed_modalities(self, split: str) -> frozenset[str]:
+        """What the split's reader declares (`fixed_modalities`, default none)."""
+        return frozenset(getattr(self.readers[split], "fixed_modalities", ()))
 
     def labels(self, split: str) -> Tensor:
         """Every class id of the split, by position (readers that hold `labels` only)."""
@@ -345,12 +369,8 @@ class DecodedPairs(PairedData):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
         count = self.num_batches(split, batch_size, shuffle=shuffle)
         chunks = [chunk for b in range(count) if (chunk := shard(order[b * batch_size:(b + 1) * batch_size], part).tolist())]
-        workers = worker_limit(self.num_workers) if len(chunks) > 1 else 0
-        loader = torch.utils.data.DataLoader(
-            _SplitView(self.readers[split], seed if augments(split, shuffle) else None), batch_sampler=chunks,
-            num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
-            worker_init_fn=_single_thread if workers else None)
-        for batch in loader:
+        seed_or_none = seed if augments(split, shuffle) else None
+        for batch in self._loader(split, device.type == "cuda").iterate([(seed_or_none, chunk) for chunk in chunks]):
             if isinstance(batch, SampleFailure):
                 name = self.spec.name
                 raise UserError(batch.message if batch.message.startswith(f"{name}:") else f"{name}: {batch.message}")

@@ -23,10 +23,12 @@ from torch import Tensor, nn
 from . import distributed
 from .data import PairedData, Recipe
 from .errors import RunFailed, UserError
-from .files import atomic_save
+from .execution import Execution, as_input
+from .files import atomic_save, load_checked
 from .method import Method
 from .metrics import metric_for
 from .models import FeatureModel
+from .teacher_outputs import CachePlan, TeacherOutputs, plan as teacher_cache_plan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -177,6 +179,7 @@ class FitResult:
     train_seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None
+    teacher_outputs: str = ""  # "cached" or why the teacher ran every step (cmkd_bench/teacher_outputs.py)
     # test at the best-val weights, beyond the one number: for segmentation pixel accuracy and
     # per-class IoU (percent); empty for classification
     test_details: dict[str, Any] = field(default_factory=dict)
@@ -204,6 +207,10 @@ class Fit:
     on_epoch: Callable[[EpochReport], None] | None = None
     on_resume: Callable[[int], None] | None = None  # (epochs already finished) when a checkpoint is picked up
     check_every: int = 0  # steps between host syncs for the non-finite check; 0: 1 on CPU, 50 on CUDA
+    cache_teacher: bool = True  # serve a frozen teacher's outputs from a per-run cache where valid
+    execution: Execution | None = None  # --channels-last: inputs in channels-last memory format
+    # what a damaged or foreign checkpoint's one-line error tells the user to do
+    rebuild: str = "rerun with --force to discard it and train this run from the start"
 
     def __post_init__(self) -> None:
         self.uses_teacher = self.teacher is not None and self.method.uses_teacher
@@ -219,6 +226,11 @@ class Fit:
             self.optimizer, lambda step: lr_factor(self.recipe, step, self.steps_per_epoch))
         if not self.check_every:
             self.check_every = 1 if self.device.type == "cpu" else 50
+        self.teacher_plan = teacher_cache_plan(self.method, self.teacher, self.data, self.teacher_modality, self.device)
+        if not self.cache_teacher and self.teacher_plan.cached:
+            self.teacher_plan = CachePlan(False, "live: the cache was turned off")
+        self.teacher_cache: TeacherOutputs | None = None
+        self._last_size: dict[str, Tensor] = {}  # each loss term's latest finite |value|: who to blame in a tie
         trained = {"student": self.student, "method": self.method}
         if self.method.trains_teacher and self.teacher is not None:
             trained["teacher"] = self.teacher
@@ -227,7 +239,8 @@ class Fit:
         self.step = distributed.wrap(TrainStep(trained, self._losses))
 
     def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return self.method(self.student(batch[self.student_modality]), self._teacher_output(batch), batch)
+        student_out = self.student(as_input(batch[self.student_modality], self.execution))
+        return self.method(student_out, self._teacher_output(batch), batch)
 
     # -- state -------------------------------------------------------------------------------
     def _model_states(self) -> dict[str, Any]:
@@ -266,16 +279,22 @@ class Fit:
     def _resume(self) -> dict[str, Any] | None:
         if self.checkpoint is None or not self.checkpoint.exists():
             return None
+        state = load_checked(self.checkpoint, "checkpoint", self.rebuild, self.device)
         try:
-            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        except Exception as exc:
-            raise UserError(f"checkpoint {str(self.checkpoint)!r} is unreadable ({type(exc).__name__}); delete it or rerun with --force") from exc
-        self._load_model_states(state["models"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"].cpu())
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+            missing = [key for key in ("epoch", "models", "optimizer", "scheduler", "rng", "best", "history",
+                                       "steps", "seconds") if key not in state]
+            if missing:
+                raise KeyError(missing[0])
+            self._load_model_states(state["models"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"].cpu())
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            text = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:200]
+            raise UserError(f"checkpoint {str(self.checkpoint)!r} does not hold this run's training state "
+                            f"({text}); {self.rebuild}") from exc
         return state
 
     # -- loop --------------------------------------------------------------------------------
@@ -290,10 +309,13 @@ class Fit:
         if not self.uses_teacher:
             return None
         assert self.teacher is not None and self.teacher_modality is not None
+        if self.teacher_cache is not None:
+            return self.teacher_cache.gather(batch["index"])
+        x = as_input(batch[self.teacher_modality], self.execution)
         if self.method.trains_teacher:
-            return self.teacher(batch[self.teacher_modality])
+            return self.teacher(x)
         with torch.no_grad():
-            return self.teacher(batch[self.teacher_modality])
+            return self.teacher(x)
 
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
         self._set_modes()
@@ -321,6 +343,8 @@ class Fit:
                 if name not in first_bad:  # a device-side fill: no host-to-device copy per step
                     first_bad[name] = torch.full((), -1, dtype=torch.long, device=self.device)
                 first_bad[name] = torch.where(~torch.isfinite(value) & (first_bad[name] < 0), steps, first_bad[name])
+                self._last_size[name] = torch.where(torch.isfinite(value), value.abs(),
+                                                    self._last_size.get(name, torch.zeros_like(value)))
             if steps % self.check_every == 0 or steps == self.steps_per_epoch:
                 self._check_finite(first_bad, epoch)
             if self.on_step is not None:
@@ -331,13 +355,23 @@ class Fit:
         return dict(zip(names, means)), steps
 
     def _check_finite(self, first_bad: dict[str, Tensor], epoch: int) -> None:
+        """Fail on the term that went non-finite first; where several did at one step (a term's overflow
+        poisons the weights, so every term is NaN the step after), the one that was largest before."""
         if distributed.world().size > 1:  # every rank stops at the same step (no rank left waiting)
             names = list(first_bad)
             first_bad = dict(zip(names, distributed.first_positive_step(torch.stack([first_bad[n] for n in names]))))
         bad = {name: int(step) for name, step in first_bad.items() if int(step) >= 0}
         if bad:
-            name = min(bad, key=lambda n: bad[n])
-            raise RunFailed(f"loss term {name!r} became non-finite at epoch {epoch + 1}, step {bad[name]}")
+            step = min(bad.values())
+            tied = [name for name in first_bad if bad.get(name) == step]
+            sizes = {name: float(self._last_size[name]) for name in tied if name in self._last_size}
+            name = max(tied, key=lambda n: sizes.get(n, 0.0)) if len(tied) > 1 else tied[0]
+            also = ""
+            if len(tied) > 1:
+                before = ", ".join(f"{n} {sizes.get(n, 0.0):.3g}" for n in tied)
+                also = (f" (with {', '.join(repr(n) for n in tied if n != name)} at the same step; blamed as the "
+                        f"largest before: {before})")
+            raise RunFailed(f"loss term {name!r} became non-finite at epoch {epoch + 1}, step {step}{also}")
 
     def run(self) -> FitResult:
         torch.manual_seed(self.seed)
@@ -351,6 +385,11 @@ class Fit:
             steps_done, seconds = resumed["steps"], resumed["seconds"]
             if self.on_resume is not None:
                 self.on_resume(start_epoch)
+        if self.teacher_plan.cached and start_epoch < self.recipe.epochs:  # the teacher is fixed from here on
+            assert self.teacher is not None and self.teacher_modality is not None
+            self.teacher_cache = TeacherOutputs.compute(self.teacher, self.data, "train", self.teacher_modality,
+                                                        self.method.teacher_reads(), self.device,
+                                                        eval_batch_size(self.data, self.teacher_modality))
         for epoch in range(start_epoch, self.recipe.epochs):
             began = time.perf_counter()
             losses, steps = self._train_epoch(epoch)
@@ -372,4 +411,5 @@ class Fit:
         tested = evaluate_metric(self.student, self.data, "test", self.student_modality, self.device)
         return FitResult(metric=metric, val_best=best["val"], best_epoch=best["epoch"] + 1, test=tested.compute(),
                          test_last=test_last, train_steps=steps_done, train_seconds=seconds, history=history,
-                         resumed_from=start_epoch if resumed is not None else None, test_details=tested.details())
+                         resumed_from=start_epoch if resumed is not None else None, test_details=tested.details(),
+                         teacher_outputs=self.teacher_plan.reason)

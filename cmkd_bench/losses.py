@@ -82,3 +82,40 @@ def scale_normalise(x: Tensor, eps: float = 1e-8, dim: int = -1) -> Tensor:
 def signed_log(x: Tensor) -> Tensor:
     """sign(x) log(1 + |x|) (the reference's utils.log, for the high band's logMSE)."""
     return torch.sign(x) * torch.log1p(x.abs())
+
+
+# -- random subspace splits (the control for FD-CMKD's Fourier split) ------------------------------
+def fourier_band_dims(size: int, cut: int) -> tuple[int, int]:
+    """Real dimensions of fd's low band (rfft bins 1..cut) and high band (bins cut+1..D//2).
+
+    Each complex bin spans two real dimensions, except the Nyquist bin of an even D (one); with
+    the DC bin (one) they make up R^D, so low + high = D - 1, the mean-free subspace.
+    """
+    return 2 * cut, size - 1 - 2 * cut
+
+
+def random_subspace_bases(size: int, low_dim: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A fixed, seeded random orthonormal basis of the mean-free subspace of R^size (float64),
+    split into its first `low_dim` columns and the other size - 1 - low_dim: (size x low_dim,
+    size x (size - 1 - low_dim)). Every column is orthogonal to the all-ones vector (the DC)."""
+    if not 0 <= low_dim <= size - 1:
+        raise ValueError(f"low_dim must be in [0, {size - 1}], got {low_dim}")
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(size, size - 1, generator=generator, dtype=torch.float64)
+    gaussian = gaussian - gaussian.mean(dim=0, keepdim=True)  # columns orthogonal to the ones vector
+    basis, _ = torch.linalg.qr(gaussian)
+    return basis[:, :low_dim].contiguous(), basis[:, low_dim:].contiguous()
+
+
+def subspace_bands(x: Tensor, low_basis: Tensor, high_basis: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]:
+    """x's orthogonal projections onto span(low_basis) and span(high_basis) along dim, each in R^D.
+
+    With the bases of `random_subspace_bases` the two parts sum to x minus its mean along dim (the
+    DC drops out, as in fd's bands). Runs in float32 at least, outside autocast (a bf16 matmul
+    would blur the projection)."""
+    x = at_least_float32(x).movedim(dim, -1)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        low_basis, high_basis = low_basis.to(x.dtype), high_basis.to(x.dtype)
+        low = (x @ low_basis) @ low_basis.T
+        high = (x @ high_basis) @ high_basis.T
+    return low.movedim(-1, dim), high.movedim(-1, dim)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import DatasetSpec, PairedData
-from .files import atomic_save
+from .errors import UserError
+from .files import atomic_save, load_checked
 from .models import FeatureModel, ModelInfo, ModelOutput
 
 
@@ -59,6 +60,16 @@ class Method(nn.Module):
         data may be stored there and reused by later runs with the same teacher.
         """
 
+    def teacher_reads(self) -> frozenset[str] | None:
+        """The teacher outputs `forward` reads: "logits", "feature", "feature_post", "decoder",
+        "stage:<name>"; None (the default) when it needs the teacher's live forward.
+
+        A method that declares them, does not train the teacher, and runs on a dataset whose
+        teacher input is not augmented is given those fields from a cache computed once per run
+        (cmkd_bench/teacher_outputs.py); the other fields of its teacher `ModelOutput` are then None.
+        """
+        return None
+
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
 
@@ -67,15 +78,16 @@ def cached_per_teacher(cache_dir: Path | None, prefix: str, key: dict, compute: 
     """A tensor that depends only on the teacher, the data and `key`, computed once per teacher.
 
     Stored as `<cache_dir>/<prefix>-<hash of key>.pt` (the teacher's cache folder, see `prepare`);
-    a missing, unreadable or stale file (another key) is recomputed and rewritten atomically.
+    a missing, damaged (its content is not the SHA-256 stored beside it), unreadable or stale file
+    (another key) is recomputed and rewritten atomically.
     """
     path = None
     if cache_dir is not None:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         path = Path(cache_dir) / f"{prefix}-{digest}.pt"
         try:
-            cached = torch.load(path, weights_only=True) if path.exists() else None
-        except Exception:  # a torn or foreign file: recompute
+            cached = load_checked(path, "cache", "recompute") if path.exists() else None
+        except UserError:  # a damaged, torn or foreign file: recompute
             cached = None
         if isinstance(cached, dict) and cached.get("key") == key and "value" in cached:
             return cached["value"]

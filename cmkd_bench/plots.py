@@ -4,6 +4,8 @@
                                                  seeds), the no-KD line, the teacher line
     cmkd-bench plot heatmap RUNS... --x K --y K  a method's test metric over a grid of two
                                                  settings (the paper's Figure 5: w_low x w_high)
+    cmkd-bench plot sweep RUNS... --x K          per dataset, one panel per direction: each method's
+                                                 gain over no-kd (paired by seed) against setting K
 
 Bars come from the leaderboard's tables, so they hold exactly the numbers the tables hold.
 """
@@ -23,7 +25,8 @@ import numpy as np
 from .errors import UserError
 from .files import file_stem
 from .leaderboard import BETTER_MARK, NO_KD, SIGNIFICANCE_NOTE, WORSE_MARK, significance_mark, summarize
-from .records import direction_label, has_setting, metric, record_metric_name, record_setting, settings_of
+from .records import (direction_label, has_setting, hparams_changed, is_number, metric, record_metric_name, record_setting,
+                      settings_of)
 
 if TYPE_CHECKING:  # matplotlib itself is imported by `pyplot()`, after choosing the Agg backend
     from matplotlib.axes import Axes
@@ -251,3 +254,126 @@ def _heatmap_figure(heatmap: Heatmap, directory: Path) -> list[Path]:
     figure.colorbar(image, ax=axis, label=f"{heatmap.metric} (%)")
     stem = f"heatmap-{file_stem(heatmap.title.replace(' · ', '-'))}-{file_stem(heatmap.x_key)}-{file_stem(heatmap.y_key)}"
     return save_figure(figure, directory, stem)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep: each method's gain over no-kd against one setting
+
+
+@dataclass
+class SweepPoint:
+    x: Any
+    mean: float  # gain over no-kd in metric points, mean over the seeds both have
+    std: float  # sample std over those seeds (0 with one seed)
+    n: int
+
+
+@dataclass
+class SweepPanel:
+    dataset: str
+    direction: str
+    x_key: str
+    metric: str
+    series: dict[str, list[SweepPoint]]  # method label -> points, in x order
+    no_kd: list[SweepPoint]  # no-kd's own test metric (not a gain), for reference
+
+
+def sweep_panels(records: Sequence[dict[str, Any]], x_key: str) -> list[SweepPanel]:
+    """Per (dataset, direction): for every method and value of x_key, test(method) - test(no-kd)
+    paired by seed (same x, same seed: the same teacher and data), mean and std over seeds."""
+    usable = [r for r in records if r.get("status") == "completed" and metric(r, "test") is not None
+              and has_setting(r, x_key)]
+    if not usable:
+        raise UserError(f"no completed run has the setting {x_key!r}; run a sweep first, "
+                        f"e.g. cmkd-bench suite --grid {x_key}=A,B,C")
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for record in usable:
+        groups.setdefault((str(record["dataset"]), str(record["teacher_modality"]), str(record["student_modality"])),
+                          []).append(record)
+    panels = []
+    for (dataset, teacher, student), group in sorted(groups.items()):
+        _check_only_x_and_method_vary(group, x_key, dataset)
+        xs = _sorted_values(record_setting(r, x_key) for r in group)
+        if len(xs) < 2:
+            continue  # one value is no sweep
+        tests: dict[str, dict[tuple[int, int], float]] = {}
+        for record in group:
+            cell = (xs.index(record_setting(record, x_key)), int(record["seed"]))
+            label = _method_label(record)
+            if cell in tests.setdefault(label, {}):
+                raise UserError(f"{dataset} {direction_label(teacher, student)}: two runs of {label} at "
+                                f"{x_key}={xs[cell[0]]} seed {cell[1]}; narrow them with --where KEY=VALUE")
+            tests[label][cell] = float(metric(record, "test"))
+        if NO_KD not in tests:
+            raise UserError(f"{dataset} {direction_label(teacher, student)}: no no-kd runs to measure gains against; "
+                            f"include no-kd in the sweep")
+        base = tests.pop(NO_KD)
+        series = {label: _gains(cells, base, xs) for label, cells in tests.items()}
+        panels.append(SweepPanel(dataset, direction_label(teacher, student), x_key, record_metric_name(group[0]),
+                                 {k: v for k, v in series.items() if v}, _gains(base, {}, xs)))
+    if not panels:
+        raise UserError(f"the runs take one value of {x_key!r} only; a sweep needs two or more")
+    return panels
+
+
+def _method_label(record: dict[str, Any]) -> str:
+    changed = hparams_changed(record)
+    return str(record["method"]) + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) + ")"
+                                    if changed else "")
+
+
+def _gains(cells: dict[tuple[int, int], float], base: dict[tuple[int, int], float], xs: list[Any]) -> list[SweepPoint]:
+    """Points of cells - base (paired by (x, seed)); with an empty base, the cells' own values."""
+    points = []
+    for index, x in enumerate(xs):
+        values = [value - base[cell] if base else value for cell, value in sorted(cells.items())
+                  if cell[0] == index and (not base or cell in base)]
+        if values:
+            points.append(SweepPoint(x, statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0,
+                                     len(values)))
+    return points
+
+
+def _check_only_x_and_method_vary(group: list[dict[str, Any]], x_key: str, dataset: str) -> None:
+    def protocol(record: dict[str, Any]) -> str:
+        settings = settings_of(record)
+        kept = {scope: {k: v for k, v in settings[scope].items() if k != x_key} for scope in ("data_options", "recipe")}
+        return json.dumps([kept, record["student_backbone"], record["teacher_backbone"]], sort_keys=True, default=str)
+
+    if len({protocol(record) for record in group}) > 1:
+        raise UserError(f"{dataset}: the runs differ in more than {x_key} (data options, recipe or backbones); "
+                        "narrow them with --where KEY=VALUE so that one sweep remains")
+
+
+def plot_sweep(records: Sequence[dict[str, Any]], x_key: str, directory: Path) -> list[Path]:
+    panels = sweep_panels(records, x_key)
+    written = []
+    for dataset in sorted({panel.dataset for panel in panels}):
+        written += _sweep_figure([p for p in panels if p.dataset == dataset], directory)
+    return written
+
+
+def _sweep_figure(panels: list[SweepPanel], directory: Path) -> list[Path]:
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False, sharey=True)
+    colours = plt.get_cmap("tab10")
+    labels = sorted({label for panel in panels for label in panel.series})
+    for axis, panel in zip(axes[0], panels):
+        xs = [p.x for p in panel.no_kd if is_number(p.x)]
+        spread = 0.012 * (max(xs) - min(xs)) if len(xs) > 1 else 0.0  # methods side by side at each x
+        for index, label in enumerate(labels):
+            points = panel.series.get(label, [])
+            offset = (index - (len(labels) - 1) / 2) * spread
+            if points:
+                axis.errorbar([p.x + offset if is_number(p.x) else p.x for p in points], [p.mean for p in points], yerr=[p.std for p in points],
+                              marker="o", markersize=3, capsize=2, linewidth=1, color=colours(index % 10), label=label)
+        axis.axhline(0.0, color="k", linewidth=0.8, linestyle="--")
+        axis.set_xlabel(panel.x_key)
+        axis.set_title(f"{panel.dataset} · {panel.direction}\nno-kd: "
+                       + ", ".join(f"{p.mean:.1f}" for p in panel.no_kd), fontsize=8)
+    axes[0][0].set_ylabel(f"test {panels[0].metric} gain over no-kd (points)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    figure.suptitle(f"{panels[0].dataset}: gain over no-kd against {panels[0].x_key} (mean ± std over seeds)",
+                    fontsize=9)
+    figure.tight_layout()
+    return save_figure(figure, directory, f"sweep-{file_stem(panels[0].dataset)}-{file_stem(panels[0].x_key)}")

@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .clips import (AUDIO_DIR, CLIPS_CSV, EXCLUDED_CSV, FAILED_CSV, FRAMES_DIR, INFO_JSON, LAYOUT_VERSION, audio_file,
                     frame_folder)
 from .errors import UserError
+from .checksums import write_checksums
 from .files import TEMPORARY_GLOB, temporary, write_atomic, write_csv_atomic, write_json_atomic
 from .media import FrameSampling, MediaError, decode_audio, is_lfs_pointer
 
@@ -202,8 +203,22 @@ class ClipPreparer:
     frames: FrameSampling
     min_frames: int = 1
     min_frames_reason: str = ""
+    # writes the packed store (cmkd_bench/packed.py) from the prepared files: (root, frame size, advance)
+    pack: Callable[[Path, int, Callable[[], None]], dict] | None = None
 
-    def __call__(self, src: Path, dst: Path, workers: int, force: bool, console: Console) -> PrepareReport:
+    def pack_store(self, dst: Path, size: int, console: Console) -> None:
+        """Add (or rewrite) the packed store of a prepared folder, from its JPEG frames and waveforms alone."""
+        if self.pack is None or size <= 0:
+            return
+        from .clips import read_info
+
+        clips = read_info(dst, self.dataset).get("clips", 0)
+        with _progress(console) as bar:
+            task = bar.add_task(f"pack {self.dataset} at {size} px", total=clips)
+            self.pack(dst, size, lambda: bar.advance(task))
+
+    def __call__(self, src: Path, dst: Path, workers: int, force: bool, console: Console,
+                 pack_size: int = 0) -> PrepareReport:
         require_pyav()
         plan = self.plan(src)
         names = [clip.name for clip in plan.clips]
@@ -240,6 +255,7 @@ class ClipPreparer:
         # sorted: the same report whatever the workers
         report = PrepareReport(prepared, len(done), sorted(failed), sorted(plan.excluded), list(plan.notes))
         self._write_layout(plan, dst, report)
+        self.pack_store(dst, pack_size, console)
         return report
 
     def _nothing_to_prepare(self, src: Path, failed: list[tuple[str, str, str]]) -> str:
@@ -274,6 +290,7 @@ class ClipPreparer:
                 "clips": len(rows), "failed": len(report.failed), "problems": counts,
                 "excluded": len(report.excluded), "notes": report.notes}
         write_json_atomic(info, dst / INFO_JSON)
+        write_checksums(dst)  # last: every file's SHA-256, checked before the folder is used
 
 
 def require_pyav() -> None:

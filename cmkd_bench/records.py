@@ -14,6 +14,7 @@ Reading records imports neither torch nor rich, so that reporting stays quick to
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -119,6 +120,12 @@ def check_record(record: Any, path: str | Path) -> None:
         )
     if record["status"] == "completed" and not is_number(metric(record, "test")):
         raise UserError(f"{path}: completed run has no numeric metrics.test; re-run or delete it")
+    if record["status"] == "completed":
+        for name in ("test", "val_best", "test_last"):  # percentages (top-1, mIoU): NaN or 1e9 is a damaged record
+            value = metric(record, name)
+            if value is not None and (not is_number(value) or not math.isfinite(value) or not 0 <= value <= 100):
+                raise UserError(f"{path}: completed run has metrics.{name} = {value!r}, not a percentage in "
+                                "[0, 100]; re-run or delete it")
 
 
 def write_record(record: dict[str, Any], path: str | Path) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import platform
 import shutil
-import subprocess
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -27,12 +25,16 @@ from .catalog import load_all
 from .config import RunConfig, parse_sets, resolve, split_sets
 from .data import PairedData, Recipe
 from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
+from .execution import Execution, check_execution, prepare_models
 from .errors import RunFailed, UserError
-from .backbones import init_from_weights, init_summary
-from .files import atomic_save, check_writable_dir, is_main_process, load_weights, read_state_dict, write_json_atomic
+from .backbones import build_backbone, init_from_weights, init_summary
+from .files import (TEMPORARY_GLOB, atomic_save, check_digest, check_writable_dir, is_main_process, load_weights,
+                    read_state_dict, remove_saved, sweep_temporaries, write_atomic, write_json_atomic)
 from .method import Method
 from .models import FeatureModel
-from .records import NUMERIC_LIBRARIES, RECORD_SCHEMA, find_record, metric_name, write_record
+from .provenance import describe_device, environment, git_revision, library_versions, uncommitted_files, versions  # noqa: F401
+from .records import RECORD_SCHEMA, find_record, metric_name, write_record
+from .text import vocabulary_files
 from .registry import BACKBONES, DATASETS, METHODS
 from .tracking import HISTORY_FILE, ExperimentLogger, HistoryCSV, with_epoch_logging
 
@@ -59,6 +61,9 @@ class RunRequest:
     teacher_init: str | None = None
     teacher_epochs: int | None = None  # the teacher's recipe: the student's with these epochs (default: the same)
     force: bool = False
+    compile: bool = False  # how it executes (cmkd_bench/execution.py): recorded, not part of the run id
+    channels_last: bool = False
+    rebuild_teacher: bool = False  # discard this run's cached teacher, train it again, and rerun the run
 
 
 @dataclass
@@ -88,6 +93,15 @@ class ResolvedRun:
     teacher_checkpoint: Path | None
     student_init: Path | None = None
     teacher_init: Path | None = None
+    execution: Execution = Execution()
+    rebuild_teacher: bool = False
+
+
+# What a one-line error about a damaged cached teacher (or its partial training) tells the user to do.
+REBUILD_TEACHER = ("run the same `cmkd-bench run` command again with --rebuild-teacher to train the teacher again "
+                   "(for a suite: delete that teacher's folder, then run the suite again)")
+RUN_CHECKPOINT = "run the same command again with --force to discard it and train this run from the start"
+ALREADY_RUNNING = "is already running in another process"
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -135,8 +149,9 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     inits = {role: Path(value) if value else None
              for role, value in (("student", request.student_init), ("teacher", request.teacher_init))}
     for role, path in inits.items():
-        if path is not None and not path.is_file():
-            raise UserError(f"--{role}-init {str(path)!r} does not exist; pass the path of a .pt, .pth or .safetensors file")
+        if path is not None and not (path.is_file() or path.is_dir()):
+            raise UserError(f"--{role}-init {str(path)!r} does not exist; pass the path of a .pt, .pth or .safetensors "
+                            "file (or, for an hf: text backbone, a local Hugging Face model folder)")
     if teacher_checkpoint is not None and inits["teacher"] is not None:
         raise UserError("--teacher-checkpoint and --teacher-init both set the teacher's weights; pass one of them")
     if request.teacher_epochs is not None and teacher_checkpoint is not None:
@@ -159,8 +174,13 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     if request.teacher_cache:
         check_writable_dir(teacher_dir, "--teacher-cache")
     distributed.check_batch(config.recipe["batch_size"], data.spec.split_sizes["train"])  # under torchrun
+    if request.rebuild_teacher and teacher_checkpoint is not None:
+        raise UserError("--rebuild-teacher has no effect with --teacher-checkpoint (that teacher is not trained); "
+                        "pass one of them")
+    execution = Execution(compile=request.compile, channels_last=request.channels_last)
+    check_execution(execution, data.spec, (config.teacher_modality, config.student_modality))
     return ResolvedRun(config, data, Recipe(**config.recipe), device, out / config.run_id, teacher_dir, teacher_checkpoint,
-                       inits["student"], inits["teacher"])
+                       inits["student"], inits["teacher"], execution, request.rebuild_teacher)
 
 
 def build_model(backbone: str, data: PairedData, modality: str, seed: int, device: torch.device) -> FeatureModel:
@@ -169,7 +189,7 @@ def build_model(backbone: str, data: PairedData, modality: str, seed: int, devic
     if not entry.supports(spec.task):
         raise UserError(f"backbone {backbone!r} does not support {spec.task}; see `cmkd-bench list backbones`")
     torch.manual_seed(seed)
-    return entry.factory(spec.modality(modality).shape, spec.num_classes).to(device)
+    return build_backbone(backbone, spec, modality).to(device)
 
 
 def initialise(model: FeatureModel, path: Path | None, sha256: str | None, data: PairedData, modality: str,
@@ -177,6 +197,9 @@ def initialise(model: FeatureModel, path: Path | None, sha256: str | None, data:
     """Load what fits of the --student-init / --teacher-init file into `model`; the report, or None without one."""
     if path is None:
         return None
+    if path.is_dir():  # a Hugging Face model folder: from_pretrained, for hf: text backbones
+        from .text_backbones import init_from_folder
+        return init_from_folder(model, path, data.spec.modality(modality).tokens, sha256, f"--{role}-init")
     state = read_state_dict(path, device, f"--{role}-init")
     in_chans = data.spec.modality(modality).shape[0]
     return init_from_weights(model, state, in_chans, str(path), sha256, what=f"--{role}-init")
@@ -226,6 +249,11 @@ def obtain_teacher(prepared: ResolvedRun, teacher: FeatureModel, progress: RunCa
     folder.mkdir(parents=True, exist_ok=True)
     # parallel runs needing one teacher train it once; under torchrun rank 0 holds the lock for all ranks
     with exclusive_lock(folder / ".lock") if is_main_process() else nullcontext():
+        if is_main_process():  # before the barrier, so that no rank reads the folder while it is cleaned
+            if prepared.rebuild_teacher:
+                discard_teacher(folder)
+                progress.message(f"teacher {key}: cache discarded (--rebuild-teacher), training it again")
+            sweep_temporaries(folder)
         distributed.barrier()
         metrics = _cached_or_trained_teacher(prepared, teacher, folder, key, progress)
     return {**info, "key": key, "checkpoint": str(folder / "teacher.pt"), "metrics": metrics,
@@ -243,13 +271,22 @@ def exclusive_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def discard_teacher(folder: Path) -> None:
+    """Everything in a teacher's cache folder but its lock: weights, metrics, partial training, what methods derived."""
+    for path in folder.iterdir():
+        if path.name != ".lock":
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, folder: Path, key: str,
                                progress: RunCallbacks) -> dict[str, Any]:
     config, data, device = prepared.config, prepared.data, prepared.device
     weights, summary = folder / "teacher.pt", folder / "teacher.json"
     cached = read_record(summary)
     if weights.exists() and cached is not None:
-        load_weights(teacher, weights, device, "teacher checkpoint")
+        check_digest(weights, "cached teacher", REBUILD_TEACHER)
+        load_weights(teacher, weights, device, "cached teacher", REBUILD_TEACHER)
+        remove_saved(folder / "train_checkpoint.pt")  # left by a kill between teacher.json and its removal
         progress.message(f"teacher {key}: reused ({cached['metric']} test {cached['metrics']['test']:.2f})")
         return cached["metrics"]
     objective = METHODS.build("no-kd", teacher.info, teacher.info, data.spec).to(device)
@@ -257,17 +294,22 @@ def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, fol
     if progress.on_phase is not None:
         progress.on_phase(f"teacher {config.teacher_modality}", recipe.epochs,
                           data.num_batches("train", recipe.batch_size, shuffle=True))
-    result = Fit(student=teacher, method=objective, data=data, student_modality=config.teacher_modality,
-                 recipe=recipe, seed=config.seed, device=device, checkpoint=folder / "train_checkpoint.pt",
-                 on_step=progress.on_step, on_epoch=progress.on_epoch,
-                 on_resume=lambda epoch: progress.message(f"teacher resumed from epoch {epoch}")).run()
+    try:
+        result = Fit(student=teacher, method=objective, data=data, student_modality=config.teacher_modality,
+                     recipe=recipe, seed=config.seed, device=device, checkpoint=folder / "train_checkpoint.pt",
+                     execution=prepared.execution, on_step=progress.on_step, on_epoch=progress.on_epoch,
+                     rebuild=REBUILD_TEACHER,
+                     on_resume=lambda epoch: progress.message(f"teacher resumed from epoch {epoch}")).run()
+    except RunFailed as exc:
+        raise RunFailed(f"training the teacher ({config.teacher_modality} {config.teacher_backbone}, {folder.name}) "
+                        f"failed: {exc}") from exc
     metrics = {"val": result.val_best, "test": result.test, "test_last": result.test_last, "best_epoch": result.best_epoch}
     atomic_save(teacher.state_dict(), weights)
     write_json_atomic({"key": key, "modality": config.teacher_modality, "backbone": config.teacher_backbone,
                        "dataset": config.dataset, "data_options": config.data_options, "recipe": config.teacher_recipe,
                        "seed": config.seed, "metric": result.metric, "metrics": metrics,
                        "steps_per_s": result.steps_per_s, "created": _now()}, summary)
-    (folder / "train_checkpoint.pt").unlink(missing_ok=True)
+    remove_saved(folder / "train_checkpoint.pt")
     return metrics
 
 
@@ -281,7 +323,8 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
     """Train (or reuse) the teacher, train the student, write and return the run record."""
     progress = progress or RunCallbacks()
     config, data, device = prepared.config, prepared.data, prepared.device
-    if not force and (done := existing_record(prepared)) is not None:
+    force = force or prepared.rebuild_teacher  # a rebuilt teacher makes the record again
+    if not force and (done := existing_record(prepared)) is not None and not leftovers(prepared.run_dir):
         return {**done, "skipped": True}
     teacher = build_model(config.teacher_backbone, data, config.teacher_modality, config.seed, device)
     student = build_model(config.student_backbone, data, config.student_modality, config.seed, device)
@@ -293,9 +336,17 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
     for role, report in inits.items():
         if report is not None:
             progress.message(init_summary(role, report))
+    prepare_models(prepared.execution, teacher, student)
     method = build_method(config, student, teacher, data, device)
     with run_lock(prepared.run_dir, config.run_id) if is_main_process() else nullcontext():  # torchrun: rank 0's
         return _execute_locked(prepared, teacher, student, method, progress, force, inits)
+
+
+def leftovers(run_dir: Path) -> list[Path]:
+    """What a killed process can leave in a run folder: its checkpoint (killed between result.json and the
+    checkpoint's removal) and temporary files."""
+    return [path for path in (run_dir / "checkpoint.pt", run_dir / "checkpoint.pt.sha256") if path.exists()] + \
+        sorted(run_dir.glob(TEMPORARY_GLOB))
 
 
 @contextmanager
@@ -306,7 +357,7 @@ def run_lock(run_dir: Path, run_id: str):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"run {run_id} is already running in another process; wait for it or use another --out") from None
+            raise UserError(f"run {run_id} {ALREADY_RUNNING}; wait for it or use another --out") from None
         try:
             yield
         finally:
@@ -320,8 +371,12 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
     config, data, device = prepared.config, prepared.data, prepared.device
     inits = inits or {}
     checkpoint = prepared.run_dir / "checkpoint.pt"
+    sweep_temporaries(prepared.run_dir)
+    if not force and (done := existing_record(prepared)) is not None:  # again, under the lock: another process
+        remove_saved(checkpoint)  # may have finished it meanwhile; a kill after result.json leaves a checkpoint
+        return {**done, "skipped": True}
     if force:
-        checkpoint.unlink(missing_ok=True)
+        remove_saved(checkpoint)
     began = time.perf_counter()
     record = base_record(prepared)
     # history.csv (and --logger's) per epoch, teacher and student, as the run goes
@@ -341,7 +396,8 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
                               prepared.recipe.epochs, data.num_batches("train", prepared.recipe.batch_size, shuffle=True))
         result = Fit(student=student, method=method, data=data, student_modality=config.student_modality,
                      recipe=prepared.recipe, seed=config.seed, device=device, checkpoint=checkpoint,
-                     teacher=teacher, teacher_modality=config.teacher_modality,
+                     teacher=teacher, teacher_modality=config.teacher_modality, execution=prepared.execution,
+                     rebuild=RUN_CHECKPOINT,
                      on_step=progress.on_step, on_epoch=progress.on_epoch,
                      on_resume=lambda epoch: progress.message(f"resumed from epoch {epoch}")).run()
     except RunFailed as exc:
@@ -353,13 +409,15 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
     # the best-val weights (Fit leaves them loaded), for analyses such as t-SNE of features
     atomic_save(student.state_dict(), prepared.run_dir / "student.pt")
     record["student_checkpoint"] = str(prepared.run_dir / "student.pt")
+    for name, text in vocabulary_files(data.spec).items():  # a text modality's word vocabulary, by id
+        write_atomic(prepared.run_dir / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
     if method.trains_teacher:
         atomic_save(teacher.state_dict(), prepared.run_dir / "teacher_finetuned.pt")
         record["teacher"]["finetuned_checkpoint"] = str(prepared.run_dir / "teacher_finetuned.pt")
         record["teacher"]["metrics_after_method"] = {
             split: evaluate(teacher, data, split, config.teacher_modality, device) for split in ("val", "test")}
     write_record(record, prepared.run_dir / "result.json")
-    checkpoint.unlink(missing_ok=True)
+    remove_saved(checkpoint)
     logger.finish(record)
     return record
 
@@ -388,6 +446,7 @@ def base_record(prepared: ResolvedRun) -> dict[str, Any]:
         "teacher": None,
         "device": describe_device(prepared.device),
         "distributed": distributed.world().describe(),  # world size, backend, sync BN (torchrun)
+        "execution": prepared.execution.as_dict(),  # --compile, --channels-last
         "versions": versions(),
         "git_revision": git_revision(),
         "environment": environment(),
@@ -408,80 +467,8 @@ def completed_record(result: FitResult, wall: float) -> dict[str, Any]:
         "train_steps": result.train_steps,
         "train_seconds": round(result.train_seconds, 3),
         "steps_per_s": round(result.steps_per_s, 3),
+        "teacher_outputs": result.teacher_outputs,  # "cached" or why the teacher ran every step
     }
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), **library_versions(), "cmkd_bench": __version__}
-
-
-def library_versions() -> dict[str, str]:
-    """The installed version of each library that changes a run's numbers (records.NUMERIC_LIBRARIES)."""
-    from importlib import metadata
-
-    found = {}
-    for name in NUMERIC_LIBRARIES:
-        try:
-            found[name] = metadata.version(name.replace("_", "-"))
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    found["torch"] = torch.__version__
-    return found
-
-
-def environment() -> dict[str, Any]:
-    """What a run's numbers depend on besides its settings (records.environment_signature reads it):
-    the libraries' versions, the CPU threads torch uses, the code revision, the Python and device."""
-    return {"libraries": library_versions(), "threads": torch.get_num_threads(), "git_revision": git_revision(),
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
-def git_revision() -> str | None:
-    """The revision of the source tree cmkd_bench runs from, if it is a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def uncommitted_files(root: Path, ignore: tuple[str, ...] = ()) -> list[str] | None:
-    """The files of the git checkout at `root` that differ from its revision (modified, added,
-    deleted, untracked and not ignored), except those under the `ignore` prefixes (paths relative to
-    the checkout's top); None where `root` is no git checkout."""
-    try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
-                             timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=root,
-                                capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if top.returncode != 0 or status.returncode != 0:
-        return None
-    entries = status.stdout.split("\0")
-    files, index = [], 0
-    while index < len(entries):
-        entry = entries[index]
-        index += 1
-        if len(entry) < 4:
-            continue
-        if entry[0] in "RC":  # a rename or copy: the source path follows
-            index += 1
-        path = entry[3:]
-        if not any(path == prefix.rstrip("/") or path.startswith(prefix) for prefix in ignore):
-            files.append(path)
-    return sorted(files)
 
 
 def _now() -> str:

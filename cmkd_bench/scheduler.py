@@ -10,12 +10,21 @@ as many DataLoader workers (CMKD_BENCH_WORKERS, read by data.DecodedPairs). The 
 the suite's settings alone (--threads-per-run, else the cores this process may use divided by the
 job slots), never from the load of the moment, since CPU threads change a run's numbers; the run
 record keeps it (`environment.threads`, and its `device` line).
+
+A run's failure reason is the last line of its own stderr (an unnamed file of this process, appended
+to run.log when it ends), never of run.log, which another suite over the same OUT may be writing. A
+run refused because another process is running it is waited for, then its record is read again. On
+Linux each run gets a parent-death signal, so killing the suite (even with SIGKILL) stops its runs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -23,8 +32,9 @@ from pathlib import Path
 from typing import IO, Callable, Sequence
 
 from .errors import UserError
+from .files import write_failed
 from .records import find_record, metric, record_metric_name
-from .runner import RunRequest
+from .runner import ALREADY_RUNNING, RunRequest
 
 POLL_SECONDS = 0.05
 
@@ -102,7 +112,7 @@ class _Running:
     run: PlannedRun
     process: subprocess.Popen
     log: IO[str]
-    log_start: int
+    errors: IO[bytes]  # the run's stderr: an unnamed temporary file, gone with this process
     began: float
     slot: int
 
@@ -123,13 +133,15 @@ class Scheduler:
         self.echo = echo
         self.running: list[_Running] = []
         self.outcomes: list[Outcome] = []
+        self.waiting: list[tuple[PlannedRun, float]] = []  # refused as running elsewhere: (run, when refused)
+        self.retried: set[str] = set()
 
     def run(self) -> list[Outcome]:
         try:
-            while self.pending or self.running:
+            while self.pending or self.running or self.waiting:
                 while self.pending and self.free:
                     self._start(self.pending.popleft(), self.free.pop(0))
-                if not self._collect():
+                if not self._collect() and not self._settle_waiting():
                     time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
             self._stop_all()
@@ -137,27 +149,58 @@ class Scheduler:
         return self.outcomes
 
     def _start(self, run: PlannedRun, slot: int) -> None:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(run.run_dir / "run.log", "a", encoding="utf-8")
+        path = run.run_dir / "run.log"
         command = self.command(run.request, self.slots[slot], self.plugins)
-        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
-        log.flush()
-        start = log.tell()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                        **thread_environment(self.threads)})
-        self.running.append(_Running(run, process, log, start, time.perf_counter(), slot))
+        try:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(path, "a", encoding="utf-8")
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+            log.flush()
+            errors = tempfile.TemporaryFile(dir=run.run_dir)
+        except OSError as exc:
+            raise write_failed(path, exc) from exc
+        process = subprocess.Popen(command, stdout=log, stderr=errors, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **thread_environment(self.threads)},
+                                   preexec_fn=_die_with_parent)
+        self.running.append(_Running(run, process, log, errors, time.perf_counter(), slot))
 
     def _collect(self) -> bool:
         done = [job for job in self.running if job.process.poll() is not None]
         for job in done:
             self.running.remove(job)
             self.free.append(job.slot)
-            job.log.close()
-            outcome = _outcome(job)
+            stderr = _close_logs(job)
+            outcome = _outcome(job, stderr)
+            if outcome.status == "failed" and ALREADY_RUNNING in outcome.detail:
+                self.waiting.append((job.run, job.began))  # another process has it: see what it leaves
+                continue
             self.outcomes.append(outcome)
             self._report(outcome)
         return bool(done)
+
+    def _settle_waiting(self) -> bool:
+        """Runs another process was running: once its lock is free, its completed record counts (the run is
+        not done twice); without one the run is started again, once."""
+        settled = False
+        for run, began in list(self.waiting):
+            if not _lock_free(run.run_dir / ".run.lock"):
+                continue
+            self.waiting.remove((run, began))
+            settled = True
+            record = find_record(run.run_dir / "result.json")
+            if record is not None and record.get("status") == "completed":
+                score = f"test {record_metric_name(record)} {metric(record, 'test'):.2f} (run by another process)"
+                outcome = Outcome(run, "completed", score, time.perf_counter() - began)
+            elif run.run_id not in self.retried:
+                self.retried.add(run.run_id)
+                self.pending.appendleft(run)
+                continue
+            else:
+                outcome = Outcome(run, "failed", "another process was running it and left no completed record; "
+                                  "run the suite again", time.perf_counter() - began)
+            self.outcomes.append(outcome)
+            self._report(outcome)
+        return settled
 
     def _report(self, outcome: Outcome) -> None:
         count = f"[{len(self.outcomes)}/{self.total}]"
@@ -185,7 +228,7 @@ class Scheduler:
                 job.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 job.process.kill()
-            job.log.close()
+            _close_logs(job)
 
 
 def _duration(seconds: float) -> str:
@@ -194,7 +237,51 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def _outcome(job: _Running) -> Outcome:
+def _die_with_parent() -> None:
+    """In the child, before it runs: SIGTERM when the suite process dies (Linux prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the suite died before prctl took effect
+            os._exit(143)
+
+
+def _lock_free(path: Path) -> bool:
+    try:
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _close_logs(job: _Running) -> str:
+    """Append the run's stderr to its run.log (one write, after the run) and return it."""
+    text = ""
+    try:
+        job.errors.seek(0)
+        text = job.errors.read().decode("utf-8", errors="replace")
+    except OSError:
+        pass
+    finally:
+        job.errors.close()
+    try:
+        if text:
+            job.log.write(text if text.endswith("\n") else text + "\n")
+        job.log.close()
+    except OSError:  # a full disk: the reason is still the stderr's last line
+        pass
+    return text
+
+
+def _outcome(job: _Running, stderr: str = "") -> Outcome:
     seconds = time.perf_counter() - job.began
     code = job.process.returncode
     record = find_record(job.run.run_dir / "result.json")
@@ -207,15 +294,6 @@ def _outcome(job: _Running) -> Outcome:
     elif code is not None and code < 0:
         reason = f"killed by signal {-code}"
     else:
-        reason = _last_line(job.run.run_dir / "run.log", job.log_start) or f"exited with code {code}"
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exited with code {code}"
     return Outcome(job.run, "failed", " ".join(reason.split()), seconds, resumed)
-
-
-def _last_line(path: Path, start: int) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            handle.seek(start)
-            lines = [line.strip() for line in handle if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -112,9 +113,9 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        reason = error.strerror or error
-        raise UserError(f"suite file {str(path)!r} cannot be read ({reason}); pass a .yaml file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = f"not UTF-8 text at byte {error.start}" if isinstance(error, UnicodeDecodeError) else error.strerror or error
+        raise UserError(f"suite file {str(path)!r} cannot be read ({reason}); pass a UTF-8 .yaml file") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -141,7 +142,7 @@ def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
         seeds=_seeds(raw.get("seeds", list(DEFAULT_SEEDS)), where),
         sets=_sets(raw.get("sets") or {}, "sets", where),
         grid=_grid(raw.get("grid") or {}, where),
-        out=str(raw.get("out", "runs")),
+        out=_optional(raw, "out", str, where) or "runs",
         epochs=_optional(raw, "epochs", int, where), teacher_epochs=_optional(raw, "teacher_epochs", int, where),
         batch_size=_optional(raw, "batch_size", int, where),
         lr=_optional(raw, "lr", float, where),
@@ -176,8 +177,15 @@ def _optional(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:
     value = raw[key]
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise UserError(f"{where}: {key} must be an integer, got {value!r}")
-    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise UserError(f"{where}: {key} must be a number, got {value!r}")
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        raise UserError(f"{where}: {key} must be a finite number, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise UserError(f"{where}: {key} must be a string (one path or name), got {value!r}")
     return kind(value)
 
 

@@ -198,6 +198,15 @@ class ClipReader:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def fixed_modalities(self) -> frozenset[str]:
+        """Modalities decoded the same at train as in an unshuffled pass (see PairedData.fixed_modalities):
+        frames without crop or flip, taken "first" at train and test; audio without a random window."""
+        fixed = {"audio"} if self.audio.window != "random" else set()
+        if not self.augment and self.visual.train == self.visual.test == "first":
+            fixed.add("visual")
+        return frozenset(fixed)
+
     def read(self, index: int, seed: SampleSeed | None) -> dict[str, np.ndarray]:
         rng = None if seed is None else seed.rng()
         return {"visual": self._visual(index, rng), "audio": self._audio(index, rng)}
@@ -206,17 +215,25 @@ class ClipReader:
         start, end = self.segments[index]
         return None if np.isnan(start) else (float(start), float(end))
 
-    def _visual(self, index: int, rng: np.random.Generator | None) -> np.ndarray:
-        name, count = self.names[index], int(self.frame_counts[index])
-        available = list(range(count))
+    def frame_choice(self, index: int, rng: np.random.Generator | None) -> list[int]:
+        """The clip's stored frames the protocol takes (drawn from `rng` at train); the first draws of a sample."""
+        available = list(range(int(self.frame_counts[index])))
         segment = self._segment(index)
         if self.audio.segment and segment is not None:  # C2KD's *_SE frames: seconds StartTime..EndTime, both included
             available = [k for k in available if segment[0] <= k <= segment[1]] or available
-        images = [read_image(frame_file(self.root, name, i)) for i in self.visual.indices(available, self.frames, rng)]
-        box, flip = None, False
-        if rng is not None and self.augment:  # RandomResizedCrop + horizontal flip, one draw per clip
-            box = random_resized_box(rng, *images[0].size)
-            flip = bool(rng.random() < 0.5)
+        return self.visual.indices(available, self.frames, rng)
+
+    def crop_choice(self, rng: np.random.Generator | None, width: int, height: int) -> tuple[tuple[int, int, int, int] | None, bool]:
+        """RandomResizedCrop box and horizontal flip, one draw per clip after the frame choice (None, False: none)."""
+        if rng is None or not self.augment:
+            return None, False
+        box = random_resized_box(rng, width, height)
+        return box, bool(rng.random() < 0.5)
+
+    def _visual(self, index: int, rng: np.random.Generator | None) -> np.ndarray:
+        name = self.names[index]
+        images = [read_image(frame_file(self.root, name, i)) for i in self.frame_choice(index, rng)]
+        box, flip = self.crop_choice(rng, *images[0].size)
         return np.concatenate([image_array(im, self.image_size, box, flip) for im in images])
 
     def _audio(self, index: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -234,11 +251,14 @@ class ClipReader:
 
 def load_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise MediaError(f"{path}: file not found") from None
     except (ValueError, OSError, EOFError) as exc:
         raise MediaError(f"{path}: not a readable .npy file ({exc})") from None
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise MediaError(f"{path}: holds NaN or infinite values; run `cmkd-bench verify` on the prepared folder")
+    return array
 
 
 def split_positions(labels: np.ndarray, splits: np.ndarray, val_fraction: float, split_seed: int) -> dict[str, np.ndarray]:
@@ -267,10 +287,13 @@ def check_image_options(dataset: str, image_size: int, frames: int) -> None:
 def build_clip_dataset(name: str, root: Path | None, *, num_classes: int, teacher: str, student: str,
                        protocol: Protocol, image_size: int, frames: int | None, augment: bool,
                        standardize: bool | None, val_fraction: float, split_seed: int, num_workers: int,
-                       segment: bool | None = None, extra: dict | None = None) -> DecodedPairs:
+                       segment: bool | None = None, extra: dict | None = None, store: str = "auto") -> DecodedPairs:
     """A video dataset from its prepared folder under `protocol`; None options take the protocol's value.
 
-    The run's identity (spec.options) holds the protocol's name and every resolved option.
+    `store`: "packed" reads the packed store (cmkd_bench/packed.py), "files" the JPEG frames and
+    waveforms, "auto" the packed store where `prepare` wrote one that holds this protocol's audio
+    and frames at least image_size large. The run's identity (spec.options) holds the protocol's
+    name and every resolved option, the store used included.
     """
     for option, value, kind in (("frames", frames, int), ("standardize", standardize, bool), ("segment", segment, bool)):
         if value is not None and (type(value) is not kind):
@@ -289,12 +312,15 @@ def build_clip_dataset(name: str, root: Path | None, *, num_classes: int, teache
                                  clips.frame_counts[rows], clips.segments[rows], stored_rate, audio, protocol.visual,
                                  frames, image_size, augment)
                for split, rows in positions.items()}
+    from cmkd_bench.datasets._av_packed import packed_readers  # the packed store's readers, where it serves
+
+    packed = packed_readers(name, clips, positions, readers, protocol.name, audio, store)
     bins, width = audio.shape()
     held_out = not (clips.splits == "val").any()  # val_fraction and split_seed matter only without a val split
     recorded = {"protocol": protocol.name, "image_size": image_size, "frames": frames, "augment": augment,
                 "standardize": audio.standardize, **({"segment": audio.segment} if segment is not None or audio.segment else {}),
                 **({"val_fraction": val_fraction, "split_seed": split_seed} if held_out else {}), **(extra or {}),
-                "prepared": clips_fingerprint(clips.root)}
+                "prepared": clips_fingerprint(clips.root), "store": "packed" if packed else "files"}
     spec = DatasetSpec(
         name=name, task="classification", num_classes=num_classes,
         modalities={"visual": Modality((3 * frames, image_size, image_size), "resnet18",
@@ -304,6 +330,10 @@ def build_clip_dataset(name: str, root: Path | None, *, num_classes: int, teache
         split_sizes={split: len(rows) for split, rows in positions.items()},
         recipe_source=VIDEO_RECIPE_SOURCE, options=recorded,
     )
+    if packed:
+        from cmkd_bench.packed import PackedPairs
+
+        return PackedPairs(spec, packed, num_workers)
     return DecodedPairs(spec, readers, num_workers)
 
 

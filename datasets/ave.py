@@ -48,6 +48,7 @@ from pathlib import Path
 from cmkd_bench.data import DecodedPairs
 from cmkd_bench.errors import UserError
 from cmkd_bench.media import VIDEO_SUFFIXES, FrameSampling
+from cmkd_bench.datasets._av_packed import Packer
 from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.registry import DATASETS
 
@@ -123,7 +124,7 @@ def plan(src: Path) -> ClipPlan:
     return ClipPlan(classes, clips, missing, excluded, notes)
 
 
-PREPARER = ClipPreparer("ave", plan, STORED_RATE, FrameSampling(mode="fps", fps=1.0))
+PREPARER = ClipPreparer("ave", plan, STORED_RATE, FrameSampling(mode="fps", fps=1.0), pack=Packer("ave", PROTOCOLS))
 
 
 @DATASETS.register("ave", tasks=("classification",), prepare=PREPARER,
@@ -133,10 +134,10 @@ PREPARER = ClipPreparer("ave", plan, STORED_RATE, FrameSampling(mode="fps", fps=
                              "protocol from the code of C2KD (huofushuo/C2KD)")
 def ave(data_root: Path | None, protocol: str = DEFAULT_PROTOCOL, image_size: int = 224, frames: int | None = None,
         augment: bool = True, standardize: bool | None = None, segment: bool | None = None,
-        num_workers: int = 4) -> DecodedPairs:
+        num_workers: int = 4, store: str = "auto") -> DecodedPairs:
     """`frames`, `standardize` and `segment` left unset take the protocol's values."""
     chosen = choose_protocol("ave", PROTOCOLS, protocol)
     return build_clip_dataset("ave", data_root, num_classes=NUM_CLASSES, teacher="audio", student="visual",
                               protocol=chosen, image_size=image_size, frames=frames, augment=augment,
                               standardize=standardize, segment=segment, val_fraction=0.1, split_seed=0,
-                              num_workers=num_workers)
+                              num_workers=num_workers, store=store)

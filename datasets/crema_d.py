@@ -50,6 +50,7 @@ from pathlib import Path
 from cmkd_bench.data import DecodedPairs
 from cmkd_bench.errors import UserError
 from cmkd_bench.media import FrameSampling
+from cmkd_bench.datasets._av_packed import Packer
 from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.registry import DATASETS
 
@@ -111,7 +112,7 @@ def plan(src: Path) -> ClipPlan:
     return ClipPlan(list(CLASSES), clips, missing, excluded, notes)
 
 
-PREPARER = ClipPreparer("crema-d", plan, STORED_RATE, FrameSampling(mode="fps", fps=1.0))
+PREPARER = ClipPreparer("crema-d", plan, STORED_RATE, FrameSampling(mode="fps", fps=1.0), pack=Packer("crema-d", PROTOCOLS))
 
 
 @DATASETS.register("crema-d", aliases=("cremad",), tasks=("classification",), prepare=PREPARER,
@@ -121,10 +122,10 @@ PREPARER = ClipPreparer("crema-d", plan, STORED_RATE, FrameSampling(mode="fps", 
                              "code of FD-CMKD (zxn0710/re-FD-CMKD-main), C2KD (huofushuo/C2KD), OGM-GE")
 def crema_d(data_root: Path | None, protocol: str = DEFAULT_PROTOCOL, image_size: int = 224, frames: int | None = None,
             augment: bool = True, standardize: bool | None = None, val_fraction: float = 0.1, split_seed: int = 0,
-            num_workers: int = 4) -> DecodedPairs:
+            num_workers: int = 4, store: str = "auto") -> DecodedPairs:
     """`frames` and `standardize` left unset take the protocol's values (1 frame, not standardised)."""
     chosen = choose_protocol("crema-d", PROTOCOLS, protocol)
     return build_clip_dataset("crema-d", data_root, num_classes=len(CLASSES), teacher="audio", student="visual",
                               protocol=chosen, image_size=image_size, frames=frames, augment=augment,
                               standardize=standardize, val_fraction=val_fraction, split_seed=split_seed,
-                              num_workers=num_workers)
+                              num_workers=num_workers, store=store)

@@ -121,6 +121,9 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if "label" not in columns:
         raise UserError(f"paired-manifest: {str(path)!r} has no `label` column; its columns are {', '.join(columns) or 'none'}")
     modalities = [c for c in columns if c not in RESERVED]
+    if "index" in modalities:
+        raise UserError(f"paired-manifest: {str(path)!r} has a column named 'index', which every batch already holds "
+                        "(the samples' index); rename that column")
     if len(modalities) < 2:
         raise UserError(f"paired-manifest: {str(path)!r} has {len(modalities)} file column(s); cross-modal distillation needs two")
     if not rows:
@@ -162,6 +165,11 @@ def _column(path: Path, rows: list[dict[str, str]], modality: str) -> tuple[list
     if "unknown" in kinds or len(kinds) != 1:
         raise UserError(f"paired-manifest: column {modality!r} must hold files of one type: images (.jpg .png ...), "
                         f".npy arrays or audio (.wav .flac ...); found {', '.join(sorted({Path(r[modality]).suffix for r in rows}))}")
+    missing = [(number, file) for number, file in enumerate(files, start=2) if not file.is_file()]
+    if missing:  # before anything trains, not when the first batch reaches the file
+        (number, file), more = missing[0], f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"paired-manifest: {str(path)!r} line {number}: {modality} file {str(file)!r} does not "
+                        f"exist{more}; fix the path or drop the row")
     return files, kinds.pop()
 
 

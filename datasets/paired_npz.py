@@ -22,6 +22,7 @@ from cmkd_bench.files import file_sha256
 from cmkd_bench.registry import DATASETS
 
 RESERVED = ("label", "split")
+BATCH_KEYS = ("index",)  # what every batch also holds (the samples' index): no modality may be named so
 
 
 def _load(path: Path, what: str) -> dict[str, np.ndarray]:
@@ -48,6 +49,15 @@ def _check_arrays(path: Path, arrays: dict[str, np.ndarray]) -> tuple[list[str],
         raise UserError(f"{where}: 'label' must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
     if labels.size == 0 or labels.min() < 0:
         raise UserError(f"{where}: 'label' must be non-empty class ids >= 0")
+    absent = np.setdiff1d(np.arange(int(labels.max()) + 1), labels)
+    if absent.size:
+        raise UserError(f"{where}: 'label' has {np.unique(labels).size} classes but ids up to {int(labels.max())}; "
+                        f"class ids must be 0..C-1, each used ({absent.size} unused, e.g. {int(absent[0])}); "
+                        "renumber the labels")
+    for name in BATCH_KEYS:
+        if name in arrays:
+            raise UserError(f"{where}: an array is named {name!r}, which every batch already holds (the samples' "
+                            "index); rename that array")
     modalities = [name for name in arrays if name not in RESERVED]
     if len(modalities) < 2:
         raise UserError(f"{where} has {len(modalities)} modality array(s) ({', '.join(modalities) or 'none'}); cross-modal distillation needs two")
@@ -59,6 +69,8 @@ def _check_arrays(path: Path, arrays: dict[str, np.ndarray]) -> tuple[list[str],
             raise UserError(f"{where}: array {name!r} has dtype {array.dtype}; modalities must be numeric")
         if array.ndim not in (2, 3, 4):
             raise UserError(f"{where}: array {name!r} has shape {array.shape}; use N x D, N x H x W or N x C x H x W")
+        if 0 in array.shape[1:]:
+            raise UserError(f"{where}: array {name!r} has shape {array.shape}: a sample of it holds no values")
         if not np.isfinite(array).all():
             raise UserError(f"{where}: array {name!r} contains NaN or infinite values")
     return modalities, labels

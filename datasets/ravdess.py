@@ -40,6 +40,7 @@ from pathlib import Path
 from cmkd_bench.data import DecodedPairs
 from cmkd_bench.errors import UserError
 from cmkd_bench.media import FrameSampling
+from cmkd_bench.datasets._av_packed import Packer
 from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.registry import DATASETS
 
@@ -95,7 +96,7 @@ def plan(src: Path) -> ClipPlan:
     return ClipPlan(list(EMOTIONS), clips, missing)
 
 
-PREPARER = ClipPreparer("ravdess", plan, STORED_RATE, FrameSampling(mode="middle", square=True))
+PREPARER = ClipPreparer("ravdess", plan, STORED_RATE, FrameSampling(mode="middle", square=True), pack=Packer("ravdess", PROTOCOLS))
 
 
 @DATASETS.register("ravdess", tasks=("classification",), prepare=PREPARER,
@@ -104,8 +105,8 @@ PREPARER = ClipPreparer("ravdess", plan, STORED_RATE, FrameSampling(mode="middle
                    reference="Livingstone & Russo, RAVDESS, PLoS ONE 2018; the suite's split and protocol (MFH and "
                              "MST-Distill cannot be reproduced from their public code)")
 def ravdess(data_root: Path | None, protocol: str = DEFAULT_PROTOCOL, image_size: int = 224, augment: bool = True,
-            standardize: bool | None = None, num_workers: int = 4) -> DecodedPairs:
+            standardize: bool | None = None, num_workers: int = 4, store: str = "auto") -> DecodedPairs:
     chosen = choose_protocol("ravdess", PROTOCOLS, protocol)
     return build_clip_dataset("ravdess", data_root, num_classes=len(EMOTIONS), teacher="audio", student="visual",
                               protocol=chosen, image_size=image_size, frames=1, augment=augment,
-                              standardize=standardize, val_fraction=0.1, split_seed=0, num_workers=num_workers)
+                              standardize=standardize, val_fraction=0.1, split_seed=0, num_workers=num_workers, store=store)

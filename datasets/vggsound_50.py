@@ -48,6 +48,7 @@ from pathlib import Path
 from cmkd_bench.data import DecodedPairs
 from cmkd_bench.errors import UserError
 from cmkd_bench.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES, FrameSampling
+from cmkd_bench.datasets._av_packed import Packer
 from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.registry import DATASETS
 
@@ -150,7 +151,8 @@ def plan(src: Path) -> ClipPlan:
 
 
 PREPARER = ClipPreparer("vggsound-50", plan, STORED_RATE, FrameSampling(mode="fps", fps=1.0), min_frames=MIN_FRAMES,
-                        min_frames_reason="C2KD keeps clips with more than 3 (vggsound/utils/VGGSoundDataset.py)")
+                        min_frames_reason="C2KD keeps clips with more than 3 (vggsound/utils/VGGSoundDataset.py)",
+                        pack=Packer("vggsound-50", PROTOCOLS))
 
 
 @DATASETS.register("vggsound-50", aliases=("vggsound50",), tasks=("classification",), prepare=PREPARER,
@@ -160,10 +162,10 @@ PREPARER = ClipPreparer("vggsound-50", plan, STORED_RATE, FrameSampling(mode="fp
                              "(huofushuo/C2KD)")
 def vggsound_50(data_root: Path | None, protocol: str = DEFAULT_PROTOCOL, image_size: int = 224, frames: int | None = None,
                 augment: bool = True, standardize: bool | None = None, val_fraction: float = 0.1, split_seed: int = 0,
-                num_workers: int = 4) -> DecodedPairs:
+                num_workers: int = 4, store: str = "auto") -> DecodedPairs:
     """`frames` and `standardize` left unset take the protocol's values (3 frames, not standardised)."""
     chosen = choose_protocol("vggsound-50", PROTOCOLS, protocol)
     return build_clip_dataset("vggsound-50", data_root, num_classes=NUM_CLASSES, teacher="audio", student="visual",
                               protocol=chosen, image_size=image_size, frames=frames, augment=augment,
                               standardize=standardize, val_fraction=val_fraction, split_seed=split_seed,
-                              num_workers=num_workers)
+                              num_workers=num_workers, store=store)

@@ -7,4 +7,4 @@ so preset files are imported here after every method they derive from.
 
 from . import at, c2kd, crd, dist, dkd, fd, fitnet, kd, mgdfr, mgdfr_ridge, no_kd, pkd, rkd  # noqa: F401
 from . import cwd  # noqa: F401  (segmentation)
-from . import fd_presets  # noqa: F401  (presets of fd: after it)
+from . import fd_presets, fd_random_split  # noqa: F401  (presets of fd: after it)

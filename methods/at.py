@@ -35,6 +35,9 @@ Deliberate differences, all for cross-modal pairs:
   official computation exactly.
 - |A|^p rather than A^p: the paper's definition; identical to the official code for even p.
 - Maps are computed in at least float32 (bf16 autocast would round the normalised maps).
+Text models (cmkd_bench.text_backbones) have no positions that correspond to an image's: their
+stages are D x 1 x 1 token means, whose attention map is the constant 1, so `at` declines them in
+one line rather than train with a loss that is identically zero.
 For segmentation the formula is unchanged; a dense model's stages end with "decoder", so `last`
 transfers the attention of the map the segmentation head reads (the official code has no
 segmentation setting).
@@ -80,6 +83,10 @@ def stage_pairs(student: ModelInfo, teacher: ModelInfo, stages: str) -> list[tup
             if len(info.stage_shapes[name]) != 3:
                 raise ValueError(f"attention transfer needs C x H x W stage maps; {who} stage {name!r} "
                                  f"has shape {info.stage_shapes[name]}")
+            if info.stage_shapes[name][1] * info.stage_shapes[name][2] < 2:  # text models: D x 1 x 1
+                raise ValueError(f"attention transfer compares where two models look, which needs stage maps with "
+                                 f"positions; {who} stage {name!r} of {info.name!r} has one position "
+                                 f"{info.stage_shapes[name]} (a text model's stages are pooled over its tokens)")
     return pairs
 
 
@@ -97,6 +104,9 @@ class AttentionTransfer(Method):
         self.pairs = stage_pairs(student, teacher, stages)
         self.sizes = [teacher.stage_shapes[t][1:] for _, t in self.pairs]
         self.beta, self.p = beta, p
+
+    def teacher_reads(self):
+        return frozenset(f"stage:{t}" for _, t in self.pairs)
 
     def forward(self, student, teacher, batch):
         at = sum((attention_map(student.stages[s], self.p, size)

@@ -174,6 +174,9 @@ class CRD(Method):
         mixed = memory[index] * self.momentum + embedding.detach() * (1 - self.momentum)
         memory.index_copy_(0, index, F.normalize(mixed, dim=1).to(memory.dtype))
 
+    def teacher_reads(self):
+        return frozenset({"feature_post"})
+
     def forward(self, student, teacher, batch):
         if "index" not in batch:
             raise UserError("method 'crd' needs batch['index'] (each sample's position in the train split) "

@@ -73,6 +73,9 @@ class CWD(Method):
             s, t = self.align(student.stages[self.s_map]), teacher.stages[self.t_map].detach()
         return resized_like(s, t), t
 
+    def teacher_reads(self):
+        return frozenset({"logits" if self.feature == "logits" else f"stage:{self.t_map}"})
+
     def forward(self, student, teacher, batch):
         s, t = self.maps(student, teacher)
         return {"ce": self.task_loss(student.logits, batch["label"]),

@@ -62,6 +62,9 @@ class DIST(Method):
                              f"weight={weight}")
         self.beta, self.gamma, self.tau, self.weight = beta, gamma, tau, weight
 
+    def teacher_reads(self):
+        return frozenset({"logits"})
+
     def forward(self, student, teacher, batch):
         logits = (student.logits, resized_like(teacher.logits.detach(), student.logits))
         z_s, z_t = (rows(z if z.dtype == torch.float64 else z.float()) for z in logits)

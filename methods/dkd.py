@@ -86,6 +86,9 @@ class DKD(Method):
     def warmup_factor(self) -> float:
         return 1.0 if self.warmup <= 0 else min(self.progress() / self.warmup, 1.0)
 
+    def teacher_reads(self):
+        return frozenset({"logits"})
+
     def forward(self, student, teacher, batch):
         labels = batch["label"]
         valid = valid_positions(labels, self.ignore_index)

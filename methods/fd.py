@@ -38,6 +38,12 @@ included. The aligned vectors have unit norm, so each MSE is at most 4 / D, smal
 the grid mostly raises the low band's weight and keeps the high band's at or below it (the
 paper's strong low / relaxed high alignment).
 
+Other band bases: `use_band_bases(low, high)` replaces the DFT split by orthogonal projections
+onto two given orthonormal bases (cmkd_bench.losses.subspace_bands). `fd-random-split`
+(methods/fd_random_split.py, a control the reference does not have) uses it; it is a method
+that derives from this one through the registry, so fd's hyper-parameters, and its run ids,
+stay as they were.
+
 Segmentation (the paper's NYU-Depth V2 RGB <-> depth setting; the reference has no code for it):
 the features are dense maps (default `seg_map="decoder"`, the map the segmentation head reads;
 any stage reference works; `feature` is not used). The channel vector at each spatial position
@@ -55,7 +61,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmkd_bench.losses import at_least_float32, frequency_bands, low_band_cut, resized_like, scale_normalise, signed_log
+from cmkd_bench.losses import (at_least_float32, frequency_bands, low_band_cut, resized_like, scale_normalise,
+                               signed_log, subspace_bands)
 from cmkd_bench.method import Method
 from cmkd_bench.registry import METHODS
 
@@ -87,6 +94,9 @@ class FDCMKD(Method):
         if freq_split and not 1 <= low_band_cut(dim, split) < dim // 2:
             raise ValueError(f"feature dimension {dim} is too small to split at {split}")
         self.cut = low_band_cut(dim, split)
+        self.dim = dim
+        self.register_buffer("low_basis", None, persistent=False)  # set by use_band_bases: projections, not the DFT
+        self.register_buffer("high_basis", None, persistent=False)
         self.weights = {"ce": w_ce, "low": w_low, "high": w_high, "full": w_low, "shared": w_shared, "task": w_task}
         self.freq_split, self.scale_norm, self.log_high, self.eps = freq_split, scale_norm, log_high, eps
         bands = ("low", "high") if freq_split else ("full",)
@@ -116,8 +126,20 @@ class FDCMKD(Method):
         """Split along dim 1: the feature dimension of vectors, the channels of maps (per position)."""
         if not self.freq_split:
             return {"full": at_least_float32(feature)}
-        low, high = frequency_bands(feature, self.cut, dim=1)
+        if self.low_basis is not None:
+            low, high = subspace_bands(feature, self.low_basis, self.high_basis, dim=1)
+        else:
+            low, high = frequency_bands(feature, self.cut, dim=1)
         return {"low": low, "high": high}
+
+    def use_band_bases(self, low_basis: Tensor, high_basis: Tensor) -> None:
+        """Split by orthogonal projection onto these orthonormal bases (D x d_low, D x d_high) instead
+        of the DFT. They are fixed buffers, not trained and not saved (whoever sets them rebuilds them)."""
+        if not self.freq_split:
+            raise ValueError("use_band_bases needs freq_split=True (there is no split to replace)")
+        if low_basis.shape[0] != self.dim or high_basis.shape[0] != self.dim:
+            raise ValueError(f"band bases must have {self.dim} rows, got {low_basis.shape[0]} and {high_basis.shape[0]}")
+        self.low_basis, self.high_basis = low_basis.float(), high_basis.float()
 
     def alignment(self, band: str, s: Tensor, t: Tensor) -> Tensor:
         if self.scale_norm:
@@ -125,6 +147,9 @@ class FDCMKD(Method):
         if band == "high" and self.log_high:
             s, t = signed_log(s), signed_log(t)
         return F.mse_loss(s, t)
+
+    def teacher_reads(self):
+        return frozenset({f"stage:{self.t_map}" if self.dense else self.attr})
 
     def forward(self, student, teacher, batch):
         labels = batch["label"]

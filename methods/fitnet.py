@@ -93,6 +93,9 @@ class FitNet(Method):
             self.regressor = conv_regressor(s_shape, t_shape, relu=spec.task != "segmentation")
         self.weight = weight
 
+    def teacher_reads(self):
+        return frozenset({f"stage:{self.teacher_stage}"})
+
     def forward(self, student, teacher, batch):
         hint = self.regressor(student.stages[self.student_stage])
         if hint.dim() > 2 and tuple(hint.shape[2:]) != self.target_size:
@@ -115,6 +118,9 @@ class FeatureKD(Method):
             raise ValueError(f"need weight >= 0, got {weight}")
         self.project = nn.Linear(student.feature_dim, teacher.feature_dim)
         self.weight = weight
+
+    def teacher_reads(self):
+        return frozenset({"feature"})
 
     def forward(self, student, teacher, batch):
         return {"ce": self.task_loss(student.logits, batch["label"]),

@@ -45,6 +45,9 @@ class KD(Method):
             raise ValueError(f"need T > 0 and 0 <= alpha <= 1, got T={T}, alpha={alpha}")
         self.T, self.alpha = T, alpha
 
+    def teacher_reads(self):
+        return frozenset({"logits"})
+
     def forward(self, student, teacher, batch):
         labels = batch["label"]
         log_p_s = F.log_softmax(student.logits / self.T, dim=1)

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmkd_bench.backbones import build_backbone
 from cmkd_bench.data import PairedData, Recipe
 from cmkd_bench.engine import autocast, build_optimizer, lr_factor
 from cmkd_bench.errors import UserError
@@ -166,8 +167,7 @@ def rank_channels(teacher: FeatureModel, data: PairedData, key: dict, device: st
     recipe = Recipe(**key["partner_recipe"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(key["seed"])
-        entry = BACKBONES.get(key["partner"])
-        partner = entry.factory(data.spec.modality(key["student_modality"]).shape, data.spec.num_classes).to(device_)
+        partner = build_backbone(key["partner"], data.spec, key["student_modality"]).to(device_)
         train_partner(partner, teacher, data, key["teacher_modality"], key["student_modality"], device_, recipe,
                       key["seed"])
     return channel_salience(teacher, partner, data, key["teacher_modality"], key["student_modality"], device_,
@@ -242,6 +242,9 @@ class MGDFR(Method):
         assert self.head is not None
         with torch.no_grad():
             return self.head(replace_by_batch_mean(teacher_feature.detach(), self.removed))
+
+    def teacher_reads(self):
+        return frozenset({"feature_post"})
 
     def forward(self, student, teacher, batch):
         if self.head is None:

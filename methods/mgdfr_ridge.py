@@ -21,7 +21,9 @@ Here, once per teacher and student modality in prepare(), cached in the teacher'
    It is cross-fitted on two halves of the samples, so it is always scored on samples it was not
    fitted on;
 3. salience_i = mean over `repeats` permutations of MSE(head(h, channel i permuted), g) - MSE(head(h), g).
-The top `fraction` of channels are kept as modality-general, and training distils only those:
+The top `fraction` of channels are kept as modality-general, and training distils only those
+(a text student is declined in one line: a ridge model on token ids has no meaning; `mgdfr` trains
+its partner network instead):
 
     loss = CE + weight * MSE(P(f_s), h[:, kept])        P: a learned linear map of the student's pooled feature
 
@@ -131,6 +133,9 @@ class MGDFRRidge(Method):
             raise ValueError(f"need repeats >= 1, ridge > 0, random_features >= 0, pool >= 1, max_samples >= 4; got "
                              f"repeats={repeats}, ridge={ridge}, random_features={random_features}, pool={pool}, "
                              f"max_samples={max_samples}")
+        if spec.modality(spec.student_modality).tokens is not None:
+            raise ValueError(f"the ridge partner regresses on the raw student input, and {spec.student_modality!r} is "
+                             "text, whose token ids are not features; use mgdfr (a trained partner network)")
         kept = max(1, round(fraction * teacher.feature_dim))
         self.weight, self.spec = weight, spec
         self.ranking = {"repeats": repeats, "ridge": ridge, "random_features": random_features, "pool": pool,
@@ -163,6 +168,9 @@ class MGDFRRidge(Method):
         salience = cached_per_teacher(cache_dir, "mgdfr-ridge", key, rank)
         self.channels.copy_(salience.argsort(descending=True)[:len(self.channels)])
         self.ranked = True
+
+    def teacher_reads(self):
+        return frozenset({"feature_post"})
 
     def forward(self, student, teacher, batch):
         if not self.ranked:

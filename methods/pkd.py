@@ -67,6 +67,9 @@ class PKD(Method):
         self.target_size = tuple(t_shape[1:])
         self.weight = weight
 
+    def teacher_reads(self):
+        return frozenset({f"stage:{self.teacher_stage}"})
+
     def forward(self, student, teacher, batch):
         s = self.project(student.stages[self.student_stage])
         if s.dim() == 4 and tuple(s.shape[2:]) != self.target_size:

@@ -74,6 +74,9 @@ class RKD(Method):
                              f"weight={weight}")
         self.attr, self.w_distance, self.w_angle, self.weight = FEATURES[feature], w_distance, w_angle, weight
 
+    def teacher_reads(self):
+        return frozenset({self.attr})
+
     def forward(self, student, teacher, batch):
         s = full_precision(getattr(student, self.attr).flatten(1))
         t = full_precision(getattr(teacher, self.attr).detach().flatten(1))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from cmkd_bench.analysis import (
+    SimilaritySettings,
     TeacherRequest,
     band_similarities,
     freq_similarity,
@@ -57,9 +58,9 @@ def runs(tmp_path_factory) -> Path:
 
 def test_freq_similarity_uses_the_cached_teachers_and_their_features(runs: Path) -> None:
     request = TeacherRequest(dataset="synth-av", sets=TINY, epochs=1, out=str(runs), device="cpu")
-    result = freq_similarity(request, split=0.5, echo=lambda text: None)
+    result = freq_similarity(request, settings=SimilaritySettings(split=0.5), echo=lambda text: None)
     assert result.modalities == ("visual", "audio") and result.feature_dim == 64
-    assert (result.low_bins, result.high_bins) == ((1, 16), (17, 32)) and result.samples == 32
+    assert result.cut == 16 and result.samples == 32 and result.conventions == ("include", "exclude")
     assert len(list((runs / "teachers").glob("*/teacher.json"))) == 2  # trained once, cached for runs
     # Recompute the raw similarity from the cached weights, outside the analysis.
     features = []
@@ -71,10 +72,13 @@ def test_freq_similarity_uses_the_cached_teachers_and_their_features(runs: Path)
         model.load_state_dict(torch.load(key / "teacher.pt", weights_only=True))
         model.eval()
         with torch.no_grad():
-            features.append(model(prepared.data.splits["test"][teacher]).feature)
+            features.append(model(prepared.data.splits["test"][teacher]).feature_post)  # the notebook's feature
     raw = F.cosine_similarity(features[0].double(), features[1].double(), dim=1).mean().item()
     assert result.value("raw") == pytest.approx(raw, abs=1e-5)
-    assert all(-1.0 <= band.mean <= 1.0 for band in result.bands)
+    assert result.value("raw", "exclude") == result.value("raw", "include")
+    share = (64 * features[0].double().mean(dim=1) ** 2 / (features[0].double() ** 2).sum(dim=1)).mean().item()
+    assert result.dc_share["visual"][0] == pytest.approx(share, abs=1e-5)
+    assert all(-1.0 <= row.mean <= 1.0 for row in result.rows) and len(result.rows) == 3 * 2 * 3
 
 
 def test_freq_similarity_command_writes_table_and_plot(runs: Path, tmp_path: Path, capsys) -> None:
@@ -85,10 +89,12 @@ def test_freq_similarity_command_writes_table_and_plot(runs: Path, tmp_path: Pat
               "--device", "cpu", "--output-dir", str(tmp_path), *[arg for s in TINY for arg in ("--set", s)]])
     out = capsys.readouterr().out
     assert stopped.value.code == 0
-    assert "reused" in out and "training" not in out  # the teachers of the test above
+    assert "reused" in out and not any(line.startswith("training ") for line in out.splitlines())  # cached above
     saved = json.loads((tmp_path / "freq-similarity-synth-av.json").read_text())
-    assert [band["band"] for band in saved["bands"]] == ["raw", "low", "high"]
-    assert f"low    {saved['bands'][1]['mean']:>7.3f}" in out
+    assert [row["band"] for row in saved["rows"][:3]] == ["raw", "low", "high"]
+    assert saved["rows"][0]["control"] == "none" and saved["rows"][0]["convention"] == "include"
+    low = saved["rows"][1]
+    assert f"notebook convention (DC kept, bins 0..K)" in out and f"{low['mean']:.3f} ± {low['std']:.3f}" in out
     assert (tmp_path / "freq-similarity-synth-av.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -112,9 +118,9 @@ def kd_run(runs: Path) -> Path:
 
 
 def test_freq_similarity_of_a_run_compares_its_teacher_and_student(kd_run: Path) -> None:
-    result = run_freq_similarity(kd_run, split=0.25, device_name="cpu")
+    result = run_freq_similarity(kd_run, SimilaritySettings(split=0.25, feature="pre"), device_name="cpu")
     features = run_features(kd_run, device_name="cpu", samples=None)
-    assert result.compared == "run" and result.sources == (kd_run.name,) and result.low_bins == (1, 8)
+    assert result.compared == "run" and result.sources == (kd_run.name,) and result.cut == 8
     expected = F.cosine_similarity(features.teacher.double(), features.student.double(), dim=1).mean().item()
     assert result.value("raw") == pytest.approx(expected, abs=1e-9) and result.samples == 32
 

@@ -16,7 +16,7 @@ import cmkd_bench.methods.mgdfr as mgdfr_module
 import cmkd_bench.methods.mgdfr_ridge as mgdfr_ridge_module
 from cmkd_bench.catalog import load_all
 from cmkd_bench.cli import cli
-from cmkd_bench.data import DatasetSpec, Modality, PairedData, Recipe
+from cmkd_bench.data import DatasetSpec, Modality, PairedData, Recipe, TensorPairs
 from cmkd_bench.engine import Fit
 from cmkd_bench.errors import UserError
 from cmkd_bench.losses import frequency_bands, low_band_cut, scale_normalise, signed_log
@@ -539,7 +539,11 @@ def test_list_methods_shows_every_name_and_reference():
 
 # -- every method, one step, every classification dataset ------------------------------------------
 TINY = {"synth-av": {"train": 64, "val": 16, "test": 16, "image_size": 16},
+        "synth-it": {"train": 64, "val": 16, "test": 16, "image_size": 16},
         "mfh-gauss": {"train": 32, "val": 16, "test": 16}}
+
+
+REVERSED = "synth-it text→visual"
 
 
 @pytest.fixture(scope="module")
@@ -551,11 +555,14 @@ def tiny_data(tmp_path_factory) -> dict[str, PairedData]:
              vec=(rng.normal(size=(40, 6)) + labels[:, None]).astype(np.float32), label=labels)
     data = {name: DATASETS.build(name, None, **options) for name, options in TINY.items()}
     data["paired-npz"] = DATASETS.build("paired-npz", npz)
+    image_text = data["synth-it"]  # and the other direction: a text teacher, an image student
+    data[REVERSED] = TensorPairs(image_text.spec.with_direction("text", "visual"), image_text.splits)
     return data
 
 
 def has_maps(model_info: ModelInfo) -> bool:
-    return any(len(shape) == 3 for shape in model_info.stage_shapes.values())
+    """C x H x W stage maps with positions (a text model's stages are D x 1 x 1 token means)."""
+    return any(len(shape) == 3 and shape[1] * shape[2] > 1 for shape in model_info.stage_shapes.values())
 
 
 def parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -567,11 +574,11 @@ def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str
 
 
 def test_tiny_datasets_cover_the_registered_ones():
-    assert {"synth-av", "mfh-gauss", "paired-npz"} <= set(DATASETS.names(task="classification"))
+    assert {"synth-av", "synth-it", "mfh-gauss", "paired-npz"} <= set(DATASETS.names(task="classification"))
 
 
 # The real audio-visual datasets need prepared files: tests/test_av_datasets.py trains a step on each.
-@pytest.mark.parametrize("dataset", [*TINY, "paired-npz"])
+@pytest.mark.parametrize("dataset", [*TINY, REVERSED, "paired-npz"])
 @pytest.mark.parametrize("name", METHODS.names(task="classification"))
 def test_every_method_takes_a_training_step(name: str, dataset: str, tiny_data, tmp_path: Path):
     data, device = tiny_data[dataset], torch.device("cpu")
@@ -581,7 +588,8 @@ def test_every_method_takes_a_training_step(name: str, dataset: str, tiny_data, 
     try:
         method = METHODS.build(name, student.info, teacher.info, data.spec)
     except (UserError, ValueError) as exc:
-        # Only stage-map methods may decline, only where a model has no C x H x W stages, in one line.
+        # A method may decline only where a model has no C x H x W stage maps with positions (a text model:
+        # at needs positions, mgdfr-ridge a ridge on raw inputs, which token ids are not), in one line.
         assert "\n" not in str(exc)
         assert not (has_maps(student.info) and has_maps(teacher.info)), f"{name} failed to build: {exc}"
         return

@@ -10,7 +10,7 @@ import pytest
 
 from cmkd_bench.errors import UserError
 from cmkd_bench.leaderboard import summarize
-from cmkd_bench.plots import bar_panels, heatmaps, plot_bars, plot_heatmaps
+from cmkd_bench.plots import bar_panels, heatmaps, plot_bars, plot_heatmaps, sweep_panels
 
 from test_leaderboard import KD_VA, NO_KD_VA, TEACHERS_VA, main_fixture_records, make_record, seed_tests, write_records
 
@@ -102,3 +102,64 @@ def test_bars_start_at_zero_keep_the_legend_off_the_bars_wrap_titles_and_explain
     assert all(len(line) <= TITLE_WIDTH for line in panel_title(long).splitlines())
     assert any("significantly better / worse than no-kd" in note for note in bars_notes(panels))
     plt.close(figure)
+
+
+# -- sweep: gain over no-kd against one setting -----------------------------------------------------
+SHARED = (0.0, 0.5, 1.0)
+
+
+def sweep_records() -> list[dict]:
+    """no-kd: 40 + 10 x + seed; kd: no-kd + 2 x + seed (gain 2x + seed); both directions, seeds 0 and 1."""
+    records = []
+    for direction in (("visual", "audio"), ("audio", "visual")):
+        for x in SHARED:
+            for seed in (0, 1):
+                for method, test in (("no-kd", 40 + 10 * x + seed), ("kd", 40 + 12 * x + 2 * seed)):
+                    record = make_record(method, seed, test, test, direction=direction, run_suffix=f"-x{x}")
+                    record["data_options"] = {"shared": x, "noise": 1.6}
+                    records.append(record)
+    return records
+
+
+def test_sweep_gains_are_paired_by_seed_and_setting() -> None:
+    panels = sweep_panels(sweep_records(), "shared")
+    assert [p.direction for p in panels] == ["audio → visual", "visual → audio"]
+    for panel in panels:
+        assert list(panel.series) == ["kd"]
+        points = panel.series["kd"]
+        assert [p.x for p in points] == list(SHARED) and all(p.n == 2 for p in points)
+        for point in points:  # gains 2x + 0 and 2x + 1
+            assert point.mean == pytest.approx(2 * point.x + 0.5)
+            assert point.std == pytest.approx(statistics.stdev([0.0, 1.0]))
+        assert [p.mean for p in panel.no_kd] == pytest.approx([40 + 10 * x + 0.5 for x in SHARED])
+
+
+def test_sweep_refuses_missing_no_kd_mixed_protocols_and_single_values() -> None:
+    records = sweep_records()
+    with pytest.raises(UserError, match="no no-kd runs"):
+        sweep_panels([r for r in records if r["method"] != "no-kd"], "shared")
+    records[0]["data_options"]["noise"] = 2.0
+    with pytest.raises(UserError, match="differ in more than shared"):
+        sweep_panels(records, "shared")
+    with pytest.raises(UserError, match="one value of 'shared'"):
+        sweep_panels([r for r in sweep_records() if r["data_options"]["shared"] == 0.5], "shared")
+    with pytest.raises(UserError, match="no completed run has the setting 'T'"):
+        sweep_panels(sweep_records(), "T")
+
+
+def test_plot_sweep_command_writes_one_figure_per_dataset(tmp_path: Path, capsys) -> None:
+    from click.testing import CliRunner
+
+    from cmkd_bench.cli import cli, main
+
+    write_records(tmp_path / "runs", sweep_records())
+    result = CliRunner().invoke(cli, ["plot", "sweep", str(tmp_path / "runs"), "--x", "shared",
+                                      "--output-dir", str(tmp_path / "fig")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fig" / "sweep-synth-av-shared.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "fig" / "sweep-synth-av-shared.svg").read_text().lstrip().startswith("<?xml")
+    with pytest.raises(SystemExit) as stopped:
+        main(["plot", "sweep", str(tmp_path / "runs"), "--x", "T", "--output-dir", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(err.strip().splitlines()) == 1 and "setting 'T'" in err
+    assert not (tmp_path / "none").exists()

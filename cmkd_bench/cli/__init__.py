@@ -2,8 +2,8 @@
 
     listing.py      list                      options.py   options several commands take (--plugin)
     run.py          run                       suite.py     suite, tune
-    leaderboard.py  leaderboard               prepare.py   prepare
-    plots.py        plot bars|heatmap         analyze.py   analyze freq-similarity|tsne
+    leaderboard.py  leaderboard               prepare.py   prepare, verify
+    plots.py        plot bars|heatmap|sweep   analyze.py   analyze freq-similarity|tsne
 
 This package is the only place that knows click: the modules it wraps take and return plain values.
 Errors a user can cause end in one line on stderr and exit code 2; a run that fails (for example
@@ -23,7 +23,7 @@ from .analyze import analyze_group
 from .leaderboard import leaderboard_command
 from .listing import list_command
 from .plots import plot_group
-from .prepare import prepare_command
+from .prepare import prepare_command, verify_command
 from .run import run_command
 from .suite import suite_command, tune_command
 
@@ -39,7 +39,7 @@ def cli() -> None:
 
 
 for _command in (list_command, run_command, leaderboard_command, suite_command, tune_command, prepare_command,
-                 plot_group, analyze_group):
+                 plot_group, analyze_group, verify_command):
     cli.add_command(_command)
 
 

@@ -7,10 +7,11 @@ from typing import Sequence
 
 import click
 
-from ..analysis import (FreqSimilarity, TeacherRequest, check_on, freq_similarity, freq_similarity_table, plot_tsne,
+from ..analysis import (FreqSimilarity, SimilaritySettings, TeacherRequest, check_on, checked_choices, freq_similarity, freq_similarity_table, plot_tsne,
                         run_features, run_freq_similarity, tsne_embedding, write_freq_similarity)
 from ..catalog import load_all
 from ..errors import UserError
+from ..files import check_writable_dir
 from .options import plugin_option
 
 
@@ -37,7 +38,15 @@ def _backbone_pairs(items: Sequence[str]) -> dict[str, str]:
 @click.option("--teacher", "teachers", multiple=True, metavar="MODALITY=BACKBONE",
               help="A teacher's backbone (repeatable). Default: the dataset's for the modality.")
 @click.option("--split", type=float, default=0.5, show_default=True,
-              help="Low band = rfft bins 1..split x D/2 (as fd's split).")
+              help="Low band = rfft bins 1..K (or 0..K with the DC), K = split x D/2 (as fd's split).")
+@click.option("--dc", default="both", show_default=True,
+              help="include: the reference notebook's low band (DC kept, bins 0..K); exclude: the training "
+                   "loss's (bins 1..K); both.")
+@click.option("--feature", default="post", show_default=True,
+              help="post: the pooled post-activation feature (what the reference's `pre_out` is after its "
+                   "in-place ReLU, and fd's default); pre: before the last ReLU.")
+@click.option("--control-seed", type=int, default=0, show_default=True,
+              help="Seed of the controls' channel permutation and random orthonormal split.")
 @click.option("--on", "on", default="test", show_default=True, help="Split whose samples are compared.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Teacher seed (as in the runs).")
 @click.option("--epochs", type=int, help="Teacher recipe epochs (as in the runs). Default: the dataset's.")
@@ -51,7 +60,7 @@ def _backbone_pairs(items: Sequence[str]) -> dict[str, str]:
               help="Where the table (JSON) and plot go.")
 @plugin_option
 def freq_similarity_command(dataset: str | None, run: str | None, modalities: str | None, teachers: tuple[str, ...],
-                            split: float, on: str,
+                            split: float, dc: str, feature: str, control_seed: int, on: str,
                             seed: int, epochs: int | None, sets: tuple[str, ...], data_root: str | None, out: str,
                             teacher_cache: str | None, device: str, output_dir: str, plugins: tuple[str, ...]) -> None:
     """Cosine similarity across modalities of two models' features: raw, low band, high band.
@@ -60,11 +69,14 @@ def freq_similarity_command(dataset: str | None, run: str | None, modalities: st
     With --run: a run's teacher and its distilled student.
     """
     load_all(plugins)
+    check_writable_dir(output_dir, "--output-dir")
     if (dataset is None) == (run is None):
         raise UserError("give --dataset (its two teachers) or --run (a run's teacher and student), not both")
     check_on(on)
+    checked_choices(dc, feature)
+    settings = SimilaritySettings(split=split, on=on, dc=dc, feature=feature, control_seed=control_seed)
     if run is not None:
-        _report_freq_similarity(run_freq_similarity(run, split, on, data_root=data_root, device_name=device),
+        _report_freq_similarity(run_freq_similarity(run, settings, data_root=data_root, device_name=device),
                                 Path(output_dir))
         return
     pair = None
@@ -75,7 +87,7 @@ def freq_similarity_command(dataset: str | None, run: str | None, modalities: st
         pair = (names[0], names[1])
     request = TeacherRequest(dataset=dataset, seed=seed, sets=sets, epochs=epochs, data_root=data_root, out=out,
                              teacher_cache=teacher_cache, device=device)
-    result = freq_similarity(request, pair, _backbone_pairs(teachers), split, on, echo=click.echo)
+    result = freq_similarity(request, pair, _backbone_pairs(teachers), settings, echo=click.echo)
     _report_freq_similarity(result, Path(output_dir))
 
 
@@ -101,6 +113,7 @@ def tsne_command(runs: tuple[str, ...], student_weights: tuple[str, ...], on: st
                  seed: int, data_root: str | None, device: str, output_dir: str, plugins: tuple[str, ...]) -> None:
     """t-SNE of teacher and student features of RUN (or two RUNs side by side): colour = class, marker = modality."""
     load_all(plugins)
+    check_writable_dir(output_dir, "--output-dir")
     if len(runs) > 2:
         raise UserError(f"{len(runs)} runs given; tsne draws one run or a pair of runs")
     if student_weights and len(student_weights) != len(runs):

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import click
 
+from ..errors import UserError
 from ..leaderboard import DEFAULT_PUBLISHED, filter_records, load_published, load_records, print_leaderboard
 
 
@@ -51,5 +52,21 @@ def leaderboard_command(runs_dirs: tuple[str, ...], fmt: str, layout: str, outpu
     published = None
     if with_published or published_file:
         published = load_published(Path(published_file) if published_file else DEFAULT_PUBLISHED)
+        if published_file:
+            check_published_methods(published, published_file)
     print_leaderboard(records, fmt, Path(output) if output else None, paths=paths, layout=layout,
                       published=published, view=view)
+
+
+def check_published_methods(published: list, path: str) -> None:
+    """A published row names a registered method, the teacher, or a method the packaged file lists (papers'
+    methods not implemented here, such as cirkdv2); any other name is a typo that would match no row."""
+    from ..catalog import METHODS, load_all
+    from ..leaderboard import TEACHER_METHOD
+
+    load_all()
+    known = {TEACHER_METHOD} | {value.method for value in load_published(DEFAULT_PUBLISHED)}
+    for value in published:
+        if value.method not in known and value.method not in METHODS:
+            raise UserError(f"{path}: method {value.method!r} is not a method here (see `cmkd-bench list methods`) "
+                            "nor one the packaged published values list; fix its name")

@@ -22,7 +22,9 @@ REGISTRIES: dict[str, Registry] = {"methods": METHODS, "datasets": DATASETS, "ba
 TASKS = {"classification": "cls", "segmentation": "seg"}
 OPEN_BACKBONES = ("Also any timm model by name (e.g. resnet18, convnext_atto), pretrained=False, in_chans from the "
                   "modality; for segmentation any segmentation-models-pytorch model as ARCH:ENCODER (e.g. "
-                  "deeplabv3plus:resnet18, unet:tu-convnext_atto), encoder_weights=None, in_channels from the modality.")
+                  "deeplabv3plus:resnet18, unet:tu-convnext_atto), encoder_weights=None, in_channels from the modality; "
+                  "for text any Hugging Face transformers encoder as hf:TYPE (e.g. hf:bert) or hf:FOLDER (its "
+                  "config.json), randomly initialised (weights: --student-init FOLDER), with the text extra.")
 SMALL_SPLITS = {"train": 8, "val": 4, "test": 4}  # enough to read a dataset's spec without building all of it
 
 

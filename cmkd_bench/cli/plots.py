@@ -8,7 +8,8 @@ from typing import Callable
 import click
 
 from ..errors import UserError
-from ..plots import plot_bars, plot_heatmaps
+from ..files import check_writable_dir
+from ..plots import plot_bars, plot_heatmaps, plot_sweep
 from .leaderboard import filtered_records, runs_paths
 
 
@@ -29,7 +30,7 @@ def _filters(function: Callable[..., None]) -> Callable[..., None]:
 
 @click.group("plot")
 def plot_group() -> None:
-    """Figures from run records: bar charts per dataset, heat-maps over two settings."""
+    """Figures from run records: bar charts per dataset, heat-maps over two settings, sweeps over one."""
 
 
 @plot_group.command("bars")
@@ -37,6 +38,7 @@ def plot_group() -> None:
 def bars_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
                  wheres: tuple[str, ...], output_dir: str) -> None:
     """Per dataset: a bar per method (mean ± std over seeds), with the no-KD and teacher lines."""
+    check_writable_dir(output_dir, "--output-dir")
     records = filtered_records(runs_paths(runs_dirs), datasets, methods, wheres)
     for path in plot_bars(records, Path(output_dir)):
         click.echo(f"wrote {path}")
@@ -51,6 +53,21 @@ def heatmap_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], metho
     """A method's test metric over a grid of two settings, e.g. --x w_low --y w_high for fd."""
     if x_key == y_key:
         raise UserError(f"--x and --y are both {x_key!r}; a heat-map needs two settings")
+    check_writable_dir(output_dir, "--output-dir")
     records = filtered_records(runs_paths(runs_dirs), datasets, methods, wheres)
     for path in plot_heatmaps(records, x_key, y_key, Path(output_dir)):
+        click.echo(f"wrote {path}")
+
+
+@plot_group.command("sweep")
+@_filters
+@click.option("--x", "x_key", required=True, help="The swept setting (data option, hyper-parameter or recipe), "
+                                                  "e.g. shared for synth-av.")
+def sweep_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
+                  wheres: tuple[str, ...], output_dir: str, x_key: str) -> None:
+    """Each method's test gain over no-kd (same setting, same seed; mean ± std over seeds) against --x,
+    one panel per direction."""
+    records = filtered_records(runs_paths(runs_dirs), datasets, methods, wheres)
+    check_writable_dir(output_dir, "--output-dir")
+    for path in plot_sweep(records, x_key, Path(output_dir)):
         click.echo(f"wrote {path}")

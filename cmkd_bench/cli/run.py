@@ -176,6 +176,12 @@ def dry_run_text(resolved: Any) -> str:
 @click.option("--teacher-init", type=click.Path(), metavar="PATH",
               help="Start the teacher it trains from this weights file, as --student-init does.")
 @click.option("--force", is_flag=True, help="Rerun even if a completed record exists.")
+@click.option("--compile", is_flag=True, help="torch.compile the student and the teacher (recorded; not in the run id).")
+@click.option("--channels-last", is_flag=True,
+              help="Channels-last weights and image inputs (recorded; not in the run id); needs C x H x W inputs.")
+@click.option("--rebuild-teacher", is_flag=True,
+              help="Discard this run's cached teacher (weights, metrics, partial training, what methods derived from "
+                   "it), train it again, and rerun the run (for a teacher cache reported damaged).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and run id; train and write nothing.")
 @click.option("--quiet", is_flag=True,
               help="No progress bars or epoch lines on a terminal (piped or to a file, epoch lines still print).")

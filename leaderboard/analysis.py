@@ -1,0 +1,290 @@
+"""Regenerate leaderboard/ANALYSIS.md, "Does FD-CMKD's premise hold?" (issue 13), from runs and teachers.
+
+    python leaderboard/analysis.py [--root leaderboard] [--seeds 0,1,2] [--jobs 2] [--device auto]
+                                   [--no-runs | --report-only] [--allow-dirty]
+    python leaderboard/analysis.py --smoke --root /tmp/analysis-smoke      (1 epoch, 1 seed, tiny data)
+
+1. Runs, through the suite machinery (finished runs are skipped, interrupted ones resume):
+   - ROOT/runs (the leaderboard's folder: its no-kd and fd runs are reused): no-kd, fd and
+     fd-random-split on synth-av and synth-rgbd, both directions, the seeds;
+   - ROOT/runs-small-resnet (suites/synth-av-small-resnet.yaml's folder): the same on synth-av with
+     small-resnet teachers and students;
+   - ROOT/sweeps/synth-av-shared: suites/synth-av-shared-sweep.yaml (synth-av's `shared` swept).
+2. `analyze freq-similarity` of the two teachers of every seed, in each of those configurations,
+   for the post- and the pre-activation feature, both DC conventions and both controls, through
+   the folders' teacher caches (a teacher whose checkpoint is not there, as in a fresh checkout,
+   where checkpoints are not committed, is trained again with its recorded seed and recipe; the
+   JSON names each teacher's cache key). Written to ROOT/analysis/*.json (committed).
+3. The sweep figure (`cmkd-bench plot sweep`) in ROOT/figures/.
+4. ROOT/ANALYSIS.md from those JSON files and the run records only: every number in it is read
+   from a file this script wrote or a run record.
+
+--no-runs skips step 1 (the tables then hold what the folders have); --report-only does step 4
+alone (no training at all: the report from the committed JSON files and records). With ROOT = leaderboard/,
+runs are refused from a checkout with uncommitted changes outside this script's outputs (the
+records would not name the code they were made with), unless --allow-dirty. --smoke (1 epoch,
+seed 0, tiny data, two values of `shared`) checks the whole pipeline in minutes; it refuses to
+write into leaderboard/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from cmkd_bench.analysis import FreqSimilarity, SimilaritySettings, TeacherRequest, freq_similarity, \
+    plot_freq_similarity
+from cmkd_bench.cli.suite import run_command_line
+from cmkd_bench.errors import UserError
+from cmkd_bench.files import write_json_atomic
+from cmkd_bench.freqsim import BANDS, CONTROLS, CONVENTIONS, BandRow
+from cmkd_bench.plots import plot_sweep, sweep_panels
+from cmkd_bench.records import direction_label, hparams_changed, load_records, metric, record_metric_name
+from cmkd_bench.runner import uncommitted_files
+from cmkd_bench.suite import DatasetEntry, Suite, load_suite, run_suite, suite_from_mapping
+
+HERE = Path(__file__).resolve().parent
+OUTPUTS = ("leaderboard/runs/", "leaderboard/runs-small-resnet/", "leaderboard/sweeps/", "leaderboard/analysis/",
+           "leaderboard/figures/", "leaderboard/ANALYSIS.md")
+FD_METHODS = ("no-kd", "fd", "fd-random-split")
+SWEEP_KEY = "shared"
+# (label, dataset, backbone or None for the dataset's own, runs folder under ROOT)
+CONFIGS = (("synth-av · small-cnn", "synth-av", None, "runs"),
+           ("synth-av · small-resnet", "synth-av", "small-resnet", "runs-small-resnet"),
+           ("synth-rgbd · small-seg", "synth-rgbd", None, "runs"))
+SMOKE_SETS = {"synth-av": ("train=64", "val=32", "test=32", "image_size=16"),
+              "synth-rgbd": ("train=16", "val=8", "test=8", "image_size=16")}
+FEATURES = ("post", "pre")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Runs
+
+
+def suites(root: Path, seeds: list[int], device: str, smoke: bool) -> list[Suite]:
+    epochs = 1 if smoke else None
+
+    def datasets(names: list[str]) -> list[DatasetEntry]:
+        return [DatasetEntry(name, SMOKE_SETS[name] if smoke else ()) for name in names]
+
+    base = suite_from_mapping({"datasets": ["synth-av", "synth-rgbd"], "methods": list(FD_METHODS),
+                               "directions": "both", "seeds": seeds}, where="analysis.py")
+    base = replace(base, datasets=datasets(["synth-av", "synth-rgbd"]), out=str(root / "runs"), device=device,
+                   epochs=epochs)
+    resnet = load_suite(HERE / "suites" / "synth-av-small-resnet.yaml")
+    resnet = replace(resnet, methods=base.methods, datasets=datasets(["synth-av"]), seeds=seeds,
+                     out=str(root / "runs-small-resnet"), device=device, epochs=epochs)
+    sweep = load_suite(HERE / "suites" / "synth-av-shared-sweep.yaml")
+    grid = tuple((k, ("0", "1") if smoke and k == SWEEP_KEY else v) for k, v in sweep.grid)
+    sweep = replace(sweep, datasets=datasets(["synth-av"]), seeds=seeds, grid=grid,
+                    out=str(root / "sweeps" / "synth-av-shared"), device=device, epochs=epochs)
+    return [base, resnet, sweep]
+
+
+def run_all(root: Path, seeds: list[int], jobs: int, device: str, smoke: bool) -> int:
+    code = 0
+    for suite in suites(root, seeds, device, smoke):
+        code |= run_suite(suite, jobs, [device], dry_run=False, command=run_command_line)
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. freq-similarity of the teachers
+
+
+def similarity_file(root: Path, dataset: str, backbone: str | None, feature: str, seed: int) -> Path:
+    return root / "analysis" / f"freq-similarity-{dataset}-{backbone or 'default'}-{feature}-s{seed}.json"
+
+
+def measure_similarities(root: Path, seeds: list[int], device: str, smoke: bool) -> None:
+    for _, dataset, backbone, folder in CONFIGS:
+        for seed in seeds:
+            request = TeacherRequest(dataset=dataset, seed=seed, sets=SMOKE_SETS[dataset] if smoke else (),
+                                     epochs=1 if smoke else None, out=str(root / folder), device=device)
+            for feature in FEATURES:
+                result = freq_similarity(request, backbones={"visual": backbone, "audio": backbone} if backbone else None,
+                                         settings=SimilaritySettings(feature=feature), echo=lambda text: None)
+                path = similarity_file(root, dataset, backbone, feature, seed)
+                write_json_atomic(asdict(result), path)
+                if seed == seeds[0] and feature == "post":
+                    plot_freq_similarity(result, root / "figures", path.stem)
+                print(f"wrote {path}", file=sys.stderr)
+
+
+def read_similarity(path: Path) -> FreqSimilarity:
+    raw = json.loads(path.read_text())
+    raw["rows"] = [BandRow(**row) for row in raw["rows"]]
+    return FreqSimilarity(**{**raw, "modalities": tuple(raw["modalities"]), "backbones": tuple(raw["backbones"]),
+                             "conventions": tuple(raw["conventions"]), "sources": tuple(raw["sources"]),
+                             "dc_share": {k: tuple(v) for k, v in raw["dc_share"].items()}})
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The report
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def similarity_section(root: Path, seeds: list[int]) -> list[str]:
+    lines = ["## 1. Cross-modal cosine similarity of the two teachers' pooled features", "",
+             "`cmkd-bench analyze freq-similarity` (cmkd_bench/freqsim.py documents it against the reference "
+             "notebook): per test sample, the cosine between the two unimodal teachers' pooled features, raw and "
+             "split into a low band (rfft bins 0..K with the DC, the notebook's convention; 1..K without, the "
+             "training loss's) and a high band (K+1..D/2), K = D/4. Controls: the second teacher's channels in a "
+             "random order (an equally valid teacher: what survives is not channel-frequency structure), and the "
+             "Fourier split replaced by a random orthonormal split of the same sizes. Cells: mean over samples, "
+             "then mean ± std over the teacher seeds "
+             f"({', '.join(map(str, seeds))}). `post`: the pooled post-activation feature (the notebook's and fd's; "
+             "the reference's `pre_out` is post-ReLU after its in-place ReLU); `pre`: before the last ReLU.", ""]
+    for label, dataset, backbone, _ in CONFIGS:
+        for feature in FEATURES:
+            results = [read_similarity(p) for s in seeds if (p := similarity_file(root, dataset, backbone, feature, s)).is_file()]
+            if not results:
+                lines += [f"### {label} · {feature}", "", "(not measured: run the script without --no-runs)", ""]
+                continue
+            first = results[0]
+            shares = "; ".join(f"{m} {mean_sd([r.dc_share[m][0] for r in results])}" for m in first.dc_share)
+            lines += [f"### {label} · {feature}-activation feature (D = {first.feature_dim}, K = {first.cut}, "
+                      f"n = {first.samples} test samples, {len(results)} seed(s))", "",
+                      f"DC share of each teacher's feature energy (D·mean² / ‖x‖²): {shares}", "",
+                      "| split | convention | raw | low | high |", "|---|---|---:|---:|---:|"]
+            for control in CONTROLS:
+                for convention in first.conventions:
+                    cells = [mean_sd([r.value(band, convention, control) for r in results]) for band in BANDS]
+                    lines.append(f"| {CONTROLS[control]} | {CONVENTIONS[convention]} | " + " | ".join(cells) + " |")
+            lines += ["", reading(results), ""]
+    return lines
+
+
+def reading(results: list[FreqSimilarity]) -> str:
+    """The comparisons the premise turns on, as numbers (means over seeds)."""
+    def v(band: str, convention: str, control: str = "none") -> float:
+        return statistics.mean(r.value(band, convention, control) for r in results)
+
+    return (f"Reading: low band with the DC {v('low', 'include'):.3f} vs without {v('low', 'exclude'):.3f} "
+            f"(the DC bin's part: {v('low', 'include') - v('low', 'exclude'):+.3f}); with one teacher's channels "
+            f"permuted the low band keeps {v('low', 'include', 'permuted'):.3f} (DC kept) / "
+            f"{v('low', 'exclude', 'permuted'):.3f} (DC dropped); a random split of the same sizes gives "
+            f"{v('low', 'include', 'random-split'):.3f} / {v('low', 'exclude', 'random-split'):.3f} for its low part "
+            f"and {v('high', 'include', 'random-split'):.3f} for its high part (Fourier high band: "
+            f"{v('high', 'include'):.3f}).")
+
+
+def method_section(root: Path) -> list[str]:
+    records = [r for folder in ("runs", "runs-small-resnet") if (root / folder).is_dir()
+               for r in load_records([root / folder])
+               if r.get("status") == "completed" and r["method"] in FD_METHODS and not hparams_changed(r)]
+    lines = ["## 2. fd vs fd-random-split vs no-kd", "",
+             "Test metric at the best-validation epoch, mean ± std over seeds, each at its defaults; gains are paired "
+             "by seed (same teacher, same data). fd-random-split is fd with its DFT band split replaced by a fixed "
+             "random orthonormal split of the same sizes (methods/fd_random_split.py): a gain of fd over it is what "
+             "the frequency split itself adds.", "",
+             "| dataset · backbone · direction | metric | no-kd | fd | fd-random-split | fd − no-kd | "
+             "fd-random-split − no-kd | fd − fd-random-split |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    groups: dict[tuple[str, ...], dict[str, dict[int, float]]] = {}
+    for r in records:
+        key = (r["dataset"], r["student_backbone"], direction_label(r["teacher_modality"], r["student_modality"]),
+               record_metric_name(r), json.dumps([r.get("data_options"), (r.get("config") or {}).get("recipe")],
+                                                 sort_keys=True, default=str))
+        groups.setdefault(key, {}).setdefault(r["method"], {})[int(r["seed"])] = float(metric(r, "test"))
+    for (dataset, backbone, direction, metric_name, _), tests in sorted(groups.items()):
+        def diff(a: str, b: str) -> str:
+            seeds = sorted(set(tests.get(a, {})) & set(tests.get(b, {})))
+            return mean_sd([tests[a][s] - tests[b][s] for s in seeds], 2)
+
+        cells = [mean_sd(list(tests.get(m, {}).values()), 2) for m in FD_METHODS]
+        lines.append(f"| {dataset} · {backbone} · {direction} | {metric_name} | " + " | ".join(cells) + " | "
+                     + " | ".join([diff("fd", "no-kd"), diff("fd-random-split", "no-kd"), diff("fd", "fd-random-split")])
+                     + " |")
+    if not groups:
+        lines.append("| (no runs yet) | | | | | | | |")
+    return lines + [""]
+
+
+def sweep_section(root: Path) -> list[str]:
+    folder = root / "sweeps" / "synth-av-shared"
+    lines = ["## 3. When does distillation across modalities help? synth-av's `shared` swept", "",
+             "`shared` sets how much of each modality's class evidence is shared by both (0: none, 1: all); "
+             "suites/synth-av-shared-sweep.yaml. Each method's test gain over no-kd at the same `shared` and "
+             "seed, mean ± std over seeds (`cmkd-bench plot sweep`).", ""]
+    records = load_records([folder]) if folder.is_dir() else []
+    try:
+        panels = sweep_panels(records, SWEEP_KEY)
+    except UserError as error:
+        return lines + [f"(no sweep yet: {error})", ""]
+    figures = plot_sweep(records, SWEEP_KEY, root / "figures")
+    order = [m.name for m in load_suite(HERE / "suites" / "synth-av-shared-sweep.yaml").methods]
+    lines += [f"![sweep]({figures[0].relative_to(root).as_posix()})", ""]
+    for panel in panels:
+        xs = [p.x for p in panel.no_kd]
+        lines += [f"### {panel.dataset} · {panel.direction} ({panel.metric} points)", "",
+                  f"| method | " + " | ".join(f"{SWEEP_KEY}={x}" for x in xs) + " |",
+                  "|---|" + "---:|" * len(xs),
+                  "| no-kd (its own test) | " + " | ".join(f"{p.mean:.2f} ± {p.std:.2f}" for p in panel.no_kd) + " |"]
+        for label, points in sorted(panel.series.items(),
+                                    key=lambda item: (order.index(item[0]) if item[0] in order else len(order), item[0])):
+            by_x = {p.x: f"{p.mean:+.2f} ± {p.std:.2f}" for p in points}
+            lines.append(f"| {label} | " + " | ".join(by_x.get(x, "—") for x in xs) + " |")
+        lines.append("")
+    return lines
+
+
+def write_report(root: Path, seeds: list[int]) -> Path:
+    text = "\n".join([
+        "# Does FD-CMKD's premise hold?", "",
+        "Generated by `python leaderboard/analysis.py` from the run records and teacher analyses under this folder "
+        "(issue 13); every number below is read from a record or from analysis/*.json. FD-CMKD's premise: along "
+        "the channel axis of pooled features, the low-frequency part is similar across modalities and the "
+        "high-frequency part is not.", "",
+        *similarity_section(root, seeds), *method_section(root), *sweep_section(root)])
+    path = root / "ANALYSIS.md"
+    path.write_text(text.rstrip() + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=str(HERE), help="folder of the runs, analyses, figures and ANALYSIS.md")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-runs", action="store_true", help="no suites; measure the teachers the folders name")
+    parser.add_argument("--report-only", action="store_true", help="only write ANALYSIS.md from analysis/*.json and records")
+    parser.add_argument("--smoke", action="store_true", help="1 epoch, seed 0, tiny data: a check of the pipeline")
+    parser.add_argument("--allow-dirty", action="store_true")
+    args = parser.parse_args(argv)
+    root = Path(args.root).resolve()
+    seeds = [0] if args.smoke else [int(s) for s in args.seeds.split(",")]
+    if args.smoke and root == HERE:
+        print("analysis.py: --smoke writes tiny runs; give it another --root (e.g. /tmp/analysis-smoke)",
+              file=sys.stderr)
+        return 2
+    if root == HERE and not (args.no_runs or args.report_only) and not args.allow_dirty and (files := uncommitted_files(HERE.parent, OUTPUTS)):
+        print(f"analysis.py: the tree has uncommitted changes ({', '.join(files[:10])}); the records would not name "
+              "the code they were made with: commit or stash them, or pass --allow-dirty", file=sys.stderr)
+        return 2
+    try:
+        code = 0 if args.no_runs or args.report_only else run_all(root, seeds, args.jobs, args.device, args.smoke)
+        if not args.report_only:
+            measure_similarities(root, seeds, args.device, args.smoke)
+        print(f"wrote {write_report(root, seeds)}", file=sys.stderr)
+    except UserError as error:
+        print(f"analysis.py: {error}", file=sys.stderr)
+        return 2
+    if code:
+        print("some runs failed; the tables leave them out", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The packed store (cmkd_bench/packed.py), its readers (datasets/_av_packed.py) and the batch
+augmentation on the device (cmkd_bench/gpu_augment.py), against the per-file path and PIL."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cmkd_bench.errors import UserError
+from cmkd_bench.gpu_augment import crop_resize_flip, stored_box
+from cmkd_bench.media import IMAGENET_MEAN, IMAGENET_STD, image_array, random_resized_box
+from cmkd_bench.packed import PACKED_DIR, PackedSplit
+from cmkd_bench.registry import DATASETS
+
+from conftest import cli
+from test_prepare import FAKES, prepare_in_process
+
+OPTIONS = {"image_size": 32, "num_workers": 0, "val_fraction": 0.5}
+
+
+def normalised(pixels: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 -> 3 x H x W, the formula of media.image_array."""
+    return ((pixels / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+
+
+def test_a_whole_frame_at_its_own_size_is_the_normalised_frame_and_a_flip_mirrors_it():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(2, 1, 8, 8, 3), dtype=np.uint8)  # B x k x S x S x 3
+    out = crop_resize_flip(torch.from_numpy(pixels), [(0, 0, 8, 8)] * 2, [False, True], size=8)
+    assert out.shape == (2, 3, 8, 8)
+    np.testing.assert_allclose(out[0].numpy(), normalised(pixels[0, 0]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1].numpy(), normalised(pixels[1, 0])[:, :, ::-1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_half_size_box_at_half_size_takes_exactly_those_pixels_of_every_frame():
+    pixels = np.random.default_rng(1).integers(0, 256, size=(1, 2, 8, 8, 3), dtype=np.uint8)  # two frames
+    out = crop_resize_flip(torch.from_numpy(pixels), [(4, 2, 8, 6)], [False], size=4)
+    assert out.shape == (1, 6, 4, 4)
+    for k in range(2):
+        np.testing.assert_allclose(out[0, 3 * k:3 * k + 3].numpy(), normalised(pixels[0, k, 2:6, 4:8]), atol=1e-5)
+
+
+def test_a_random_crop_of_a_smooth_frame_matches_pils():
+    """The per-file path: PIL crop of the JPEG-sized frame, resize; the packed: the frame squashed to S x S once."""
+    width, height, side, size = 85, 64, 64, 56
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 3, y * 4, (x + y) * 1.5], -1).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    packed = np.array(image.resize((side, side), Image.BILINEAR))[None, None]
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        box = random_resized_box(rng, width, height)
+        want = image_array(image, size, box, flip=False)
+        got = crop_resize_flip(torch.from_numpy(packed), [stored_box(box, width, height, side)], [False], size)[0]
+        assert np.abs(got.numpy() - want).mean() < 0.03  # normalised units (1 level = 0.017); a box off by its
+        # scaling to the packed frame gives 0.14 to 0.28
+
+
+@pytest.fixture(scope="module")
+def crema(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crema")
+    prepare_in_process("crema-d", FAKES["crema-d"](tmp_path_factory.mktemp("raw")), root)
+    return root
+
+
+def test_pack_only_adds_the_store_to_a_prepared_folder_without_its_source(crema, tmp_path):
+    root = tmp_path / "prepared"
+    shutil.copytree(crema, root)
+    assert DATASETS.build("crema-d", root, **OPTIONS).spec.options["store"] == "files"  # none yet: auto reads files
+    result = cli("prepare", "crema-d", "--dst", str(root), "--pack-only", "--pack-size", "40")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (root / PACKED_DIR).glob("train-*")) == [
+        "train-audio-c2kd-5403430510.npy", "train-audio-fd-cmkd-7b54f0813e.npy", "train-audio-ogm-ge-4e1d267688.npy",
+        "train-clips.csv", "train-frames-index.npy", "train-frames.npy"]
+    frames = np.load(root / PACKED_DIR / "train-frames.npy", mmap_mode="r")
+    assert frames.shape[1:] == (40, 40, 3) and frames.dtype == np.uint8
+    assert DATASETS.build("crema-d", root, **OPTIONS).spec.options["store"] == "packed"
+    stamp = (root / PACKED_DIR / "train-frames.npy").stat().st_mtime_ns
+    assert cli("prepare", "crema-d", "--dst", str(root), "--pack-only", "--pack-size", "40").returncode == 0
+    assert (root / PACKED_DIR / "train-frames.npy").stat().st_mtime_ns == stamp  # up to date: not rewritten
+
+
+@pytest.fixture(scope="module")
+def packed_root(crema, tmp_path_factory):
+    from rich.console import Console
+
+    root = tmp_path_factory.mktemp("packed") / "crema"
+    shutil.copytree(crema, root)
+    DATASETS.get("crema-d").meta["prepare"].pack_store(root, 40, Console(quiet=True))
+    return root
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_packed_batches_are_the_per_file_batches_to_float_tolerance(packed_root, augment):
+    files = DATASETS.build("crema-d", packed_root, **OPTIONS, augment=augment, store="files")
+    packed = DATASETS.build("crema-d", packed_root, **OPTIONS, augment=augment)
+    assert packed.spec.options["store"] == "packed" and files.spec.options["store"] == "files"
+    assert packed.fixed_modalities("train") == files.fixed_modalities("train")
+    for split, shuffle in (("train", True), ("val", False), ("test", False)):
+        for a, b in zip(files.batches(split, 4, shuffle=shuffle, seed=3), packed.batches(split, 4, shuffle=shuffle, seed=3)):
+            assert torch.equal(a["index"], b["index"]) and torch.equal(a["label"], b["label"])
+            assert b["visual"].shape == a["visual"].shape and b["visual"].dtype == torch.float32
+            assert (a["visual"] - b["visual"]).abs().max() < 0.05  # the fake frames are flat colours
+            torch.testing.assert_close(b["audio"], a["audio"], rtol=2e-3, atol=8e-3)  # float16 storage
+
+
+def test_packed_batches_do_not_depend_on_workers_and_the_workers_persist(packed_root):
+    here = DATASETS.build("crema-d", packed_root, **{**OPTIONS, "num_workers": 0})
+    workers = DATASETS.build("crema-d", packed_root, **{**OPTIONS, "num_workers": 1})
+    iterators = []
+    for epoch in range(2):
+        for a, b in zip(here.batches("train", 3, shuffle=True, seed=epoch), workers.batches("train", 3, shuffle=True, seed=epoch)):
+            assert torch.equal(a["visual"], b["visual"]) and torch.equal(a["audio"], b["audio"])
+        iterators.append(workers._loaders[("train", False)].loader._iterator)
+    assert iterators[0] is not None and iterators[0] is iterators[1]  # the same worker processes in both epochs
+
+
+def test_a_packed_split_pickles_without_its_memory_maps(packed_root):
+    split = PackedSplit(packed_root, "train", "fd-cmkd-7b54f0813e")
+    split.maps()
+    copy = pickle.loads(pickle.dumps(split))
+    assert copy._maps is None and copy.side == 40 and np.array_equal(copy.index, split.index)
+
+
+def test_store_settings_that_cannot_be_served_are_one_line(crema, packed_root):
+    with pytest.raises(UserError, match="store=packed, but .* has no packed store .* --pack-only"):
+        DATASETS.build("crema-d", crema, **OPTIONS, store="packed")
+    with pytest.raises(UserError, match="packed frames are 40 px, smaller than image_size 48"):
+        DATASETS.build("crema-d", packed_root, **{**OPTIONS, "image_size": 48}, store="packed")
+    assert DATASETS.build("crema-d", packed_root, **{**OPTIONS, "image_size": 48}).spec.options["store"] == "files"
+    with pytest.raises(UserError, match="store must be one of auto, packed, files"):
+        DATASETS.build("crema-d", packed_root, **OPTIONS, store="disk")
+
+
+def test_pack_only_on_a_folder_that_is_not_prepared_is_one_line(tmp_path):
+    result = cli("prepare", "crema-d", "--dst", str(tmp_path), "--pack-only")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not a prepared crema-d folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = cli("prepare", "crema-d", "--dst", str(tmp_path))
+    assert result.returncode == 2 and "--src is needed" in result.stderr
