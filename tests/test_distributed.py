@@ -121,7 +121,7 @@ def test_crd_gathers_its_memory_banks_and_negatives_so_two_processes_match_one(t
 def test_only_rank_0_writes_and_prints(linear_runs) -> None:
     out = linear_runs["two"]
     (run_dir,) = [p for p in out.iterdir() if p.name != "teachers"]
-    assert sorted(p.name for p in run_dir.iterdir()) == [".run.lock", "history.csv", "result.json", "student.pt"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".run.lock", "history.csv", "result.json", "student.pt", "student.pt.sha256"]
     lines = (run_dir / "history.csv").read_text().splitlines()
     assert len(lines) == 1 + 2 + 2  # header, the teacher's 2 epochs, the student's 2: no rank writes twice
     assert not list(out.rglob("*.tmp-*")) and not list(out.rglob("checkpoint.pt"))
