@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from cmkd_bench.errors import UserError
-from cmkd_bench.gpu_augment import crop_resize_flip, stored_box
+from cmkd_bench.gpu_augment import crop_resize_flip, normalised as normalise_batch, stored_box
 from cmkd_bench.media import IMAGENET_MEAN, IMAGENET_STD, image_array, random_resized_box
 from cmkd_bench.packed import PACKED_DIR, PackedSplit
 from cmkd_bench.registry import DATASETS
@@ -43,6 +43,17 @@ def test_a_half_size_box_at_half_size_takes_exactly_those_pixels_of_every_frame(
     assert out.shape == (1, 6, 4, 4)
     for k in range(2):
         np.testing.assert_allclose(out[0, 3 * k:3 * k + 3].numpy(), normalised(pixels[0, k, 2:6, 4:8]), atol=1e-5)
+
+
+def test_normalising_a_float_batch_gives_the_formula_and_leaves_the_batch_as_it_was():
+    # the device path hands `normalised` float pixels; it must not scale the caller's tensor in place
+    pixels = np.random.default_rng(2).integers(0, 256, size=(2, 3, 5, 2, 3), dtype=np.uint8)  # B x H x W x k x 3
+    hwc = torch.from_numpy(pixels).float()
+    out = normalise_batch(hwc)
+    assert torch.equal(hwc, torch.from_numpy(pixels).float())
+    assert out.shape == (2, 6, 3, 5) and out.is_contiguous(memory_format=torch.channels_last)
+    for k in range(2):
+        np.testing.assert_allclose(out[1, 3 * k:3 * k + 3].numpy(), normalised(pixels[1, :, :, k]), atol=1e-5)
 
 
 def test_a_random_crop_of_a_smooth_frame_matches_pils():
