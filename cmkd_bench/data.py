@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .distributed import shard
 from .errors import UserError
-from .loading import PersistentLoader
+from .loading import PersistentLoader, host_buffer
 from .media import MediaError
 
 if TYPE_CHECKING:
@@ -314,7 +314,11 @@ def _collate(samples: list) -> dict[str, Tensor] | SampleFailure:
     for sample in samples:
         if isinstance(sample, SampleFailure):
             return sample
-    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+    out = {}
+    for key in samples[0]:
+        first = samples[0][key]
+        out[key] = torch.stack([s[key] for s in samples], out=host_buffer((len(samples), *first.shape), first.dtype))
+    return out
 
 
 def worker_limit(num_workers: int) -> int:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .loading import host_buffer
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -43,7 +45,9 @@ def crop_resize(frames: Tensor, crops: list[tuple[int, int, int, int]], flips: l
     source = frames.permute(0, 1, 4, 2, 3)  # B x k x 3 x S x S, channels-last in memory
     if frames.device.type != "cpu":
         source = source.to(torch.float32)
-    hwc = torch.empty((b, size, size, k, 3), dtype=source.dtype, device=frames.device)
+    shape = (b, size, size, k, 3)
+    hwc = host_buffer(shape, source.dtype) if frames.device.type == "cpu" else torch.empty(
+        shape, dtype=source.dtype, device=frames.device)
     for j, ((left, top, right, bottom), flip) in enumerate(zip(crops, flips)):
         crop = F.interpolate(source[j, :, :, top:bottom, left:right], size=(size, size), mode="bilinear",
                              antialias=True, align_corners=False)
@@ -58,9 +62,13 @@ def normalised(hwc: Tensor, normalise: bool = True) -> Tensor:
     x * scale + bias in place, with scale and bias laid out as one sample's H x W x k x 3 values
     (made once per shape): broadcast along the batch only, the innermost loop runs over contiguous
     memory and vectorises, where a per-channel (1 x C x 1 x 1) broadcast on channels-last memory
-    makes it three elements long (about 3 x slower on the CPU, same values)."""
+    makes it three elements long (about 3 x slower on the CPU, same values). On the CPU the batch is a
+    `host_buffer` (mapped in huge pages)."""
     b, height, width, k = hwc.shape[:4]
-    flat = hwc.reshape(b, -1).to(torch.float32, copy=True)  # never the caller's tensor, even a float one
+    shape = (b, height * width * k * 3)
+    flat = host_buffer(shape, torch.float32) if hwc.device.type == "cpu" else torch.empty(
+        shape, dtype=torch.float32, device=hwc.device)
+    flat.copy_(hwc.reshape(shape))  # never the caller's tensor, even a float one
     scale, bias = _normaliser(flat.device, (height, width, k), normalise)
     torch.addcmul(bias, flat, scale, out=flat)
     return flat.view(b, height, width, k, 3).permute(0, 3, 4, 1, 2).reshape(b, 3 * k, height, width)  # a view

@@ -15,7 +15,21 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
+
+
+def host_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor for a whole batch, its memory allocated by numpy.
+
+    A batch buffer is made afresh every batch (a 64 x 3 x 224 x 224 float32 batch is 38.5 MiB), and
+    the kernel maps its pages in on first write. numpy asks for transparent huge pages on arrays of
+    4 MiB and more (madvise), so such a buffer is mapped in about 20 faults of 2 MiB; PyTorch's CPU
+    allocator asks only under THP_MEM_ALLOC_ENABLE=1, so its buffer takes one fault per 4 KiB page
+    (9,400 here), which on these machines costs about as much as the conversion that fills it.
+    The values are whatever is written into it; nothing else differs from `torch.empty`.
+    """
+    return torch.from_numpy(np.empty(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
 
 
 def _single_thread(_: int) -> None:
