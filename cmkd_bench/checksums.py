@@ -25,6 +25,10 @@ from .files import TEMPORARY_GLOB, file_sha256, write_json_atomic
 
 CHECKSUMS_JSON = "checksums.json"
 VERSION = 1
+# The packed store (cmkd_bench/packed.py) is made from the prepared files: listed, checked and verified
+# like every file, but left out of the content fingerprint (it names what the store was made from, and
+# a run's dataset options name which store it read).
+DERIVED_FOLDER = "packed"
 
 
 def _listed_files(root: Path) -> list[Path]:
@@ -63,11 +67,13 @@ def read_checksums(root: Path) -> dict[str, dict[str, Any]] | None:
 
 
 def content_fingerprint(root: Path) -> str | None:
-    """16 hex digits naming the recorded content of every prepared file; None without checksums.json."""
+    """16 hex digits naming the recorded content of every prepared file but the derived store's; None
+    without checksums.json."""
     files = read_checksums(root)
     if files is None:
         return None
-    listing = "".join(f"{name}\0{entry['sha256']}\n" for name, entry in sorted(files.items()))
+    listing = "".join(f"{name}\0{entry['sha256']}\n" for name, entry in sorted(files.items())
+                      if not name.startswith(DERIVED_FOLDER + "/"))
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 

@@ -34,13 +34,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checksums import DERIVED_FOLDER
 from .clips import PreparedClips, clips_fingerprint, frame_file
 from .data import DecodedPairs, DatasetSpec, augments
 from .files import write_json_atomic
 from .loading import PersistentLoader
 from .media import read_image
 
-PACKED_DIR, PACKED_JSON, PACKED_VERSION = "packed", "packed.json", 1
+PACKED_DIR, PACKED_JSON, PACKED_VERSION = DERIVED_FOLDER, "packed.json", 1
 HOST_KEYS = ("crops", "flips")  # batch values the device part reads on the host
 
 

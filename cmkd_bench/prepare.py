@@ -207,7 +207,8 @@ class ClipPreparer:
     pack: Callable[[Path, int, Callable[[], None]], dict] | None = None
 
     def pack_store(self, dst: Path, size: int, console: Console) -> None:
-        """Add (or rewrite) the packed store of a prepared folder, from its JPEG frames and waveforms alone."""
+        """Add (or rewrite) the packed store of a prepared folder, from its JPEG frames and waveforms alone
+        (the caller rewrites checksums.json after it)."""
         if self.pack is None or size <= 0:
             return
         from .clips import read_info
@@ -256,6 +257,7 @@ class ClipPreparer:
         report = PrepareReport(prepared, len(done), sorted(failed), sorted(plan.excluded), list(plan.notes))
         self._write_layout(plan, dst, report)
         self.pack_store(dst, pack_size, console)
+        write_checksums(dst)  # last: every file's SHA-256 (the packed store's too), checked before the folder is used
         return report
 
     def _nothing_to_prepare(self, src: Path, failed: list[tuple[str, str, str]]) -> str:
@@ -290,7 +292,6 @@ class ClipPreparer:
                 "clips": len(rows), "failed": len(report.failed), "problems": counts,
                 "excluded": len(report.excluded), "notes": report.notes}
         write_json_atomic(info, dst / INFO_JSON)
-        write_checksums(dst)  # last: every file's SHA-256, checked before the folder is used
 
 
 def require_pyav() -> None:

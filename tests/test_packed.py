@@ -3,6 +3,7 @@ augmentation on the device (cmkd_bench/gpu_augment.py), against the per-file pat
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cmkd_bench.clips import clips_fingerprint
 from cmkd_bench.errors import UserError
 from cmkd_bench.loading import host_buffer
 from cmkd_bench.gpu_augment import crop_resize_flip, normalised as normalise_batch, stored_box
@@ -103,6 +105,26 @@ def test_pack_only_adds_the_store_to_a_prepared_folder_without_its_source(crema,
     stamp = (root / PACKED_DIR / "train-frames.npy").stat().st_mtime_ns
     assert cli("prepare", "crema-d", "--dst", str(root), "--pack-only", "--pack-size", "40").returncode == 0
     assert (root / PACKED_DIR / "train-frames.npy").stat().st_mtime_ns == stamp  # up to date: not rewritten
+
+
+def test_the_packed_store_is_listed_in_the_checksums_so_verify_and_loading_catch_a_damaged_one(crema, tmp_path):
+    root = tmp_path / "prepared"
+    shutil.copytree(crema, root)
+    content = clips_fingerprint(root)
+    assert cli("prepare", "crema-d", "--dst", str(root), "--pack-only", "--pack-size", "40").returncode == 0
+    assert clips_fingerprint(root) == content  # the store is derived: the prepared content (run ids) is the same
+    listed = json.loads((root / "checksums.json").read_text())["files"]
+    store = sorted(p.relative_to(root).as_posix() for p in (root / PACKED_DIR).iterdir())
+    assert store and set(store) <= set(listed)
+    assert cli("verify", str(root)).returncode == 0
+    frames = root / PACKED_DIR / "train-frames.npy"
+    data = bytearray(frames.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content
+    frames.write_bytes(bytes(data))
+    result = cli("verify", str(root))
+    assert result.returncode == 2 and "train-frames.npy" in result.stdout + result.stderr
+    with pytest.raises(UserError, match="train-frames.npy"):
+        DATASETS.build("crema-d", root, **OPTIONS)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 
 from ..catalog import DATASETS, load_all
+from ..checksums import write_checksums
 from ..errors import UserError
 from ..files import check_writable_dir
 from ..prepare import print_report
@@ -38,6 +39,7 @@ def prepare_command(dataset: str, src: str | None, dst: str, workers: int | None
             raise UserError(f"--pack-only writes a packed store, which {entry.name} has none of"
                             if pack_size else "--pack-only with --pack-size 0 would write nothing; give a size")
         preparer.pack_store(Path(dst), pack_size, console)  # read_info's one line when DST is not prepared
+        write_checksums(Path(dst))  # the store is listed, so `verify` and the load-time check cover it
         console.print(f"packed {entry.name} in {dst}/packed ({pack_size} px frames)", highlight=False)
         return
     if src is None:
