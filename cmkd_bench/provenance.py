@@ -47,28 +47,38 @@ def environment() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+# What the suite writes into its own checkout: records, tables, figures, analyses, the README's table.
+# They are results, not code: a change there does not make a record's revision "-dirty" (a
+# leaderboard regeneration rewrites the tables between its invocations) and does not make
+# leaderboard/regenerate.py or leaderboard/analysis.py refuse to run. Prefixes of paths from the top.
+GENERATED = ("leaderboard/runs/", "leaderboard/runs-", "leaderboard/sweeps/", "leaderboard/analysis/",
+             "leaderboard/figures/", "leaderboard/LEADERBOARD", "leaderboard/ANALYSIS.md", "leaderboard/METHOD_COST.md",
+             "leaderboard/leaderboard.csv", "leaderboard/leaderboard.html", "README.md")
+
+
 def git_revision() -> str | None:
-    """The revision of the source tree cmkd_bench runs from, if it is a git checkout."""
+    """The revision of the source tree cmkd_bench runs from, if it is a git checkout, with "-dirty"
+    where a tracked file other than the GENERATED results differs from it."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    changed = uncommitted_files(here, GENERATED, untracked=False)
+    return out.stdout.strip() + ("-dirty" if changed else "")
 
 
-def uncommitted_files(root: Path, ignore: tuple[str, ...] = ()) -> list[str] | None:
+def uncommitted_files(root: Path, ignore: tuple[str, ...] = (), untracked: bool = True) -> list[str] | None:
     """The files of the git checkout at `root` that differ from its revision (modified, added,
-    deleted, untracked and not ignored), except those under the `ignore` prefixes (paths relative to
-    the checkout's top); None where `root` is no git checkout."""
+    deleted, and with `untracked` untracked and not ignored), except those under the `ignore`
+    prefixes (paths relative to the checkout's top); None where `root` is no git checkout."""
     try:
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
                              timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=root,
+        listing = "all" if untracked else "no"
+        status = subprocess.run(["git", "status", "--porcelain", "-z", f"--untracked-files={listing}"], cwd=root,
                                 capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -44,13 +44,12 @@ from cmkd_bench.errors import UserError
 from cmkd_bench.files import write_json_atomic
 from cmkd_bench.freqsim import BANDS, CONTROLS, CONVENTIONS, BandRow
 from cmkd_bench.plots import plot_sweep, sweep_panels
+from cmkd_bench.provenance import GENERATED, uncommitted_files
 from cmkd_bench.records import direction_label, hparams_changed, load_records, metric, record_metric_name
-from cmkd_bench.runner import uncommitted_files
 from cmkd_bench.suite import DatasetEntry, Suite, load_suite, run_suite, suite_from_mapping
 
 HERE = Path(__file__).resolve().parent
-OUTPUTS = ("leaderboard/runs/", "leaderboard/runs-small-resnet/", "leaderboard/sweeps/", "leaderboard/analysis/",
-           "leaderboard/figures/", "leaderboard/ANALYSIS.md")
+OUTPUTS = GENERATED  # results (cmkd_bench.provenance): changes there do not make the tree dirty
 FD_METHODS = ("no-kd", "fd", "fd-random-split")
 SWEEP_KEY = "shared"
 # (label, dataset, backbone or None for the dataset's own, runs folder under ROOT)

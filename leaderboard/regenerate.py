@@ -26,13 +26,11 @@ from pathlib import Path
 
 from cmkd_bench.cli.suite import run_command_line
 from cmkd_bench.leaderboard import load_published, load_records, render, render_published
-from cmkd_bench.runner import uncommitted_files
+from cmkd_bench.provenance import GENERATED, uncommitted_files
 from cmkd_bench.suite import run_suite, suite_from_mapping
 
 HERE = Path(__file__).resolve().parent
-# what a regeneration itself writes: changes there do not make the tree dirty
-OUTPUTS = ("leaderboard/runs/", "leaderboard/LEADERBOARD.md", "leaderboard/leaderboard.csv",
-           "leaderboard/leaderboard.html", "README.md")
+OUTPUTS = GENERATED  # what a regeneration writes (results): changes there do not make the tree dirty
 
 
 def dirty_tree_error(root: Path = HERE.parent) -> str | None:

@@ -180,3 +180,29 @@ def test_suite_dry_run_with_rerun_stale_lists_the_stale_runs(tmp_path: Path) -> 
                            text=True)
     assert plain.returncode == 0 and "rerun (stale)" not in plain.stdout
     assert stale.returncode == 0 and stale.stdout.count("rerun (stale)") == 1 and "threads 8, most 2" in stale.stdout
+
+
+def test_a_records_revision_is_dirty_for_changed_code_but_not_for_regenerated_results(tmp_path: Path, monkeypatch) -> None:
+    from cmkd_bench import provenance
+
+    package = tmp_path / "cmkd_bench"
+    package.mkdir()
+    (package / "provenance.py").write_text("x = 1\n")
+    (tmp_path / "leaderboard").mkdir()
+    for name in ("LEADERBOARD.md", "leaderboard.csv", "regenerate.py"):
+        (tmp_path / "leaderboard" / name).write_text("one\n")
+    (tmp_path / "README.md").write_text("table\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "one")
+    monkeypatch.setattr(provenance, "__file__", str(package / "provenance.py"))  # the checkout it runs from
+    clean = provenance.git_revision()
+    assert clean is not None and len(clean) == 40
+    for name in ("leaderboard/LEADERBOARD.md", "leaderboard/leaderboard.csv", "README.md"):
+        (tmp_path / name).write_text("regenerated\n")
+    (tmp_path / "leaderboard" / "runs" / "r1").mkdir(parents=True)
+    (tmp_path / "leaderboard" / "runs" / "r1" / "result.json").write_text("{}")
+    (tmp_path / "cmkd_bench" / "untracked.py").write_text("")  # untracked: as before, not part of the flag
+    assert provenance.git_revision() == clean
+    (tmp_path / "leaderboard" / "regenerate.py").write_text("changed\n")  # code under leaderboard/ counts
+    assert provenance.git_revision() == clean + "-dirty"
