@@ -28,6 +28,36 @@ def _threads() -> None:
     torch.set_num_threads(1)
 
 
+# A plugin whose `gated-kd` (kd) waits at the start of epoch 1 until the file `release` beside the
+# plugin exists (120 s at most), so a test that signals a run once its first checkpoint appears
+# always finds it mid-run, however loaded the machine; the test creates `release` after signalling.
+GATED_KD_PLUGIN = '''
+import time
+from pathlib import Path
+
+from cmkd_bench.methods.kd import KD
+from cmkd_bench.registry import METHODS
+
+RELEASE = Path(__file__).with_name("release")
+
+
+@METHODS.register("gated-kd", tasks=("classification",), description="kd that waits at epoch 1 for a file (tests)")
+class GatedKD(KD):
+    def on_epoch_start(self, epoch, epochs):
+        super().on_epoch_start(epoch, epochs)
+        deadline = time.time() + 120
+        while epoch == 1 and not RELEASE.exists() and time.time() < deadline:
+            time.sleep(0.05)
+'''
+
+
+def gated_plugin(folder: Path) -> Path:
+    """GATED_KD_PLUGIN written to FOLDER/gated.py; its release file is FOLDER/release."""
+    path = folder / "gated.py"
+    path.write_text(GATED_KD_PLUGIN)
+    return path
+
+
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python -m cmkd_bench ARGS` in a fresh process, as a user would."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -13,7 +13,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import REPO, TINY_SYNTH, cli
+from conftest import REPO, TINY_SYNTH, cli, gated_plugin
 from test_cli import assert_one_line_error
 
 RUNS = REPO / "leaderboard" / "runs"  # the committed records, read only
@@ -85,20 +85,21 @@ def test_a_heatmap_over_records_that_are_no_grid_is_refused(tmp_path):
 
 
 def test_ctrl_c_shows_the_resume_hint_and_the_resumed_run_says_so(tmp_path):
-    out = tmp_path / "runs"
-    args = [sys.executable, "-m", "cmkd_bench", "run", "--method", "kd", "--dataset", "synth-av", "--epochs", "6",
-            "--device", "cpu", "--quiet", "--out", str(out), "--set", "train=256", "--set", "val=32",
-            "--set", "test=32", "--set", "image_size=16"]
+    out, plugin = tmp_path / "runs", gated_plugin(tmp_path)  # the run waits at epoch 1 until tmp_path/release exists
+    args = [sys.executable, "-m", "cmkd_bench", "run", "--method", "gated-kd", "--dataset", "synth-av", "--epochs", "3",
+            "--device", "cpu", "--quiet", "--out", str(out), "--plugin", str(plugin), "--set", "train=256",
+            "--set", "val=32", "--set", "test=32", "--set", "image_size=16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline, checkpoints = time.time() + 240, []
     while time.time() < deadline and process.poll() is None:
-        checkpoints = list(out.glob("kd-*/checkpoint.pt"))
+        checkpoints = list(out.glob("gated-kd-*/checkpoint.pt"))
         if checkpoints:
             break
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
+    (tmp_path / "release").touch()
     assert checkpoints, "the run finished or failed before its first checkpoint; nothing was interrupted"
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr

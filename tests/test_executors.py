@@ -16,7 +16,7 @@ import pytest
 from cmkd_bench import executors
 from cmkd_bench.errors import UserError
 
-from conftest import cli
+from conftest import cli, gated_plugin
 
 pytest.importorskip("submitit")
 
@@ -93,23 +93,24 @@ def test_a_suite_completes_through_submitit_resumes_a_killed_run_and_then_runs_n
         f"{out}: 2 completed, 0 running or interrupted, 0 failed, 0 pending")
 
 
-def test_a_preempted_job_is_requeued_by_submitit_and_resumes_from_its_checkpoint(tmp_path, plugin) -> None:
+def test_a_preempted_job_is_requeued_by_submitit_and_resumes_from_its_checkpoint(tmp_path) -> None:
     import submitit
 
-    run_dir = tmp_path / "runs" / "the-run"
-    argv = [sys.executable, "-m", "cmkd_bench", "run", "--method", "slow-kd", "--dataset", "mfh-gauss",
-            "--epochs", "3", "--device", "cpu", "--out", str(run_dir.parent), "--plugin", str(plugin), *TINY, "--quiet"]
+    run_dir, gated = tmp_path / "runs" / "the-run", gated_plugin(tmp_path)  # waits at epoch 1 for tmp_path/release
+    argv = [sys.executable, "-m", "cmkd_bench", "run", "--method", "gated-kd", "--dataset", "mfh-gauss",
+            "--epochs", "3", "--device", "cpu", "--out", str(run_dir.parent), "--plugin", str(gated), *TINY, "--quiet"]
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit" / "%j", cluster="local")
     executor.update_parameters(timeout_min=10)
     job = executor.submit(executors.RunJob(argv, str(run_dir), 1))
     deadline = time.time() + 240
-    while not list(run_dir.parent.glob("slow-kd-*/checkpoint.pt")) and time.time() < deadline:
+    while not list(run_dir.parent.glob("gated-kd-*/checkpoint.pt")) and time.time() < deadline:
         time.sleep(0.2)
     pid = json.loads((run_dir / "submitit.json").read_text())["pid"]  # the job's process (submitit's task)
     os.kill(pid, signal.SIGUSR2)  # what SLURM sends before pre-emption or the time limit: RunJob.checkpoint runs
+    (tmp_path / "release").touch()  # the requeued run goes on past epoch 1
     assert job.result() == 0
     assert json.loads((run_dir / "submitit.json").read_text())["requeues"] == 1
-    (record_file,) = run_dir.parent.glob("slow-kd-*/result.json")
+    (record_file,) = run_dir.parent.glob("gated-kd-*/result.json")
     record = json.loads(record_file.read_text())
     assert record["status"] == "completed" and record["resumed_from_epoch"] >= 1
 
