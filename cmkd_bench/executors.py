@@ -149,7 +149,8 @@ class RunJob:
             log.flush()
             self._process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                              env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                                  **thread_environment(self.threads)})
+                                                  **thread_environment(self.threads)},
+                                             preexec_fn=_interruptible)
             # polled, not wait(): submitit's signal handler (checkpoint, below) runs in this thread and
             # must find Popen's wait lock free
             while (code := self._process.poll()) is None:
@@ -173,6 +174,13 @@ class RunJob:
         info["requeues"] = int(info.get("requeues", 0)) + 1
         write_json_atomic(info, run_dir / JOB_FILE)
         return DelayedSubmission(RunJob(self.argv, self.run_dir, self.threads), *args, **kwargs)
+
+
+def _interruptible() -> None:
+    """In the run's process before it starts: SIGINT back to its default, so the run stops on the SIGINT
+    `checkpoint` sends even where this job was started with SIGINT ignored (as `cmd &` is in a
+    non-interactive shell, and every process it starts inherits)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _ended(process: subprocess.Popen, seconds: float) -> bool:

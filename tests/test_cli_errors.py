@@ -90,7 +90,10 @@ def test_ctrl_c_shows_the_resume_hint_and_the_resumed_run_says_so(tmp_path):
             "--device", "cpu", "--quiet", "--out", str(out), "--plugin", str(plugin), "--set", "train=256",
             "--set", "val=32", "--set", "test=32", "--set", "image_size=16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT at its default in the run, as in a terminal's foreground job (a test run started with `&` from a
+    # script has it ignored, and so would every process it starts)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, checkpoints = time.time() + 240, []
     while time.time() < deadline and process.poll() is None:
         checkpoints = list(out.glob("gated-kd-*/checkpoint.pt"))
