@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .distributed import shard
 from .errors import UserError
-from .loading import PersistentLoader, host_buffer
+from .loading import PersistentLoader, batch_buffer
 from .media import MediaError
 
 if TYPE_CHECKING:
@@ -317,7 +317,7 @@ def _collate(samples: list) -> dict[str, Tensor] | SampleFailure:
     out = {}
     for key in samples[0]:
         first = samples[0][key]
-        out[key] = torch.stack([s[key] for s in samples], out=host_buffer((len(samples), *first.shape), first.dtype))
+        out[key] = torch.stack([s[key] for s in samples], out=batch_buffer((len(samples), *first.shape), first.dtype))
     return out
 
 

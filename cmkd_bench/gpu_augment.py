@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .loading import host_buffer
+from .loading import batch_buffer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,8 +46,7 @@ def crop_resize(frames: Tensor, crops: list[tuple[int, int, int, int]], flips: l
     if frames.device.type != "cpu":
         source = source.to(torch.float32)
     shape = (b, size, size, k, 3)
-    hwc = host_buffer(shape, source.dtype) if frames.device.type == "cpu" else torch.empty(
-        shape, dtype=source.dtype, device=frames.device)
+    hwc = batch_buffer(shape, source.dtype, frames.device)
     for j, ((left, top, right, bottom), flip) in enumerate(zip(crops, flips)):
         crop = F.interpolate(source[j, :, :, top:bottom, left:right], size=(size, size), mode="bilinear",
                              antialias=True, align_corners=False)
@@ -63,11 +62,10 @@ def normalised(hwc: Tensor, normalise: bool = True) -> Tensor:
     (made once per shape): broadcast along the batch only, the innermost loop runs over contiguous
     memory and vectorises, where a per-channel (1 x C x 1 x 1) broadcast on channels-last memory
     makes it three elements long (about 3 x slower on the CPU, same values). On the CPU the batch is a
-    `host_buffer` (mapped in huge pages)."""
+    `batch_buffer` (mapped in huge pages)."""
     b, height, width, k = hwc.shape[:4]
     shape = (b, height * width * k * 3)
-    flat = host_buffer(shape, torch.float32) if hwc.device.type == "cpu" else torch.empty(
-        shape, dtype=torch.float32, device=hwc.device)
+    flat = batch_buffer(shape, torch.float32, hwc.device)
     flat.copy_(hwc.reshape(shape))  # never the caller's tensor, even a float one
     scale, bias = _normaliser(flat.device, (height, width, k), normalise)
     torch.addcmul(bias, flat, scale, out=flat)

@@ -25,7 +25,7 @@ from cmkd_bench.clips import audio_file, read_info, read_prepared
 from cmkd_bench.data import SampleSeed
 from cmkd_bench.errors import UserError
 from cmkd_bench.gpu_augment import crop_resize, crop_resize_flip, normalised, stored_box
-from cmkd_bench.loading import host_buffer
+from cmkd_bench.loading import batch_buffer
 from cmkd_bench.packed import PackedSplit, audio_key, read_packed_info, write_packed
 
 STORES = ("auto", "packed", "files")
@@ -71,8 +71,7 @@ class PackedClipReader:
         visual = normalised(batch["cropped"]) if "cropped" in batch else crop_resize_flip(
             batch["frames"], batch["crops"].tolist(), batch["flips"].tolist(), self.clips.image_size)
         audio = batch["audio"]
-        spectrograms = (host_buffer(audio.shape, torch.float32).copy_(audio) if audio.device.type == "cpu"
-                        else audio.float())
+        spectrograms = batch_buffer(audio.shape, torch.float32, audio.device).copy_(audio)
         return {"visual": visual, "audio": spectrograms, "label": batch["label"], "index": batch["index"]}
 
 

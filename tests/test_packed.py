@@ -14,7 +14,7 @@ from PIL import Image
 
 from cmkd_bench.clips import clips_fingerprint
 from cmkd_bench.errors import UserError
-from cmkd_bench.loading import host_buffer
+from cmkd_bench.loading import batch_buffer
 from cmkd_bench.gpu_augment import crop_resize_flip, normalised as normalise_batch, stored_box
 from cmkd_bench.media import IMAGENET_MEAN, IMAGENET_STD, image_array, random_resized_box
 from cmkd_bench.packed import PACKED_DIR, PackedSplit
@@ -60,8 +60,8 @@ def test_normalising_a_float_batch_gives_the_formula_and_leaves_the_batch_as_it_
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.float32, torch.int64, torch.bool])
-def test_a_host_buffer_is_a_writable_cpu_tensor_of_the_shape_and_dtype_asked(dtype):
-    buffer = host_buffer((3, 1024, 1024), dtype)  # 4 MiB and more for every dtype but bool's 3 MiB
+def test_a_batch_buffer_is_a_writable_cpu_tensor_of_the_shape_and_dtype_asked(dtype):
+    buffer = batch_buffer((3, 1024, 1024), dtype)  # 4 MiB and more for every dtype but bool's 3 MiB
     assert buffer.shape == (3, 1024, 1024) and buffer.dtype == dtype and buffer.device.type == "cpu"
     values = (torch.arange(3 * 1024 * 1024) % 2).reshape(3, 1024, 1024).to(dtype)
     assert torch.equal(torch.stack(list(values), out=buffer), values) and torch.equal(buffer, values)
