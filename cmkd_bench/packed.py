@@ -38,7 +38,7 @@ from .checksums import DERIVED_FOLDER
 from .clips import PreparedClips, clips_fingerprint, frame_file
 from .data import DecodedPairs, DatasetSpec, augments
 from .files import write_json_atomic
-from .loading import PersistentLoader
+from .loading import PersistentLoader, batch_buffer
 from .media import read_image
 
 PACKED_DIR, PACKED_JSON, PACKED_VERSION = DERIVED_FOLDER, "packed.json", 1
@@ -141,20 +141,30 @@ class PackedSplit:
         return {**self.__dict__, "_maps": None}
 
     def maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """The frames and spectrograms, memory-mapped (as plain ndarray views: indexing a memmap costs more)."""
         if self._maps is None:
-            self._maps = (np.load(self.folder / f"{self.split}-frames.npy", mmap_mode="r"),
-                          np.load(self.folder / f"{self.split}-audio-{self.audio_key}.npy", mmap_mode="r"))
+            self._maps = (np.asarray(np.load(self.folder / f"{self.split}-frames.npy", mmap_mode="r")),
+                          np.asarray(np.load(self.folder / f"{self.split}-audio-{self.audio_key}.npy", mmap_mode="r")))
         return self._maps
 
     def gather(self, frame_rows: np.ndarray, rows: np.ndarray) -> tuple[Tensor, Tensor]:
-        """uint8 frames at `frame_rows` (any shape; sorted reads) and float16 spectrograms at `rows`."""
+        """uint8 frames at `frame_rows` (any shape) and float16 spectrograms at `rows`, as batch buffers.
+
+        Each array's rows are copied once, straight into the batch, in file order (a sorted gather
+        reads the file front to back)."""
         frames, audio = self.maps()
         flat = frame_rows.ravel()
-        order = np.argsort(flat, kind="stable")  # a sorted gather reads the file front to back
-        picked = np.empty((len(flat), *frames.shape[1:]), dtype=np.uint8)
-        picked[order] = frames[flat[order]]
-        return (torch.from_numpy(picked).view(*frame_rows.shape, *frames.shape[1:]),
-                torch.from_numpy(np.ascontiguousarray(audio[rows])))
+        picked = batch_buffer((len(flat), *frames.shape[1:]), torch.uint8)
+        _copy_rows(frames, flat, picked.numpy())
+        spectrograms = batch_buffer((len(rows), *audio.shape[1:]), torch.float16)
+        _copy_rows(audio, np.asarray(rows), spectrograms.numpy())
+        return picked.view(*frame_rows.shape, *frames.shape[1:]), spectrograms
+
+
+def _copy_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = source[rows[i]] for every i, reading `source` in row order."""
+    for i in np.argsort(rows, kind="stable").tolist():
+        out[i] = source[rows[i]]
 
 
 class PackedPairs(DecodedPairs):

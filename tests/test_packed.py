@@ -67,6 +67,25 @@ def test_a_batch_buffer_is_a_writable_cpu_tensor_of_the_shape_and_dtype_asked(dt
     assert torch.equal(torch.stack(list(values), out=buffer), values) and torch.equal(buffer, values)
 
 
+def test_a_batch_buffer_is_handed_out_again_only_once_nothing_holds_it():
+    shape = (2, 1024, 1024)  # 2 MiB of uint8: pooled
+    first = batch_buffer(shape, torch.uint8)
+    first.fill_(7)
+    view, array_view = first[1], first.numpy()[0]  # a tensor view and a numpy view of it
+    address = first.data_ptr()
+    del first
+    held = batch_buffer(shape, torch.uint8)
+    assert held.data_ptr() != address  # views still hold the first buffer
+    held.fill_(9)
+    assert int(view.min()) == int(array_view.max()) == 7
+    del view, array_view, held
+    again = [batch_buffer(shape, torch.uint8) for _ in range(2)]
+    assert {t.data_ptr() for t in again} >= {address}  # released: reused
+    assert again[0].data_ptr() != again[1].data_ptr()  # never the same buffer twice at once
+    small = [batch_buffer((4, 4), torch.float32) for _ in range(2)]
+    assert small[0].data_ptr() != small[1].data_ptr()
+
+
 def test_a_random_crop_of_a_smooth_frame_matches_pils():
     """The per-file path: PIL crop of the JPEG-sized frame, resize; the packed: the frame squashed to S x S once."""
     width, height, side, size = 85, 64, 64, 56
