@@ -71,6 +71,12 @@ def test_plots_are_written_as_png_and_svg(tmp_path: Path) -> None:
         assert head.startswith(b"\x89PNG") if path.suffix == ".png" else b"<svg" in head
 
 
+def test_the_same_records_give_the_same_bytes(tmp_path: Path) -> None:
+    first = plot_bars(main_fixture_records(), tmp_path / "a")
+    second = plot_bars(main_fixture_records(), tmp_path / "b")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
 def test_plot_command_writes_the_files(tmp_path: Path, capsys) -> None:
     from cmkd_bench.cli import main
 
