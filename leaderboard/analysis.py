@@ -179,10 +179,27 @@ def reading(results: list[FreqSimilarity]) -> str:
             f"{v('high', 'include'):.3f}).")
 
 
-def method_section(root: Path) -> list[str]:
+def method_rows(root: Path) -> list[tuple[str, str, dict[str, dict[int, float]]]]:
+    """(dataset · backbone · direction, metric, method -> seed -> test metric) of the FD_METHODS at their defaults."""
     records = [r for folder in ("runs", "runs-small-resnet") if (root / folder).is_dir()
                for r in load_records([root / folder])
                if r.get("status") == "completed" and r["method"] in FD_METHODS and not hparams_changed(r)]
+    groups: dict[tuple[str, ...], dict[str, dict[int, float]]] = {}
+    for r in records:
+        key = (r["dataset"], r["student_backbone"], direction_label(r["teacher_modality"], r["student_modality"]),
+               record_metric_name(r), json.dumps([r.get("data_options"), (r.get("config") or {}).get("recipe")],
+                                                 sort_keys=True, default=str))
+        groups.setdefault(key, {}).setdefault(r["method"], {})[int(r["seed"])] = float(metric(r, "test"))
+    return [(f"{dataset} · {backbone} · {direction}", metric_name, tests)
+            for (dataset, backbone, direction, metric_name, _), tests in sorted(groups.items())]
+
+
+def paired(tests: dict[str, dict[int, float]], a: str, b: str) -> list[float]:
+    """test(a) - test(b) per seed both have (the same teacher and data)."""
+    return [tests[a][s] - tests[b][s] for s in sorted(set(tests.get(a, {})) & set(tests.get(b, {})))]
+
+
+def method_section(root: Path) -> list[str]:
     lines = ["## 2. fd vs fd-random-split vs no-kd", "",
              "Test metric at the best-validation epoch, mean ± std over seeds, each at its defaults; gains are paired "
              "by seed (same teacher, same data). fd-random-split is fd with its DFT band split replaced by a fixed "
@@ -190,22 +207,13 @@ def method_section(root: Path) -> list[str]:
              "the frequency split itself adds.", "",
              "| dataset · backbone · direction | metric | no-kd | fd | fd-random-split | fd − no-kd | "
              "fd-random-split − no-kd | fd − fd-random-split |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    groups: dict[tuple[str, ...], dict[str, dict[int, float]]] = {}
-    for r in records:
-        key = (r["dataset"], r["student_backbone"], direction_label(r["teacher_modality"], r["student_modality"]),
-               record_metric_name(r), json.dumps([r.get("data_options"), (r.get("config") or {}).get("recipe")],
-                                                 sort_keys=True, default=str))
-        groups.setdefault(key, {}).setdefault(r["method"], {})[int(r["seed"])] = float(metric(r, "test"))
-    for (dataset, backbone, direction, metric_name, _), tests in sorted(groups.items()):
-        def diff(a: str, b: str) -> str:
-            seeds = sorted(set(tests.get(a, {})) & set(tests.get(b, {})))
-            return mean_sd([tests[a][s] - tests[b][s] for s in seeds], 2)
-
+    rows = method_rows(root)
+    for label, metric_name, tests in rows:
         cells = [mean_sd(list(tests.get(m, {}).values()), 2) for m in FD_METHODS]
-        lines.append(f"| {dataset} · {backbone} · {direction} | {metric_name} | " + " | ".join(cells) + " | "
-                     + " | ".join([diff("fd", "no-kd"), diff("fd-random-split", "no-kd"), diff("fd", "fd-random-split")])
-                     + " |")
-    if not groups:
+        diffs = [mean_sd(paired(tests, a, b), 2) for a, b in (("fd", "no-kd"), ("fd-random-split", "no-kd"),
+                                                              ("fd", "fd-random-split"))]
+        lines.append(f"| {label} | {metric_name} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+    if not rows:
         lines.append("| (no runs yet) | | | | | | | |")
     return lines + [""]
 
@@ -238,6 +246,91 @@ def sweep_section(root: Path) -> list[str]:
     return lines
 
 
+def separated(values: list[float]) -> int:
+    """+1 / -1 where the paired differences' mean is beyond their std (same sign over the seeds' spread), else 0."""
+    if len(values) < 2:
+        return 0
+    mean, sd = statistics.mean(values), statistics.stdev(values)
+    return (mean > sd) - (mean < -sd)
+
+
+def span(values: list[float], digits: int = 3, signed: bool = False) -> str:
+    form = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return form.format(min(values)) if len(values) == 1 else f"{form.format(min(values))} to {form.format(max(values))}"
+
+
+def verdict_section(root: Path, seeds: list[int]) -> list[str]:
+    """What supports the premise and what does not, every number computed here from sections 1-3's sources."""
+    lines = ["## 4. What supports the premise, and what does not", "",
+             "Computed from the files above (post-activation features, the ones fd distils; gains paired by seed; "
+             "\"separated\": the paired differences' mean is beyond their std over the seeds).", ""]
+    sims = {label: results for label, dataset, backbone, _ in CONFIGS
+            if (results := [read_similarity(p) for s in seeds
+                            if (p := similarity_file(root, dataset, backbone, "post", s)).is_file()])}
+    if sims:
+        def v(results: list[FreqSimilarity], band: str, convention: str, control: str = "none") -> float:
+            return statistics.mean(r.value(band, convention, control) for r in results)
+
+        names = ", ".join(sims)
+        low = [v(r, "low", "include") for r in sims.values()]
+        high = [v(r, "high", "include") for r in sims.values()]
+        no_dc = [v(r, "low", "exclude") for r in sims.values()]
+        permuted = [v(r, "low", "include", "permuted") for r in sims.values()]
+        random_low = [v(r, "low", "include", "random-split") for r in sims.values()]
+        random_high = [v(r, "high", "include", "random-split") for r in sims.values()]
+        above = sum(lo > hi for lo, hi in zip(low, high))
+        lines += ["### The similarity statistic", "",
+                  f"- As the paper measures it (DC kept), the low band is more similar across modalities than the high "
+                  f"band in {above} of {len(sims)} configurations ({names}): low {span(low)}, high {span(high)}.",
+                  f"- Without the DC bin (the training loss's low band) the low band's similarity is {span(no_dc)}: "
+                  f"the DC bin, the channels' mean, carries it.",
+                  f"- It is no channel-frequency structure: with one teacher's channels in a random order the low band "
+                  f"keeps {span(permuted)}, and a random orthonormal split of the same sizes gives {span(random_low)} "
+                  f"for its low part and {span(random_high)} for its high part.", ""]
+    rows = method_rows(root)
+    if rows:
+        versus = [(label, paired(tests, "fd", "fd-random-split")) for label, _, tests in rows]
+        versus = [(label, d) for label, d in versus if d]
+        gains = [(label, paired(tests, "fd", "no-kd")) for label, _, tests in rows]
+        gains = [(label, d) for label, d in gains if d]
+        lines += ["### Training with it (section 2)", ""]
+        if versus:
+            means = [statistics.mean(d) for _, d in versus]
+            best = max(versus, key=lambda item: statistics.mean(item[1]))
+            lines.append(f"- fd − fd-random-split (what the DFT split adds over any split of the same sizes): "
+                         f"{span(means, 2, True)} points over {len(versus)} dataset · backbone · direction rows; "
+                         f"separated above in {sum(separated(d) > 0 for _, d in versus)}, below in "
+                         f"{sum(separated(d) < 0 for _, d in versus)}; the largest, {statistics.mean(best[1]):+.2f} ± "
+                         f"{statistics.stdev(best[1]) if len(best[1]) > 1 else 0:.2f} ({best[0]}).")
+        if gains:
+            up = [label for label, d in gains if separated(d) > 0]
+            down = [label for label, d in gains if separated(d) < 0]
+            lines.append(f"- fd − no-kd: {span([statistics.mean(d) for _, d in gains], 2, True)} points; separated "
+                         f"above in {len(up)} of {len(gains)} rows ({', '.join(up) or 'none'}), below in {len(down)} "
+                         f"({', '.join(down) or 'none'}).")
+        lines.append("")
+    folder = root / "sweeps" / "synth-av-shared"
+    try:
+        panels = sweep_panels(load_records([folder]), SWEEP_KEY) if folder.is_dir() else []
+    except UserError:
+        panels = []
+    bullets = []
+    for panel in panels:
+        fd = {p.x: p.mean for p in panel.series.get("fd", [])}
+        control = {p.x: p.mean for p in panel.series.get("fd-random-split", [])}
+        xs = [x for x in fd if x in control]
+        if not xs:
+            continue
+        best = max((p for points in panel.series.values() for p in points), key=lambda p: p.mean)
+        bullets.append(f"- {panel.direction}: fd − fd-random-split {span([fd[x] - control[x] for x in xs], 2, True)} "
+                       f"points (fd above at {sum(fd[x] > control[x] for x in xs)} of {len(xs)} values); fd − no-kd "
+                       f"{span(list(fd.values()), 2, True)}; the largest gain of any method over no-kd "
+                       f"{best.mean:+.2f} ± {best.std:.2f}.")
+    if bullets:
+        lines += [f"### Across the `{SWEEP_KEY}` sweep (section 3)", "", *bullets, ""]
+    return lines
+
+
 def write_report(root: Path, seeds: list[int]) -> Path:
     text = "\n".join([
         "# Does FD-CMKD's premise hold?", "",
@@ -245,7 +338,8 @@ def write_report(root: Path, seeds: list[int]) -> Path:
         "(issue 13); every number below is read from a record or from analysis/*.json. FD-CMKD's premise: along "
         "the channel axis of pooled features, the low-frequency part is similar across modalities and the "
         "high-frequency part is not.", "",
-        *similarity_section(root, seeds), *method_section(root), *sweep_section(root)])
+        *similarity_section(root, seeds), *method_section(root), *sweep_section(root),
+        *verdict_section(root, seeds)])
     path = root / "ANALYSIS.md"
     path.write_text(text.rstrip() + "\n")
     return path

@@ -65,6 +65,18 @@ def test_the_report_holds_the_numbers_of_the_files_it_reads(tmp_path: Path) -> N
                         f"{-2.5:.2f} ± {statistics.stdev([-2, -3]):.2f} |")
     assert "| kd | +2.00 ± 1.41 | +2.00 ± 1.41 |" in text  # gains 1 + 2 seed: 1 and 3
     assert (tmp_path / "figures" / "sweep-synth-av-shared.png").is_file() and "![sweep](figures/sweep-synth-av-shared.png)" in text
+    # section 4, from the same files: one configuration measured, one row of runs, no fd in the sweep
+    high = [r.value("high", "include") for r in results]
+    above = int(statistics.mean(low) > statistics.mean(high))
+    assert (f"high band in {above} of 1 configurations (synth-av · small-cnn): low {statistics.mean(low):.3f}, "
+            f"high {statistics.mean(high):.3f}.") in text
+    no_dc = statistics.mean(r.value("low", "exclude") for r in results)
+    assert f"the low band's similarity is {no_dc:.3f}: the DC bin" in text
+    assert ("-2.50 points over 1 dataset · backbone · direction rows; separated above in 0, below in 1; the largest, "
+            f"-2.50 ± {statistics.stdev([-2, -3]):.2f} (synth-av · small-cnn · visual → audio)") in text
+    assert ("fd − no-kd: -1.50 points; separated above in 0 of 1 rows (none), below in 1 "
+            "(synth-av · small-cnn · visual → audio)") in text
+    assert "sweep (section 3)" not in text  # the sweep has no fd and fd-random-split to compare
 
 
 def test_smoke_refuses_to_write_into_the_leaderboard(capsys) -> None:
