@@ -1,6 +1,6 @@
 """Input throughput of a real video dataset: the per-file path against the packed store, side by side.
 
-    python benchmarks/loader.py [--clips 2000] [--batch-size 64] [--workers 0,1,2]
+    python benchmarks/loader.py [--clips 2000] [--batch-size 64] [--workers 0,1,2] [--seconds 10]
 
 Generates a CREMA-D-shaped prepared folder (what `cmkd-bench prepare crema-d` writes: 3 stored
 JPEG frames per clip at 341 x 256, shorter side 256 like CREMA-D's 480 x 360 video; a 16 kHz
@@ -10,7 +10,8 @@ RandomResizedCrop + flip to 3 x 224 x 224, a 1 x 257 x 299 log spectrogram) thro
 per-file path (`--set store=files`: JPEG decode, crop and resize with PIL, the spectrogram from
 the waveform, per sample in DataLoader workers) and through the packed path (an index gather from
 the memory-mapped store; crop, resize and flip of the whole batch on the device, here the CPU),
-with each worker count, over one whole epoch (its first batch, worker start-up, not timed).
+with each worker count, over whole epochs for at least `--seconds` (10; the first batch, worker
+start-up, not timed).
 Prints samples/s of each and the ratio packed / per-file at equal workers. Target on 2 CPU cores:
 >= 10 x.
 """
@@ -63,18 +64,22 @@ def generate(root: Path, clips: int, seed: int = 0) -> None:
                                               "audio": {"stored": "waveform", "rate": STORED_RATE}, "clips": clips}))
 
 
-def samples_per_second(root: Path, store: str, workers: int, batch_size: int) -> float:
-    """Samples/s over one whole shuffled epoch after its first batch (worker start-up). The epoch
-    is read to its end: a loop broken early would leave prefetched batches that the next epoch's
-    start waits for, work no training run does."""
+def samples_per_second(root: Path, store: str, workers: int, batch_size: int, seconds: float) -> float:
+    """Samples/s over whole shuffled epochs (a new seed each), as many as take `seconds` at least,
+    from the first batch of the first (worker start-up) to the end of the last; each epoch's start
+    after the first is counted, as training pays it. Epochs are read to their end: a loop broken
+    early would leave prefetched batches that the next epoch's start waits for, work no training
+    run does."""
     data = DATASETS.build("crema-d", root, store=store, num_workers=workers)
     assert data.spec.options["store"] == store
-    seen, began = 0, None
-    for batch in data.batches("train", batch_size, shuffle=True, seed=0):
-        if began is None:
-            began = time.perf_counter()
-            continue
-        seen += len(batch["label"])
+    seen, began, epoch = 0, None, 0
+    while began is None or time.perf_counter() - began < seconds:
+        for batch in data.batches("train", batch_size, shuffle=True, seed=epoch):
+            if began is None:
+                began = time.perf_counter()
+                continue
+            seen += len(batch["label"])
+        epoch += 1
     return seen / (time.perf_counter() - began)
 
 
@@ -83,6 +88,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", default="0,1,2")
+    parser.add_argument("--seconds", type=float, default=10.0, help="read whole epochs for at least this long")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_all()
@@ -100,10 +106,10 @@ def main() -> None:
         write_packed(clips, packed_size(224), {audio_key(DEFAULT_PROTOCOL, recipe): lambda row: recipe.spectrogram(
             load_npy(audio_file(root, clips.names[row])), STORED_RATE, None, None)[None]})
         packing = time.perf_counter() - began
-        rates = {(store, w): samples_per_second(root, store, w, args.batch_size)
+        rates = {(store, w): samples_per_second(root, store, w, args.batch_size, args.seconds)
                  for w in workers for store in ("files", "packed")}
     print(f"CREMA-D-shaped data: {args.clips} clips (generated in {generated:.0f} s, packed in {packing:.0f} s), "
-          f"batch {args.batch_size}, shuffled augmented train batches, torch {torch.__version__}, "
+          f"batch {args.batch_size}, shuffled augmented train batches (whole epochs, {args.seconds:g} s at least), torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s) in the main process; measured by `python benchmarks/loader.py`")
     print()
     print("| workers | per-file samples/s | packed samples/s | packed / per-file |")
