@@ -46,12 +46,6 @@ def pyplot() -> ModuleType:
     return plt
 
 
-def matplotlib_settings(settings: dict):
-    import matplotlib
-
-    return matplotlib.rc_context(settings)
-
-
 def save_figure(figure: Figure, directory: Path, stem: str) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -60,7 +54,7 @@ def save_figure(figure: Figure, directory: Path, stem: str) -> list[Path]:
         # No dates in the files, and SVG element ids hashed from the file's name instead of a random
         # salt: the same records give the same bytes (a regenerated figure shows no diff).
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-        with matplotlib_settings({"svg.hashsalt": stem}):
+        with pyplot().rc_context({"svg.hashsalt": stem}):
             figure.savefig(path, format=fmt, bbox_inches="tight", dpi=150, metadata=metadata)
         paths.append(path)
     pyplot().close(figure)

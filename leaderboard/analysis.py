@@ -134,6 +134,16 @@ def mean_sd(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
+def load_similarities(root: Path, dataset: str, backbone: str | None, feature: str, seeds: list[int]) -> list[FreqSimilarity]:
+    """The measured seeds' results of one configuration and feature (those with a JSON file)."""
+    return [read_similarity(p) for s in seeds if (p := similarity_file(root, dataset, backbone, feature, s)).is_file()]
+
+
+def seed_mean(results: list[FreqSimilarity], band: str, convention: str, control: str = "none") -> float:
+    """One cell of a similarity table, averaged over the seeds' results."""
+    return statistics.mean(r.value(band, convention, control) for r in results)
+
+
 def similarity_section(root: Path, seeds: list[int]) -> list[str]:
     lines = ["## 1. Cross-modal cosine similarity of the two teachers' pooled features", "",
              "`cmkd-bench analyze freq-similarity` (cmkd_bench/freqsim.py documents it against the reference "
@@ -147,7 +157,7 @@ def similarity_section(root: Path, seeds: list[int]) -> list[str]:
              "the reference's `pre_out` is post-ReLU after its in-place ReLU); `pre`: before the last ReLU.", ""]
     for label, dataset, backbone, _ in CONFIGS:
         for feature in FEATURES:
-            results = [read_similarity(p) for s in seeds if (p := similarity_file(root, dataset, backbone, feature, s)).is_file()]
+            results = load_similarities(root, dataset, backbone, feature, seeds)
             if not results:
                 lines += [f"### {label} · {feature}", "", "(not measured: run the script without --no-runs)", ""]
                 continue
@@ -168,7 +178,7 @@ def similarity_section(root: Path, seeds: list[int]) -> list[str]:
 def reading(results: list[FreqSimilarity]) -> str:
     """The comparisons the premise turns on, as numbers (means over seeds)."""
     def v(band: str, convention: str, control: str = "none") -> float:
-        return statistics.mean(r.value(band, convention, control) for r in results)
+        return seed_mean(results, band, convention, control)
 
     return (f"Reading: low band with the DC {v('low', 'include'):.3f} vs without {v('low', 'exclude'):.3f} "
             f"(the DC bin's part: {v('low', 'include') - v('low', 'exclude'):+.3f}); with one teacher's channels "
@@ -254,9 +264,10 @@ def separated(values: list[float]) -> int:
     return (mean > sd) - (mean < -sd)
 
 
-def span(values: list[float], digits: int = 3, signed: bool = False) -> str:
-    form = f"{{:{'+' if signed else ''}.{digits}f}}"
-    return form.format(min(values)) if len(values) == 1 else f"{form.format(min(values))} to {form.format(max(values))}"
+def span(values: list[float], form: str = ".3f") -> str:
+    """"A to B" (smallest to largest), or the one value."""
+    low, high = min(values), max(values)
+    return f"{low:{form}}" if len(values) == 1 else f"{low:{form}} to {high:{form}}"
 
 
 def verdict_section(root: Path, seeds: list[int]) -> list[str]:
@@ -265,28 +276,25 @@ def verdict_section(root: Path, seeds: list[int]) -> list[str]:
              "Computed from the files above (post-activation features, the ones fd distils; gains paired by seed; "
              "\"separated\": the paired differences' mean is beyond their std over the seeds).", ""]
     sims = {label: results for label, dataset, backbone, _ in CONFIGS
-            if (results := [read_similarity(p) for s in seeds
-                            if (p := similarity_file(root, dataset, backbone, "post", s)).is_file()])}
+            if (results := load_similarities(root, dataset, backbone, "post", seeds))}
     if sims:
-        def v(results: list[FreqSimilarity], band: str, convention: str, control: str = "none") -> float:
-            return statistics.mean(r.value(band, convention, control) for r in results)
+        def cells(band: str, convention: str, control: str = "none") -> list[float]:
+            return [seed_mean(results, band, convention, control) for results in sims.values()]
 
-        names = ", ".join(sims)
-        low = [v(r, "low", "include") for r in sims.values()]
-        high = [v(r, "high", "include") for r in sims.values()]
-        no_dc = [v(r, "low", "exclude") for r in sims.values()]
-        permuted = [v(r, "low", "include", "permuted") for r in sims.values()]
-        random_low = [v(r, "low", "include", "random-split") for r in sims.values()]
-        random_high = [v(r, "high", "include", "random-split") for r in sims.values()]
+        low, high, no_dc = cells("low", "include"), cells("high", "include"), cells("low", "exclude")
+        permuted, random_low = cells("low", "include", "permuted"), cells("low", "include", "random-split")
+        dc_part = [(lo - nd) / lo for lo, nd in zip(low, no_dc) if lo > 0]
+        kept = [p / lo for p, lo in zip(permuted, low) if lo > 0]
         above = sum(lo > hi for lo, hi in zip(low, high))
         lines += ["### The similarity statistic", "",
                   f"- As the paper measures it (DC kept), the low band is more similar across modalities than the high "
-                  f"band in {above} of {len(sims)} configurations ({names}): low {span(low)}, high {span(high)}.",
-                  f"- Without the DC bin (the training loss's low band) the low band's similarity is {span(no_dc)}: "
-                  f"the DC bin, the channels' mean, carries it.",
-                  f"- It is no channel-frequency structure: with one teacher's channels in a random order the low band "
-                  f"keeps {span(permuted)}, and a random orthonormal split of the same sizes gives {span(random_low)} "
-                  f"for its low part and {span(random_high)} for its high part.", ""]
+                  f"band in {above} of {len(sims)} configurations ({', '.join(sims)}): low {span(low)}, high {span(high)}.",
+                  f"- Without the DC bin (the training loss's low band, the channels' mean removed) the low band's "
+                  f"similarity is {span(no_dc)}" + (f": the DC bin is {span(dc_part, '.0%')} of it" if dc_part else "") + ".",
+                  f"- What survives a random order of one teacher's channels is not channel-frequency structure: the low "
+                  f"band keeps {span(permuted)}" + (f" ({span(kept, '.0%')} of its value)" if kept else "") + ", and a "
+                  f"random orthonormal split of the same sizes gives {span(random_low)} for its low part and "
+                  f"{span(cells('high', 'include', 'random-split'))} for its high part.", ""]
     rows = method_rows(root)
     if rows:
         versus = [(label, paired(tests, "fd", "fd-random-split")) for label, _, tests in rows]
@@ -298,14 +306,14 @@ def verdict_section(root: Path, seeds: list[int]) -> list[str]:
             means = [statistics.mean(d) for _, d in versus]
             best = max(versus, key=lambda item: statistics.mean(item[1]))
             lines.append(f"- fd − fd-random-split (what the DFT split adds over any split of the same sizes): "
-                         f"{span(means, 2, True)} points over {len(versus)} dataset · backbone · direction rows; "
+                         f"{span(means, '+.2f')} points over {len(versus)} dataset · backbone · direction rows; "
                          f"separated above in {sum(separated(d) > 0 for _, d in versus)}, below in "
                          f"{sum(separated(d) < 0 for _, d in versus)}; the largest, {statistics.mean(best[1]):+.2f} ± "
                          f"{statistics.stdev(best[1]) if len(best[1]) > 1 else 0:.2f} ({best[0]}).")
         if gains:
             up = [label for label, d in gains if separated(d) > 0]
             down = [label for label, d in gains if separated(d) < 0]
-            lines.append(f"- fd − no-kd: {span([statistics.mean(d) for _, d in gains], 2, True)} points; separated "
+            lines.append(f"- fd − no-kd: {span([statistics.mean(d) for _, d in gains], '+.2f')} points; separated "
                          f"above in {len(up)} of {len(gains)} rows ({', '.join(up) or 'none'}), below in {len(down)} "
                          f"({', '.join(down) or 'none'}).")
         lines.append("")
@@ -322,9 +330,9 @@ def verdict_section(root: Path, seeds: list[int]) -> list[str]:
         if not xs:
             continue
         best = max((p for points in panel.series.values() for p in points), key=lambda p: p.mean)
-        bullets.append(f"- {panel.direction}: fd − fd-random-split {span([fd[x] - control[x] for x in xs], 2, True)} "
+        bullets.append(f"- {panel.direction}: fd − fd-random-split {span([fd[x] - control[x] for x in xs], '+.2f')} "
                        f"points (fd above at {sum(fd[x] > control[x] for x in xs)} of {len(xs)} values); fd − no-kd "
-                       f"{span(list(fd.values()), 2, True)}; the largest gain of any method over no-kd "
+                       f"{span(list(fd.values()), '+.2f')}; the largest gain of any method over no-kd "
                        f"{best.mean:+.2f} ± {best.std:.2f}.")
     if bullets:
         lines += [f"### Across the `{SWEEP_KEY}` sweep (section 3)", "", *bullets, ""]

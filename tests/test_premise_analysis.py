@@ -71,7 +71,10 @@ def test_the_report_holds_the_numbers_of_the_files_it_reads(tmp_path: Path) -> N
     assert (f"high band in {above} of 1 configurations (synth-av · small-cnn): low {statistics.mean(low):.3f}, "
             f"high {statistics.mean(high):.3f}.") in text
     no_dc = statistics.mean(r.value("low", "exclude") for r in results)
-    assert f"the low band's similarity is {no_dc:.3f}: the DC bin" in text
+    dc_part = (statistics.mean(low) - no_dc) / statistics.mean(low)
+    assert f"the low band's similarity is {no_dc:.3f}: the DC bin is {dc_part:.0%} of it." in text
+    permuted = statistics.mean(r.value("low", "include", "permuted") for r in results)
+    assert f"the low band keeps {permuted:.3f} ({permuted / statistics.mean(low):.0%} of its value)" in text
     assert ("-2.50 points over 1 dataset · backbone · direction rows; separated above in 0, below in 1; the largest, "
             f"-2.50 ± {statistics.stdev([-2, -3]):.2f} (synth-av · small-cnn · visual → audio)") in text
     assert ("fd − no-kd: -1.50 points; separated above in 0 of 1 rows (none), below in 1 "
