@@ -34,19 +34,23 @@ def stored_box(box: tuple[float, float, float, float], width: int, height: int, 
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def crop_resize(frames: Tensor, crops: list[tuple[int, int, int, int]], flips: list[bool], size: int) -> Tensor:
+def crop_resize(frames: Tensor, crops: list[tuple[int, int, int, int]], flips: list[bool], size: int,
+                out: Tensor | None = None) -> Tensor:
     """uint8 B x k x S x S x 3 frames (k frames per sample, one box each) -> B x size x size x k x 3.
 
     crops: per sample (left, top, right, bottom) in pixels of the S x S frame; flips: per sample
     (host values, so nothing waits for the device). uint8 on the CPU (torch's fast channels-last
-    uint8 path), float32 elsewhere (antialiasing there needs floats).
+    uint8 path), float32 elsewhere (antialiasing there needs floats). Into `out` where given (a
+    tensor of that shape and dtype), else into a batch buffer.
     """
     b, k = frames.shape[:2]
     source = frames.permute(0, 1, 4, 2, 3)  # B x k x 3 x S x S, channels-last in memory
     if frames.device.type != "cpu":
         source = source.to(torch.float32)
     shape = (b, size, size, k, 3)
-    hwc = batch_buffer(shape, source.dtype, frames.device)
+    hwc = batch_buffer(shape, source.dtype, frames.device) if out is None else out
+    if hwc.shape != shape or hwc.dtype != source.dtype:
+        raise ValueError(f"crop_resize: out is {hwc.dtype} {tuple(hwc.shape)}, expected {source.dtype} {shape}")
     for j, ((left, top, right, bottom), flip) in enumerate(zip(crops, flips)):
         crop = F.interpolate(source[j, :, :, top:bottom, left:right], size=(size, size), mode="bilinear",
                              antialias=True, align_corners=False)

@@ -135,6 +135,7 @@ class PackedSplit:
         self.folder, self.split, self.audio_key = root / PACKED_DIR, split, audio
         self.index = np.load(self.folder / f"{split}-frames-index.npy")
         self.side = int(np.load(self.folder / f"{split}-frames.npy", mmap_mode="r").shape[1])
+        self.audio_shape = tuple(np.load(self.folder / f"{split}-audio-{audio}.npy", mmap_mode="r").shape[1:])
         self._maps: tuple[np.ndarray, np.ndarray] | None = None
 
     def __getstate__(self) -> dict:
@@ -147,18 +148,29 @@ class PackedSplit:
                           np.asarray(np.load(self.folder / f"{self.split}-audio-{self.audio_key}.npy", mmap_mode="r")))
         return self._maps
 
-    def gather(self, frame_rows: np.ndarray, rows: np.ndarray) -> tuple[Tensor, Tensor]:
-        """uint8 frames at `frame_rows` (any shape) and float16 spectrograms at `rows`, as batch buffers.
+    def gather(self, frame_rows: np.ndarray, rows: np.ndarray, frames_out: Tensor | None = None,
+               audio_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """uint8 frames at `frame_rows` (any shape) and float16 spectrograms at `rows`, as batch
+        buffers or into `frames_out` / `audio_out` where given (tensors of those shapes).
 
         Each array's rows are copied once, straight into the batch, in file order (a sorted gather
         reads the file front to back)."""
         frames, audio = self.maps()
         flat = frame_rows.ravel()
-        picked = batch_buffer((len(flat), *frames.shape[1:]), torch.uint8)
-        _copy_rows(frames, flat, picked.numpy())
-        spectrograms = batch_buffer((len(rows), *audio.shape[1:]), torch.float16)
+        picked = _out(frames_out, (*frame_rows.shape, *frames.shape[1:]), torch.uint8)
+        _copy_rows(frames, flat, picked.view(len(flat), *frames.shape[1:]).numpy())
+        spectrograms = _out(audio_out, (len(rows), *audio.shape[1:]), torch.float16)
         _copy_rows(audio, np.asarray(rows), spectrograms.numpy())
-        return picked.view(*frame_rows.shape, *frames.shape[1:]), spectrograms
+        return picked, spectrograms
+
+
+def _out(given: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """`given`, checked to be of that shape and dtype, or a new batch buffer."""
+    if given is None:
+        return batch_buffer(shape, dtype)
+    if tuple(given.shape) != tuple(shape) or given.dtype != dtype:
+        raise ValueError(f"gather: out is {given.dtype} {tuple(given.shape)}, expected {dtype} {tuple(shape)}")
+    return given
 
 
 def _copy_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
@@ -195,6 +207,8 @@ class PackedPairs(DecodedPairs):
         seed_or_none = seed if augments(split, shuffle) else None
         crop_here = device.type == "cpu"  # a CPU batch is cropped where it is gathered (in the workers)
         items = [(seed_or_none, order[b * batch_size:(b + 1) * batch_size].tolist(), crop_here) for b in range(count)]
-        for batch in self._loader(split, device.type == "cuda").iterate(items):
-            moved = {k: v if k in HOST_KEYS else v.to(device, non_blocking=True) for k, v in batch.items()}
-            yield self.readers[split].finish(moved, device)
+        reader, pin = self.readers[split], device.type == "cuda"
+        # finish() copies every slot value out (normalising, or from pinned memory) before the next batch is asked for
+        for batch in self._loader(split, pin).iterate(items, reader.layout(batch_size, crop_here)):
+            moved = {k: v if k in HOST_KEYS else v.to(device, non_blocking=pin) for k, v in batch.items()}
+            yield reader.finish(moved, device)

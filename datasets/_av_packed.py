@@ -45,8 +45,15 @@ class PackedClipReader:
     def fixed_modalities(self) -> frozenset[str]:
         return self.clips.fixed_modalities
 
-    def fetch(self, item: tuple[int | None, list[int], bool]) -> dict[str, Tensor]:
-        """The batch's draws and gather; with `crop_here` (a CPU batch) the crop too, so workers share it."""
+    def layout(self, batch_size: int, crop_here: bool) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of a batch's large values (what `fetch` can write into shared buffers)."""
+        frames = ((batch_size, self.clips.image_size, self.clips.image_size, self.clips.frames, 3) if crop_here
+                  else (batch_size, self.clips.frames, self.store.side, self.store.side, 3))
+        return {"frames": (frames, torch.uint8), "audio": ((batch_size, *self.store.audio_shape), torch.float16)}
+
+    def fetch(self, item: tuple[int | None, list[int], bool], out: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The batch's draws and gather; with `crop_here` (a CPU batch) the crop too, so workers share it.
+        Frames (cropped or not) and spectrograms go into `out`'s leading rows where given (`layout`)."""
         seed, indices, crop_here = item
         n, frames = len(indices), self.clips.frames
         frame_rows = np.empty((n, frames), dtype=np.int64)
@@ -57,10 +64,13 @@ class PackedClipReader:
             frame_rows[j] = offset + np.asarray(self.clips.frame_choice(index, rng))
             box, flips[j] = self.clips.crop_choice(rng, width, height)
             crops[j] = stored_box(box if box is not None else (0, 0, width, height), width, height, self.store.side)
-        pixels, audio = self.store.gather(frame_rows, self.rows[np.asarray(indices)])
+        into = {} if out is None else {name: value[:n] for name, value in out.items()}
+        pixels, audio = self.store.gather(frame_rows, self.rows[np.asarray(indices)],
+                                          None if crop_here else into.get("frames"), into.get("audio"))
         view = {"crops": torch.from_numpy(crops), "flips": torch.from_numpy(flips)}
         if crop_here:  # uint8 out of the worker (a quarter of float32's bytes); normalised where it is used
-            view = {"cropped": crop_resize(pixels, crops.tolist(), flips.tolist(), self.clips.image_size)}
+            view = {"cropped": crop_resize(pixels, crops.tolist(), flips.tolist(), self.clips.image_size,
+                                           into.get("frames"))}
         else:
             view["frames"] = pixels
         return {**view, "audio": audio,

@@ -202,3 +202,37 @@ def test_pack_only_on_a_folder_that_is_not_prepared_is_one_line(tmp_path):
     assert "is not a prepared crema-d folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = cli("prepare", "crema-d", "--dst", str(tmp_path))
     assert result.returncode == 2 and "--src is needed" in result.stderr
+
+
+def _filled(item: tuple[int, int], out: dict | None = None) -> dict:
+    """A batch of `n` rows of `value`: into the shared buffers where given (what PersistentLoader's slots test)."""
+    value, n = item
+    rows = torch.empty((n, 4), dtype=torch.int64) if out is None else out["rows"][:n]
+    rows.fill_(value)
+    return {"rows": rows, "into": out is not None}
+
+
+def test_batches_of_a_layout_come_back_through_the_loaders_shared_buffers_reused_without_overwriting_one_in_use():
+    from cmkd_bench.loading import PersistentLoader
+
+    loader = PersistentLoader(_filled, num_workers=2, pin_memory=False, prefetch=2)
+    items = [(value, 3 if value < 13 else 2) for value in range(14)]  # 14 batches, 2 x 2 + 1 = 5 slots
+    for epoch in range(2):
+        got = []
+        for batch in loader.iterate(items, {"rows": ((3, 4), torch.int64)}):
+            assert batch["into"]
+            got.append(batch["rows"].clone())  # what a caller must do before asking for the next
+            slots = [slot["rows"].untyped_storage().data_ptr() for slot in next(iter(loader.slots.values()))]
+            assert batch["rows"].untyped_storage().data_ptr() in slots  # a view of this process's buffer, not a copy
+        assert len(slots) == 5 and [b.tolist() for b in got] == [[[v] * 4] * n for v, n in items]
+    assert all(not batch["into"] for batch in loader.iterate(items[:2]))  # no layout: the fetch's own buffers
+    assert all(not batch["into"] for batch in PersistentLoader(_filled, 0, False).iterate(items[:2], {"rows": ((3, 4), torch.int64)}))
+
+
+def test_packed_batches_kept_past_the_workers_shared_buffers_keep_their_values(packed_root):
+    here = DATASETS.build("crema-d", packed_root, **{**OPTIONS, "num_workers": 0})
+    workers = DATASETS.build("crema-d", packed_root, **{**OPTIONS, "num_workers": 1})
+    kept = list(workers.batches("train", 1, shuffle=True, seed=5))  # more batches than the 4 x 1 + 1 slots
+    assert len(kept) > 5
+    for a, b in zip(here.batches("train", 1, shuffle=True, seed=5), kept, strict=True):
+        assert torch.equal(a["visual"], b["visual"]) and torch.equal(a["audio"], b["audio"])
