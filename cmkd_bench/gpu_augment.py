@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .loading import batch_buffer
+from .loading import batch_buffer, batch_buffer_or
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,9 +48,7 @@ def crop_resize(frames: Tensor, crops: list[tuple[int, int, int, int]], flips: l
     if frames.device.type != "cpu":
         source = source.to(torch.float32)
     shape = (b, size, size, k, 3)
-    hwc = batch_buffer(shape, source.dtype, frames.device) if out is None else out
-    if hwc.shape != shape or hwc.dtype != source.dtype:
-        raise ValueError(f"crop_resize: out is {hwc.dtype} {tuple(hwc.shape)}, expected {source.dtype} {shape}")
+    hwc = batch_buffer_or(out, shape, source.dtype, frames.device)
     for j, ((left, top, right, bottom), flip) in enumerate(zip(crops, flips)):
         crop = F.interpolate(source[j, :, :, top:bottom, left:right], size=(size, size), mode="bilinear",
                              antialias=True, align_corners=False)

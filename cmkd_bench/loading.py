@@ -62,6 +62,16 @@ def batch_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     return torch.from_numpy(array)
 
 
+def batch_buffer_or(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """`out` where the caller gave one (checked to be of that shape and dtype), else a new `batch_buffer`."""
+    if out is None:
+        return batch_buffer(shape, dtype, device)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"out is {out.dtype} {tuple(out.shape)}, expected {dtype} {tuple(shape)}")
+    return out
+
+
 POOL_MIN_BYTES, POOL_PER_SHAPE, POOL_MAX_BYTES = 1 << 20, 4, 1 << 30
 _POOL: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
 _POOL_LOCK = threading.Lock()

@@ -38,7 +38,7 @@ from .checksums import DERIVED_FOLDER
 from .clips import PreparedClips, clips_fingerprint, frame_file
 from .data import DecodedPairs, DatasetSpec, augments
 from .files import write_json_atomic
-from .loading import PersistentLoader, batch_buffer
+from .loading import PersistentLoader, batch_buffer_or
 from .media import read_image
 
 PACKED_DIR, PACKED_JSON, PACKED_VERSION = DERIVED_FOLDER, "packed.json", 1
@@ -157,20 +157,11 @@ class PackedSplit:
         reads the file front to back)."""
         frames, audio = self.maps()
         flat = frame_rows.ravel()
-        picked = _out(frames_out, (*frame_rows.shape, *frames.shape[1:]), torch.uint8)
+        picked = batch_buffer_or(frames_out, (*frame_rows.shape, *frames.shape[1:]), torch.uint8)
         _copy_rows(frames, flat, picked.view(len(flat), *frames.shape[1:]).numpy())
-        spectrograms = _out(audio_out, (len(rows), *audio.shape[1:]), torch.float16)
+        spectrograms = batch_buffer_or(audio_out, (len(rows), *audio.shape[1:]), torch.float16)
         _copy_rows(audio, np.asarray(rows), spectrograms.numpy())
         return picked, spectrograms
-
-
-def _out(given: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """`given`, checked to be of that shape and dtype, or a new batch buffer."""
-    if given is None:
-        return batch_buffer(shape, dtype)
-    if tuple(given.shape) != tuple(shape) or given.dtype != dtype:
-        raise ValueError(f"gather: out is {given.dtype} {tuple(given.shape)}, expected {dtype} {tuple(shape)}")
-    return given
 
 
 def _copy_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
