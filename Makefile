@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 DEMO_METHODS ?= no-kd kd fitnet fd
 
-.PHONY: demo test test-slow bench gpu-check leaderboard clean
+.PHONY: demo test test-slow bench gpu-check leaderboard docs clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -45,5 +45,14 @@ gpu-check:
 leaderboard: $(VENV)/.installed
 	$(BIN)/python leaderboard/regenerate.py $(if $(ALLOW_DIRTY),--allow-dirty)
 
+# The manual (docs/, mkdocs.yml) as a static site in site/; --strict fails on a broken link or a page
+# missing from the navigation. mkdocs is the `docs` extra, installed here only.
+$(VENV)/.docs: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) runs site *.egg-info

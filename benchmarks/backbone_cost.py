@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from cmkd_bench.catalog import load_all
-from cmkd_bench.engine import autocast, build_optimizer, resolve_device
+from cmkd_bench.recipes import autocast, build_optimizer
 from cmkd_bench.registry import DATASETS
-from cmkd_bench.runner import build_model
+from cmkd_bench.training.engine import resolve_device
+from cmkd_bench.training.runner import build_model
 
 
 def steps_per_second(backbone: str, data, modality: str, device: torch.device, steps: int, warmup: int = 3) -> float:

@@ -46,7 +46,7 @@ def gpu_tests() -> str:
 
 
 def run_rate(dataset: str, sets: tuple[str, ...], device: str, epochs: int, out: Path) -> float:
-    from cmkd_bench.runner import RunRequest, execute, resolve_run
+    from cmkd_bench.training.runner import RunRequest, execute, resolve_run
 
     record = execute(resolve_run(RunRequest(method="kd", dataset=dataset, epochs=epochs, device=device, out=str(out),
                                             sets=sets)), force=True)
@@ -56,9 +56,9 @@ def run_rate(dataset: str, sets: tuple[str, ...], device: str, epochs: int, out:
 def synthetic_packed(root: Path, clips: int, seed: int = 0) -> None:
     """A prepared crema-d folder holding only its packed store, of random frames and spectrograms
     (what `prepare` would pack: 3 frames per clip at 256 px from 341 x 256 JPEGs, fd-cmkd spectrograms)."""
-    from cmkd_bench.clips import CLIPS_CSV, INFO_JSON, LAYOUT_VERSION, clips_fingerprint
+    from cmkd_bench.data.clips import CLIPS_CSV, INFO_JSON, LAYOUT_VERSION, clips_fingerprint
     from cmkd_bench.datasets.crema_d import CLASSES, DEFAULT_PROTOCOL, PROTOCOLS, STORED_RATE
-    from cmkd_bench.packed import PACKED_DIR, PACKED_JSON, PACKED_VERSION, audio_key
+    from cmkd_bench.data.packed import PACKED_DIR, PACKED_JSON, PACKED_VERSION, audio_key
 
     rng, frames, side = np.random.default_rng(seed), 3, 256
     rows = [(f"clip{i:05d}", i % len(CLASSES), "test" if i % 10 == 0 else "train") for i in range(clips)]
@@ -92,9 +92,9 @@ def synthetic_packed(root: Path, clips: int, seed: int = 0) -> None:
 def av_step_rates(root: Path, device: torch.device, image_size: int, batch: int, steps: int, workers: int,
                   compile_too: bool) -> dict[str, float]:
     """ResNet-18 audio teacher -> ResNet-18 visual student, kd, at crema-d's shapes: steps/s resident / packed / compiled."""
-    from cmkd_bench.engine import autocast, build_optimizer
+    from cmkd_bench.recipes import autocast, build_optimizer
     from cmkd_bench.registry import DATASETS, METHODS
-    from cmkd_bench.runner import build_model
+    from cmkd_bench.training.runner import build_model
 
     data = DATASETS.build("crema-d", root, image_size=image_size, num_workers=workers, store="packed")
     spec = data.spec
@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--jobs", help="comma-separated --jobs values (default 1,4,8; small: 1,2)")
     args = parser.parse_args()
     from cmkd_bench.catalog import load_all
-    from cmkd_bench.engine import resolve_device
+    from cmkd_bench.training.engine import resolve_device
 
     device = resolve_device(args.device)
     small = args.small or device.type != "cuda"

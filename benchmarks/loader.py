@@ -30,9 +30,9 @@ import torch
 from PIL import Image
 
 from cmkd_bench.catalog import load_all
-from cmkd_bench.clips import CLIPS_CSV, INFO_JSON, LAYOUT_VERSION, audio_file, frame_file, read_prepared
+from cmkd_bench.data.clips import CLIPS_CSV, INFO_JSON, LAYOUT_VERSION, audio_file, frame_file, read_prepared
+from cmkd_bench.data.packed import audio_key, packed_size, write_packed
 from cmkd_bench.datasets.crema_d import CLASSES, DEFAULT_PROTOCOL, PROTOCOLS, STORED_RATE
-from cmkd_bench.packed import audio_key, packed_size, write_packed
 from cmkd_bench.registry import DATASETS
 
 FRAMES, WIDTH, HEIGHT, SECONDS = 3, 341, 256, 2.5

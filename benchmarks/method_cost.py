@@ -4,7 +4,7 @@
                                      [--output leaderboard/METHOD_COST.md]
 
 Each method trains its student as in a real run for --steps steps: where the run would serve the
-frozen teacher's outputs from its per-run cache (cmkd_bench/teacher_outputs.py) the step gathers
+frozen teacher's outputs from its per-run cache (cmkd_bench/training/teacher_outputs.py) the step gathers
 them, otherwise it runs the teacher's forward; the "teacher" column says which. Steps run
 after a warm-up, repeated --repeats times in an interleaved order so that a slow moment of the
 machine does not land on one method only; the median steps/s is compared with no-kd's. The
@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from cmkd_bench.catalog import METHODS, load_all
-from cmkd_bench.engine import autocast, build_optimizer, resolve_device
+from cmkd_bench.recipes import autocast, build_optimizer
 from cmkd_bench.registry import DATASETS
-from cmkd_bench.runner import build_model
-from cmkd_bench.teacher_outputs import TeacherOutputs, plan
+from cmkd_bench.training.engine import resolve_device
+from cmkd_bench.training.runner import build_model
+from cmkd_bench.training.teacher_outputs import TeacherOutputs, plan
 
 
 def steps_per_second(method_name: str, data, device: torch.device, steps: int, warmup: int = 5,

@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from cmkd_bench.catalog import load_all
-from cmkd_bench.data import Recipe
-from cmkd_bench.engine import Fit, evaluate, lr_factor, resolve_device
+from cmkd_bench.data.spec import Recipe
+from cmkd_bench.recipes import lr_factor
 from cmkd_bench.registry import DATASETS, METHODS
-from cmkd_bench.runner import build_model
+from cmkd_bench.training.engine import Fit, evaluate, resolve_device
+from cmkd_bench.training.runner import build_model
 
 
 def setup(device: torch.device, seed: int = 0):

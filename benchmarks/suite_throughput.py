@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cmkd_bench.scheduler import available_cores, threads_per_run
+from cmkd_bench.experiments.scheduler import available_cores, threads_per_run
 
 
 def suite_command(out: Path, jobs: int, seeds: int, epochs: int, size: int) -> list[str]:

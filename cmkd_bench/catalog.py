@@ -11,7 +11,7 @@ def load_all(plugin_files: tuple[str, ...] | list[str] = ()) -> None:
     """Register the built-in methods, datasets and backbones, then installed and given plug-ins."""
     import cmkd_bench.datasets  # noqa: F401  (registers by import)
     import cmkd_bench.methods  # noqa: F401
-    from . import backbones, text_backbones  # noqa: F401
+    from .models import backbones, small_resnet, text_backbones  # noqa: F401
 
     load_entry_point_plugins()
     for path in plugin_files:

@@ -21,8 +21,9 @@ and trains its share of every batch:
   every rank reads the same checkpoint, which holds plain (unwrapped) state, so a run resumes on
   any number of processes with the same global batch.
 
-A method with state across samples uses `gather` (e.g. CRD's memory banks); see the README's
-"Scaling out" table for what each method does under DDP.
+A method with state across samples uses `gather` (e.g. CRD's memory banks): this module sits with
+the extension contract, below data and methods, for that reason. docs/scaling.md has a table of
+what each method does under DDP.
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import DatasetSpec, PairedData
+from .artefacts.files import atomic_save, load_checked
+from .data.spec import DatasetSpec, PairedData
 from .errors import UserError
-from .files import atomic_save, load_checked
-from .models import FeatureModel, ModelInfo, ModelOutput
+from .models.features import FeatureModel, ModelInfo, ModelOutput
 
 
 class Method(nn.Module):
@@ -66,7 +66,7 @@ class Method(nn.Module):
 
         A method that declares them, does not train the teacher, and runs on a dataset whose
         teacher input is not augmented is given those fields from a cache computed once per run
-        (cmkd_bench/teacher_outputs.py); the other fields of its teacher `ModelOutput` are then None.
+        (cmkd_bench/training/teacher_outputs.py); the other fields of its teacher `ModelOutput` are then None.
         """
         return None
 

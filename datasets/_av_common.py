@@ -2,7 +2,7 @@
 prepared clips, and the split-file readers.
 
 Real datasets do not fit in memory, so each sample is decoded when a batch asks for it (JPEG
-frames, .npy waveforms turned into the protocol's spectrogram) by cmkd_bench.data's
+frames, .npy waveforms turned into the protocol's spectrogram) by cmkd_bench.data.spec's
 `DecodedPairs`, in `num_workers` DataLoader processes. Everything random is a function of
 `batches(seed=...)`: the order comes from a torch.Generator seeded with it, and a sample's
 augmentation (frame choice, crop, flip, audio window) from its `SampleSeed` (seed, index), so a
@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmkd_bench.clips import audio_file, clips_fingerprint, frame_file, read_prepared
 from cmkd_bench.data import DatasetSpec, DecodedPairs, Modality, Recipe, SampleSeed, stratified_split
+from cmkd_bench.data.clips import audio_file, clips_fingerprint, frame_file, read_prepared
+from cmkd_bench.data.media import (LFS_POINTER_PREFIX, MediaError, image_array, librosa_stft_magnitude, load_npy,
+                                   log_mel, log_spectrogram, random_resized_box, read_image, resample)
 from cmkd_bench.errors import UserError
-from cmkd_bench.media import (LFS_POINTER_PREFIX, MediaError, image_array, librosa_stft_magnitude, log_mel,
-                              log_spectrogram, random_resized_box, read_image, resample)
 
 VIDEO_RECIPE = Recipe(epochs=100, batch_size=64, lr=0.01, optimizer="sgd", momentum=0.9, weight_decay=1e-4,
                       schedule="poly")
@@ -249,18 +249,6 @@ class ClipReader:
             raise MediaError(f"{path}: {exc}") from None
 
 
-def load_npy(path: Path) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise MediaError(f"{path}: file not found") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise MediaError(f"{path}: not a readable .npy file ({exc})") from None
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise MediaError(f"{path}: holds NaN or infinite values; run `cmkd-bench verify` on the prepared folder")
-    return array
-
-
 def split_positions(labels: np.ndarray, splits: np.ndarray, val_fraction: float, split_seed: int) -> dict[str, np.ndarray]:
     """Row positions of each split; without a val split, a seeded stratified part of train (never test)."""
     positions = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
@@ -290,7 +278,7 @@ def build_clip_dataset(name: str, root: Path | None, *, num_classes: int, teache
                        segment: bool | None = None, extra: dict | None = None, store: str = "auto") -> DecodedPairs:
     """A video dataset from its prepared folder under `protocol`; None options take the protocol's value.
 
-    `store`: "packed" reads the packed store (cmkd_bench/packed.py), "files" the JPEG frames and
+    `store`: "packed" reads the packed store (cmkd_bench/data/packed.py), "files" the JPEG frames and
     waveforms, "auto" the packed store where `prepare` wrote one that holds this protocol's audio
     and frames at least image_size large. The run's identity (spec.options) holds the protocol's
     name and every resolved option, the store used included.
@@ -331,7 +319,7 @@ def build_clip_dataset(name: str, root: Path | None, *, num_classes: int, teache
         recipe_source=VIDEO_RECIPE_SOURCE, options=recorded,
     )
     if packed:
-        from cmkd_bench.packed import PackedPairs
+        from cmkd_bench.data.packed import PackedPairs
 
         return PackedPairs(spec, packed, num_workers)
     return DecodedPairs(spec, readers, num_workers)

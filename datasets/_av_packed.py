@@ -2,8 +2,8 @@
 
 `packed_readers` wraps each split's `ClipReader` (its protocol's frame choice and crop draws) in a
 `PackedClipReader` that gathers the chosen frames and the spectrogram from the packed store
-(cmkd_bench/packed.py) instead of decoding JPEGs and computing spectrograms; the crop, resize and
-flip run on the batch's device (cmkd_bench/gpu_augment.py). Every random choice is drawn from the
+(cmkd_bench/data/packed.py) instead of decoding JPEGs and computing spectrograms; the crop, resize and
+flip run on the batch's device (cmkd_bench/data/gpu_augment.py). Every random choice is drawn from the
 sample's `SampleSeed` in the order ClipReader draws it (frames, then box, then flip), so a sample's
 augmentation is the per-file path's, whichever worker gathers it.
 
@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmkd_bench.clips import audio_file, read_info, read_prepared
 from cmkd_bench.data import SampleSeed
+from cmkd_bench.data.clips import audio_file, read_info, read_prepared
+from cmkd_bench.data.gpu_augment import crop_resize, crop_resize_flip, normalised, stored_box
+from cmkd_bench.data.loading import batch_buffer
+from cmkd_bench.data.media import load_npy
+from cmkd_bench.data.packed import PackedSplit, audio_key, read_packed_info, write_packed
 from cmkd_bench.errors import UserError
-from cmkd_bench.gpu_augment import crop_resize, crop_resize_flip, normalised, stored_box
-from cmkd_bench.loading import batch_buffer
-from cmkd_bench.packed import PackedSplit, audio_key, read_packed_info, write_packed
 
 STORES = ("auto", "packed", "files")
 
@@ -130,8 +131,6 @@ class Packer:
     protocols: dict
 
     def __call__(self, root: Path, size: int, advance: Callable[[], None] = lambda: None) -> dict:
-        from cmkd_bench.datasets._av_common import load_npy
-
         clips = read_prepared(self.dataset, root, len(read_info(root, self.dataset).get("classes", [])))
         stored_rate = int(clips.info.get("audio", {}).get("rate", 0))
 

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cmkd_bench.artefacts.files import file_sha256
 from cmkd_bench.data import DatasetSpec, DecodedPairs, Modality, SampleSeed
 from cmkd_bench.errors import UserError
-from cmkd_bench.files import file_sha256
 from cmkd_bench.registry import DATASETS
 
 from ._av_common import VIDEO_RECIPE

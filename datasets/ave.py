@@ -46,10 +46,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmkd_bench.data import DecodedPairs
-from cmkd_bench.errors import UserError
-from cmkd_bench.media import VIDEO_SUFFIXES, FrameSampling
+from cmkd_bench.data.media import VIDEO_SUFFIXES, FrameSampling
+from cmkd_bench.data.prepare import Clip, ClipPlan, ClipPreparer
 from cmkd_bench.datasets._av_packed import Packer
-from cmkd_bench.prepare import Clip, ClipPlan, ClipPreparer
+from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
 
 from ._av_common import (AudioRecipe, Listed, Protocol, VisualRecipe, build_clip_dataset,

@@ -46,7 +46,7 @@ agreed-informative: the same split of the informative task, task_informative_tex
 
 Text: each tweet is normalised as MST-Distill's normalizeTweet does for its two rules that need no
 extra package (user mentions become "@USER", links "HTTPURL"; its ftfy and emoji steps are not
-reproduced), then tokenised by the `tokenizer` option (cmkd_bench.text: "word", a vocabulary of the
+reproduced), then tokenised by the `tokenizer` option (cmkd_bench.data.text: "word", a vocabulary of the
 training tweets, or a local Hugging Face tokenizer folder such as the user's copy of
 vinai/bertweet-base) into `max_length` tokens (MST-Distill encodes with max_length=128).
 Images: RandomResizedCrop + horizontal flip at train, a resize at test, ImageNet normalisation, as
@@ -62,10 +62,10 @@ from pathlib import Path
 import numpy as np
 
 from cmkd_bench.data import DatasetSpec, DecodedPairs, Modality, Recipe, SampleSeed
+from cmkd_bench.data.media import image_array, random_resized_box, read_image
+from cmkd_bench.data.text import check_length, tokenizer_for
 from cmkd_bench.errors import UserError
-from cmkd_bench.media import image_array, random_resized_box, read_image
 from cmkd_bench.registry import DATASETS
-from cmkd_bench.text import check_length, tokenizer_for
 
 from ._av_common import read_text
 

@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmkd_bench.artefacts.files import file_sha256
 from cmkd_bench.data import DatasetSpec, DecodedPairs, Modality, Recipe, SampleSeed, stratified_split
+from cmkd_bench.data.media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, AudioFeatures, MediaError, decode_audio,
+                                   image_array, load_npy, random_resized_box, read_image)
 from cmkd_bench.errors import UserError
-from cmkd_bench.files import file_sha256
-from cmkd_bench.media import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, AudioFeatures, MediaError, decode_audio, image_array,
-                              random_resized_box, read_image)
 from cmkd_bench.registry import DATASETS
 
-from ._av_common import load_npy, split_positions
+from ._av_common import split_positions
 
 RESERVED = ("label", "split")
 SPLIT_CODES = {"train": "train", "val": "val", "test": "test", "0": "train", "1": "val", "2": "test"}

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmkd_bench.artefacts.files import file_sha256
 from cmkd_bench.data import SPLIT_NAMES, DatasetSpec, Modality, Recipe, TensorPairs, stratified_split
 from cmkd_bench.errors import UserError
-from cmkd_bench.files import file_sha256
 from cmkd_bench.registry import DATASETS
 
 RESERVED = ("label", "split")

@@ -18,7 +18,7 @@ features of the Modality Focusing Hypothesis).
   template's filler words carry nothing, and with probability `order_noise` two random pairs of
   neighbouring words are swapped. All words are pronounceable pseudo-words made from the seed.
 
-The sentences become token tensors through the `tokenizer` option (cmkd_bench.text): "word", a
+The sentences become token tensors through the `tokenizer` option (cmkd_bench.data.text): "word", a
 vocabulary built from the training sentences, or a local Hugging Face tokenizer folder.
 """
 
@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from cmkd_bench.data import DatasetSpec, Modality, Recipe, TensorPairs
+from cmkd_bench.data.text import check_length, tokenizer_for
 from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
-from cmkd_bench.text import check_length, tokenizer_for
 
 from .synth_av import _nuisance, _render, _visual_basis
 

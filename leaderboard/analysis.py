@@ -37,19 +37,20 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from cmkd_bench.analysis import FreqSimilarity, SimilaritySettings, TeacherRequest, freq_similarity, \
-    plot_freq_similarity
+from cmkd_bench.artefacts.files import write_json_atomic
+from cmkd_bench.artefacts.provenance import GENERATED, uncommitted_files
+from cmkd_bench.artefacts.records import direction_label, hparams_changed, load_records, metric, record_metric_name
 from cmkd_bench.cli.suite import run_command_line
 from cmkd_bench.errors import UserError
-from cmkd_bench.files import write_json_atomic
-from cmkd_bench.freqsim import BANDS, CONTROLS, CONVENTIONS, BandRow
-from cmkd_bench.plots import plot_sweep, sweep_panels
-from cmkd_bench.provenance import GENERATED, uncommitted_files
-from cmkd_bench.records import direction_label, hparams_changed, load_records, metric, record_metric_name
-from cmkd_bench.suite import DatasetEntry, Suite, load_suite, run_suite, suite_from_mapping
+from cmkd_bench.experiments.plan import DatasetEntry, Suite, load_suite, suite_from_mapping
+from cmkd_bench.experiments.suite import run_suite
+from cmkd_bench.reporting.analysis import (FreqSimilarity, SimilaritySettings, TeacherRequest, freq_similarity,
+                                           plot_freq_similarity)
+from cmkd_bench.reporting.freqsim import BANDS, CONTROLS, CONVENTIONS, BandRow
+from cmkd_bench.reporting.plots import plot_sweep, sweep_panels
 
 HERE = Path(__file__).resolve().parent
-OUTPUTS = GENERATED  # results (cmkd_bench.provenance): changes there do not make the tree dirty
+OUTPUTS = GENERATED  # results (cmkd_bench.artefacts.provenance): changes there do not make the tree dirty
 FD_METHODS = ("no-kd", "fd", "fd-random-split")
 SWEEP_KEY = "shared"
 # (label, dataset, backbone or None for the dataset's own, runs folder under ROOT)
@@ -146,7 +147,7 @@ def seed_mean(results: list[FreqSimilarity], band: str, convention: str, control
 
 def similarity_section(root: Path, seeds: list[int]) -> list[str]:
     lines = ["## 1. Cross-modal cosine similarity of the two teachers' pooled features", "",
-             "`cmkd-bench analyze freq-similarity` (cmkd_bench/freqsim.py documents it against the reference "
+             "`cmkd-bench analyze freq-similarity` (cmkd_bench/reporting/freqsim.py documents it against the reference "
              "notebook): per test sample, the cosine between the two unimodal teachers' pooled features, raw and "
              "split into a low band (rfft bins 0..K with the DC, the notebook's convention; 1..K without, the "
              "training loss's) and a high band (K+1..D/2), K = D/4. Controls: the second teacher's channels in a "

@@ -24,10 +24,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from cmkd_bench.artefacts.provenance import GENERATED, uncommitted_files
 from cmkd_bench.cli.suite import run_command_line
-from cmkd_bench.leaderboard import load_published, load_records, render, render_published
-from cmkd_bench.provenance import GENERATED, uncommitted_files
-from cmkd_bench.suite import run_suite, suite_from_mapping
+from cmkd_bench.experiments.plan import suite_from_mapping
+from cmkd_bench.experiments.suite import run_suite
+from cmkd_bench.reporting.leaderboard import load_published, load_records, render, render_published
 
 HERE = Path(__file__).resolve().parent
 OUTPUTS = GENERATED  # what a regeneration writes (results): changes there do not make the tree dirty
@@ -41,6 +42,19 @@ def dirty_tree_error(root: Path = HERE.parent) -> str | None:
     shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
     return (f"regenerate.py: the tree has uncommitted changes ({shown}); the records would not name the code they "
             f"were made with: commit or stash them, or pass --allow-dirty")
+
+
+# What README.md shows below its one overview table: the rest is in LEADERBOARD.md (the README stays short).
+README_POINTER = ("Its notes (the settings each tuned row selected, the records marked §), the failed runs, the overview "
+                  "at the official defaults and every table in full: [leaderboard/LEADERBOARD.md](leaderboard/LEADERBOARD.md).")
+
+
+def overview_table(rendered: str) -> str:
+    """The first table of a markdown render, its `###` heading and rows only: without the notes below it
+    and without the tables after it (the failed runs). A render with no table is returned as it is."""
+    heading, _, rest = rendered.strip().partition("\n\n")
+    table = rest.split("\n\n", 1)[0]
+    return heading + "\n\n" + table if table.startswith("|") else rendered.strip()
 
 
 def show_in_readme(table: str) -> None:
@@ -64,7 +78,8 @@ def write_tables(out: Path) -> None:
         "## Overview: every method at its official defaults\n\n" + default
         + "\n\n## Overview: every method tuned under the protocol\n\n"
         "Each method's declared search space, the same budget for every method, selection on the validation "
-        "split of the first seed, the selected configuration run on every seed (see the README's Protocol).\n\n"
+        "split of the first seed, the selected configuration run on every seed (see the "
+        "[protocol](../docs/suites-and-tuning.md#protocol)).\n\n"
         + tuned
         + "\n\n## Published (not measured here)\n\n"
         "Numbers reported for FD-CMKD and its baselines on real datasets, as a secondary source transcribed "
@@ -73,7 +88,7 @@ def write_tables(out: Path) -> None:
         + "\n\n## Per dataset and direction (default and tuned rows)\n\n" + render(records, "md") + "\n")
     (HERE / "leaderboard.csv").write_text(render(records, "csv"))
     (HERE / "leaderboard.html").write_text(render(records, "html", layout="wide"))
-    show_in_readme(default + "\n\n" + tuned.replace("### test", "### tuned: test", 1))
+    show_in_readme(overview_table(tuned.replace("### test", "### tuned: test", 1)) + "\n\n" + README_POINTER)
     print(f"wrote {HERE / 'LEADERBOARD.md'} and {HERE / 'leaderboard.csv'} from {len(records)} records", file=sys.stderr)
 
 

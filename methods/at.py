@@ -35,7 +35,7 @@ Deliberate differences, all for cross-modal pairs:
   official computation exactly.
 - |A|^p rather than A^p: the paper's definition; identical to the official code for even p.
 - Maps are computed in at least float32 (bf16 autocast would round the normalised maps).
-Text models (cmkd_bench.text_backbones) have no positions that correspond to an image's: their
+Text models (cmkd_bench.models.text_backbones) have no positions that correspond to an image's: their
 stages are D x 1 x 1 token means, whose attention map is the constant 1, so `at` declines them in
 one line rather than train with a loss that is identically zero.
 For segmentation the formula is unchanged; a dense model's stages end with "decoder", so `last`

@@ -9,7 +9,7 @@ Both networks keep learning. A proxy sits on each network: the official `Tea` / 
 the network's penultimate stage (`f4` in model_res.py is the output of layer3 of ResNet-18, the
 stage before the last), then conv1x1 (no bias) - BatchNorm - LeakyReLU(0.1) at that stage's
 width, then a linear classifier; convolutions are Kaiming-normal (fan_out) initialised, BN 1 / 0.
-Here `proxy_stage` is a stage reference of cmkd_bench.models (default "-2", the penultimate stage
+Here `proxy_stage` is a stage reference of cmkd_bench.models.features (default "-2", the penultimate stage
 of any backbone). Each network and its own proxy distil into each other, and the two proxies
 exchange their non-target knowledge on the samples where their class rankings agree (scipy's
 Kendall tau-b of the two proxies' logits above `krc_threshold`, the official `--krc` = 0):

@@ -59,12 +59,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmkd_bench.backbones import build_backbone
 from cmkd_bench.data import PairedData, Recipe
-from cmkd_bench.engine import autocast, build_optimizer, lr_factor
 from cmkd_bench.errors import UserError
 from cmkd_bench.method import Method, cached_per_teacher
 from cmkd_bench.models import FeatureModel
+from cmkd_bench.models.backbones import build_backbone
+from cmkd_bench.recipes import autocast, build_optimizer, lr_factor
 from cmkd_bench.registry import BACKBONES, METHODS
 
 CACHE_VERSION = 2

@@ -12,18 +12,10 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from cmkd_bench.analysis import (
-    SimilaritySettings,
-    TeacherRequest,
-    band_similarities,
-    freq_similarity,
-    plot_tsne,
-    run_features,
-    run_freq_similarity,
-    tsne_embedding,
-)
 from cmkd_bench.errors import UserError
-from cmkd_bench.runner import RunRequest, build_model, execute, resolve_run
+from cmkd_bench.reporting.analysis import (SimilaritySettings, TeacherRequest, band_similarities, freq_similarity,
+                                           plot_tsne, run_features, run_freq_similarity, tsne_embedding)
+from cmkd_bench.training.runner import RunRequest, build_model, execute, resolve_run
 
 TINY = ("train=64", "val=32", "test=32", "image_size=16")
 

@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cmkd_bench.data.media import IMAGENET_MEAN, IMAGENET_STD, AudioFeatures, librosa_stft_magnitude
 from cmkd_bench.datasets import ave as ave_module
 from cmkd_bench.datasets import crema_d as crema_module
 from cmkd_bench.datasets import ravdess as ravdess_module
 from cmkd_bench.datasets import vggsound_50 as vggsound_module
 from cmkd_bench.errors import UserError
-from cmkd_bench.media import IMAGENET_MEAN, IMAGENET_STD, AudioFeatures, librosa_stft_magnitude
 from cmkd_bench.registry import DATASETS
-from cmkd_bench.runner import build_model
+from cmkd_bench.training.runner import build_model
 
 from conftest import cli
 from test_prepare import FAKES, fake_crema_d, frame_colour, prepare_in_process, read_clips, tone
@@ -263,7 +263,7 @@ def test_num_batches_matches_what_batches_yields(prepared, batch_size):
 
 
 def test_kd_runs_record_their_protocol_and_tables_keep_protocols_apart(prepared, tmp_path):
-    from cmkd_bench.leaderboard import load_records, summarize
+    from cmkd_bench.reporting.leaderboard import load_records, summarize
 
     for protocol in ("fd-cmkd", "c2kd"):
         result = cli("run", "--method", "kd", "--dataset", "crema-d", "--data-root", str(prepared["crema-d"]), "--epochs", "1",

@@ -146,7 +146,7 @@ def test_a_record_with_an_absurd_metric_is_not_tabled(capsys, tmp_path, value):
 
 
 def test_an_unknown_method_in_a_published_csv(capsys, tmp_path):
-    from cmkd_bench.leaderboard import DEFAULT_PUBLISHED
+    from cmkd_bench.reporting.leaderboard import DEFAULT_PUBLISHED
 
     text = Path(DEFAULT_PUBLISHED).read_text()
     header = next(line for line in text.splitlines() if line.startswith("method,"))
@@ -159,8 +159,8 @@ def test_an_unknown_method_in_a_published_csv(capsys, tmp_path):
 def test_analyze_reads_a_copied_run_folders_own_weights(tmp_path):
     import shutil
 
-    from cmkd_bench.analysis import run_features
-    from cmkd_bench.runner import RunRequest, execute, resolve_run
+    from cmkd_bench.reporting.analysis import run_features
+    from cmkd_bench.training.runner import RunRequest, execute, resolve_run
 
     record = execute(resolve_run(RunRequest(method="kd", dataset="synth-av", epochs=1, device="cpu",
                                             out=str(tmp_path / "a"), sets=tuple(TINY_SYNTH[1::2]))))

@@ -114,7 +114,7 @@ def test_ctrl_c_shows_the_resume_hint_and_the_resumed_run_says_so(tmp_path):
 
 
 def test_a_suite_files_out_is_relative_to_its_folder(tmp_path, monkeypatch):
-    from cmkd_bench.suite import load_suite
+    from cmkd_bench.experiments.plan import load_suite
 
     folder = tmp_path / "suites"
     folder.mkdir()
@@ -148,7 +148,7 @@ def test_dry_run_prints_the_run_id_and_writes_nothing_and_teacher_epochs_shape_t
     plain = cli(*[a for a in args if a not in ("--teacher-epochs", "1")], "--dry-run")
     plain_id = next(line.split(": ")[1] for line in plain.stdout.splitlines() if line.startswith("run id: "))
     assert plain_id != run_id and "teacher_epochs: null" in plain.stdout
-    from cmkd_bench.config import RunConfig
+    from cmkd_bench.training.config import RunConfig
 
     # without --teacher-epochs the identity (so the run id) is what it was before the option existed
     assert "teacher_epochs" not in RunConfig(**{**record["config"], "teacher_epochs": None}).identity()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmkd_bench.data import SPLITS
+from cmkd_bench.data.spec import SPLITS
 from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
 

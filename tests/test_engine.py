@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cmkd_bench.errors import RunFailed
-from cmkd_bench.runner import RunCallbacks, RunRequest, execute, resolve_run
+from cmkd_bench.training.runner import RunCallbacks, RunRequest, execute, resolve_run
 
 from conftest import REPO
 
@@ -174,10 +174,10 @@ def test_selection_uses_val_and_reports_both_test_numbers(tmp_path):
 
 def test_teacher_stays_frozen_during_student_training():
     """Weights and BatchNorm statistics of the teacher are untouched; the student's change."""
-    from cmkd_bench.data import Recipe
-    from cmkd_bench.engine import Fit
+    from cmkd_bench.data.spec import Recipe
+    from cmkd_bench.training.engine import Fit
     from cmkd_bench.registry import DATASETS, METHODS
-    from cmkd_bench.runner import build_model
+    from cmkd_bench.training.runner import build_model
 
     data = DATASETS.build("synth-av", None, train=128, val=32, test=32, image_size=16)
     cpu = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""--compile and --channels-last (cmkd_bench/execution.py), and no host sync per training step on CUDA."""
+"""--compile and --channels-last (cmkd_bench/training/execution.py), and no host sync per training step on CUDA."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from cmkd_bench.catalog import load_all
-from cmkd_bench.data import Recipe
-from cmkd_bench.engine import Fit
+from cmkd_bench.data.spec import Recipe
 from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS, METHODS
-from cmkd_bench.runner import RunRequest, build_model, execute, resolve_run
+from cmkd_bench.training.engine import Fit
+from cmkd_bench.training.runner import RunRequest, build_model, execute, resolve_run
 
 from conftest import cli
 
@@ -34,7 +34,7 @@ def test_channels_last_runs_are_recorded_and_keep_the_run_id(tmp_path):
 
 
 def test_channels_last_stores_the_weights_and_inputs_channels_last():
-    from cmkd_bench.execution import Execution, as_input, prepare_models
+    from cmkd_bench.training.execution import Execution, as_input, prepare_models
 
     load_all()
     data = DATASETS.build("synth-av", None, train=8, val=4, test=4, image_size=16)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cmkd_bench import executors
 from cmkd_bench.errors import UserError
+from cmkd_bench.experiments import executors
 
 from conftest import cli, gated_plugin
 

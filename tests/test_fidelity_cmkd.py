@@ -20,13 +20,13 @@ from scipy.stats import kendalltau
 from torch import nn
 
 import cmkd_bench.methods.mgdfr as mgdfr_module
-from cmkd_bench.data import DatasetSpec, Modality, Recipe, TensorPairs
-from cmkd_bench.engine import Fit
+from cmkd_bench.data.spec import DatasetSpec, Modality, Recipe, TensorPairs
 from cmkd_bench.errors import UserError
 from cmkd_bench.methods.c2kd import kendall_tau
-from cmkd_bench.models import ModelInfo, ModelOutput
+from cmkd_bench.models.features import ModelInfo, ModelOutput
 from cmkd_bench.registry import BACKBONES, DATASETS, METHODS
-from cmkd_bench.runner import build_model
+from cmkd_bench.training.engine import Fit
+from cmkd_bench.training.runner import build_model
 
 B, C = 8, 5
 LABELS = torch.tensor([0, 1, 2, 3, 4, 1, 2, 0])

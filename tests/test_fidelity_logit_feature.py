@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmkd_bench.catalog import load_all
-from cmkd_bench.data import DatasetSpec, Modality, Recipe, TensorPairs
-from cmkd_bench.engine import Fit
-from cmkd_bench.models import ModelInfo, ModelOutput
+from cmkd_bench.data.spec import DatasetSpec, Modality, Recipe, TensorPairs
+from cmkd_bench.models.features import ModelInfo, ModelOutput
 from cmkd_bench.registry import DATASETS, METHODS
-from cmkd_bench.runner import build_model
+from cmkd_bench.training.engine import Fit
+from cmkd_bench.training.runner import build_model
 
 load_all()
 

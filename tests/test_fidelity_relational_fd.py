@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cmkd_bench.catalog import load_all
-from cmkd_bench.data import DatasetSpec, Modality, Recipe
-from cmkd_bench.models import ModelInfo, ModelOutput
+from cmkd_bench.data.spec import DatasetSpec, Modality, Recipe
+from cmkd_bench.models.features import ModelInfo, ModelOutput
 from cmkd_bench.registry import METHODS
 
 load_all()

@@ -1,5 +1,5 @@
 """freq-similarity's maths against independent numpy formulas: both DC conventions, the DC share,
-the channel-permutation control and the random orthonormal split (cmkd_bench.freqsim)."""
+the channel-permutation control and the random orthonormal split (cmkd_bench.reporting.freqsim)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from cmkd_bench.freqsim import band_cosines, channel_permutation, dc_share, random_split_bands, similarity_rows
 from cmkd_bench.losses import fourier_band_dims, random_subspace_bases, subspace_bands
+from cmkd_bench.reporting.freqsim import (band_cosines, channel_permutation, dc_share, random_split_bands,
+                                          similarity_rows)
 
 
 def features(seed: int, n: int = 6, dim: int = 12) -> torch.Tensor:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cmkd_bench.artefacts.files import file_sha256
 from cmkd_bench.errors import UserError
-from cmkd_bench.files import file_sha256
-from cmkd_bench.runner import RunRequest, build_model, execute, initialise, resolve_run, teacher_key
+from cmkd_bench.training.runner import RunRequest, build_model, execute, initialise, resolve_run, teacher_key
 
 from conftest import TINY_SYNTH, cli
 
@@ -73,7 +73,7 @@ def test_init_is_in_the_record_output_and_run_id(tmp_path, imagenet_like):
     assert "student_init_sha256" not in plain.config.identity()  # run ids without init are unchanged
 
     messages: list[str] = []
-    from cmkd_bench.runner import RunCallbacks
+    from cmkd_bench.training.runner import RunCallbacks
 
     record = execute(first, RunCallbacks(on_message=messages.append))
     assert record["status"] == "completed"
@@ -144,7 +144,7 @@ def test_bad_init_files_are_one_line_exit_2_and_write_nothing(tmp_path):
 def test_teacher_checkpoint_mismatch_names_the_keys(tmp_path, imagenet_like):
     prepared = resolve_run(request(tmp_path))
     teacher = build_model("small-cnn", prepared.data, "visual", 0, prepared.device)
-    from cmkd_bench.files import load_weights
+    from cmkd_bench.artefacts.files import load_weights
 
     with pytest.raises(UserError) as caught:
         load_weights(teacher, imagenet_like, prepared.device, "teacher checkpoint")

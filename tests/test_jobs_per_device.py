@@ -1,4 +1,4 @@
-"""`suite --devices cuda:0 --jobs K`: K job slots on one device, K runs at once (cmkd_bench/scheduler.py)."""
+"""`suite --devices cuda:0 --jobs K`: K job slots on one device, K runs at once (cmkd_bench/experiments/scheduler.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from cmkd_bench.runner import RunRequest
-from cmkd_bench.scheduler import PlannedRun, Scheduler
+from cmkd_bench.experiments.scheduler import PlannedRun, Scheduler
+from cmkd_bench.training.runner import RunRequest
 
 
 def test_k_jobs_share_one_device_and_run_at_once(tmp_path):

@@ -1,10 +1,22 @@
-"""The package's layers, read from every module's imports (ast; lazy imports inside functions count).
+"""The package's layers, read from every module's imports (ast; lazy and TYPE_CHECKING imports count).
 
-    methods/            one file per method: imports the harness, never another method nor the CLI
-    cmkd_bench/ (harness, cli/ aside), datasets/
-                        never import a method module (what methods share is in cmkd_bench/losses.py);
-                        cmkd_bench/catalog.py importing the methods package, to register them, is the one exception
-    cmkd_bench/cli/     the only importer of cmkd_bench.cli (and `python -m cmkd_bench`'s __main__.py), and of click
+Rooms, bottom up (a module may import its own room and the rooms below it, never one above):
+
+    the contract        cmkd_bench/__init__, errors, registry, losses, distributed (what a plug-in imports)
+    artefacts/          files, run records, provenance: what training writes and reporting reads
+    data/               the dataset declaration, loaders, the packed store, media, prepare
+    models/             feature models and backbones
+    method              the Method contract (method.py) and how a recipe trains (recipes.py)
+    datasets/, methods/ one file per dataset / method
+    catalog             registers the built-ins and plug-ins (imports the methods and datasets packages)
+    training/           configuration, engine, runner
+    reporting/          leaderboard tables, plots, analyses
+    experiments/        suites, tuning, scheduling, executors
+    cli/                every click command (and `python -m cmkd_bench`'s __main__.py)
+
+Besides: no import circles between modules; a method imports no other method; the harness
+imports no method (catalog importing the methods package, to register them, is the one
+exception); only cli/ imports the CLI and click.
 """
 
 from __future__ import annotations
@@ -79,8 +91,115 @@ def test_the_reader_sees_the_imports_it_must_judge() -> None:
     assert {"cmkd_bench.methods.fd", "cmkd_bench.methods.kd"} <= IMPORTS["cmkd_bench.methods"]  # from . import fd, ...
     assert "cmkd_bench.methods" in IMPORTS["cmkd_bench.catalog"]  # inside load_all()
     assert "cmkd_bench.datasets.rgbd_augment" in IMPORTS["cmkd_bench.datasets.nyuv2"]  # inside a function
-    assert "cmkd_bench.clips" in IMPORTS["cmkd_bench.datasets._av_common"]
+    assert "cmkd_bench.data.clips" in IMPORTS["cmkd_bench.datasets._av_common"]
+    assert "cmkd_bench.reporting.leaderboard.published" in IMPORTS["cmkd_bench.reporting.leaderboard.render_csv"]  # TYPE_CHECKING
     assert len([name for name in MODULES if within(name, METHODS)]) > 10
+
+
+# The rooms, bottom up; a module is in the first room whose prefix it has (longest prefix wins).
+ROOMS = [
+    ("contract", ("cmkd_bench", "cmkd_bench.errors", "cmkd_bench.registry", "cmkd_bench.losses",
+                  "cmkd_bench.distributed")),
+    ("artefacts", ("cmkd_bench.artefacts",)),
+    ("data", ("cmkd_bench.data",)),
+    ("models", ("cmkd_bench.models",)),
+    ("method", ("cmkd_bench.method", "cmkd_bench.recipes")),
+    ("plug-ins", ("cmkd_bench.datasets", "cmkd_bench.methods")),
+    ("catalog", ("cmkd_bench.catalog",)),
+    ("training", ("cmkd_bench.training",)),
+    ("reporting", ("cmkd_bench.reporting",)),
+    ("experiments", ("cmkd_bench.experiments",)),
+    ("cli", ("cmkd_bench.cli", ENTRY_POINT)),
+]
+FLOOR = {room: floor for floor, (room, _) in enumerate(ROOMS)}
+
+
+def room_of(module: str) -> str:
+    """The room of a module: the longest matching prefix (`cmkd_bench` alone is the package face)."""
+    best = None
+    for room, prefixes in ROOMS:
+        for prefix in prefixes:
+            exact_only = prefix == "cmkd_bench"
+            if (module == prefix or (not exact_only and within(module, prefix))) and \
+                    (best is None or len(prefix) > len(best[1])):
+                best = (room, prefix)
+    if best is None:
+        raise AssertionError(f"{module} is in no room: add it to tests/test_layering.py's ROOMS "
+                             f"(or move it into a subpackage that is)")
+    return best[0]
+
+
+def internal(found: set[str]) -> set[str]:
+    """The package's own modules among an import's names (`from a import b` also names b, a class)."""
+    return {m for m in found if m in MODULES}
+
+
+def test_every_module_has_a_room_and_at_most_a_dozen_stay_at_the_top() -> None:
+    for name in MODULES:
+        room_of(name)
+    top = sorted(p.name for p in (REPO / "cmkd_bench").glob("*.py"))
+    assert len(top) <= 12, f"cmkd_bench/ holds {len(top)} modules at its top ({', '.join(top)}); move them into rooms"
+
+
+def test_no_module_imports_a_room_above_its_own() -> None:
+    wrong = []
+    for name, found in IMPORTS.items():
+        floor = FLOOR[room_of(name)]
+        for target in sorted(internal(found)):
+            if FLOOR[room_of(target)] > floor:
+                wrong.append(f"{name} ({room_of(name)}) imports {target} ({room_of(target)})")
+    assert not wrong, "imports that run up the layers (move what both need down a floor):\n" + "\n".join(wrong)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_circle() -> None:
+    """Guards the next test against passing vacuously."""
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles() -> None:
+    # a package's __init__ importing its own submodules is how it shows its face, not a circle:
+    # a submodule naming its package (`from . import x`) is counted as importing x only
+    graph = {name: {m for m in internal(found) if m != name and not (name.startswith(m + "."))}
+             for name, found in IMPORTS.items()}
+    circles = cycles(graph)
+    assert not circles, "import circles (move what both sides need down a floor): " + \
+        "; ".join(" <-> ".join(c) for c in circles)
 
 
 @pytest.mark.parametrize("name", sorted(name for name in MODULES if within(name, METHODS) and name != METHODS))

@@ -14,14 +14,7 @@ import pytest
 from rich.console import Console
 
 from cmkd_bench.errors import UserError
-from cmkd_bench.leaderboard import (
-    FORMATS,
-    TableData,
-    load_records,
-    print_leaderboard,
-    render,
-    summarize,
-)
+from cmkd_bench.reporting.leaderboard import FORMATS, TableData, load_records, print_leaderboard, render, summarize
 
 FIXTURES = Path(__file__).parent / "fixtures" / "leaderboard"
 
@@ -441,7 +434,7 @@ GOLDEN_CASES = [
 @pytest.mark.parametrize("fmt, layout, with_published, name", GOLDEN_CASES)
 def test_table_formats_match_their_golden_files(runs_dir: Path, fmt: str, layout: str, with_published: bool,
                                                 name: str) -> None:
-    from cmkd_bench.leaderboard import load_published
+    from cmkd_bench.reporting.leaderboard import load_published
 
     published = load_published(PUBLISHED_FIXTURE) if with_published else None
     text = render(load_records([runs_dir]), fmt, layout=layout, published=published)
@@ -454,7 +447,7 @@ def test_table_formats_match_their_golden_files(runs_dir: Path, fmt: str, layout
 def test_welch_p_values_and_marks_follow_scipy(tables: list[TableData]) -> None:
     from scipy.stats import ttest_ind
 
-    from cmkd_bench.leaderboard import BETTER_MARK, WORSE_MARK, significance_mark
+    from cmkd_bench.reporting.leaderboard import BETTER_MARK, WORSE_MARK, significance_mark
 
     va = table_titled(tables, "synth-av · visual → audio")
     kd = row_labelled(va, "kd")
@@ -472,7 +465,7 @@ def test_welch_p_values_and_marks_follow_scipy(tables: list[TableData]) -> None:
 
 
 def test_average_rank_shares_ties_and_counts_columns() -> None:
-    from cmkd_bench.leaderboard import average_ranks, tied_ranks
+    from cmkd_bench.reporting.leaderboard import average_ranks, tied_ranks
 
     assert tied_ranks([50.0, 70.0, 60.0, 70.0]) == [4.0, 1.5, 3.0, 1.5]
     records = [make_record("no-kd", 0, 50.0, 49.0), make_record("kd", 0, 60.0, 59.0),
@@ -484,7 +477,7 @@ def test_average_rank_shares_ties_and_counts_columns() -> None:
 
 
 def test_filters_keep_the_no_kd_baseline_and_reject_unknown_names(runs_dir: Path) -> None:
-    from cmkd_bench.leaderboard import filter_records
+    from cmkd_bench.reporting.leaderboard import filter_records
 
     records = load_records([runs_dir])
     kd_only = filter_records(records, methods=["kd"])
@@ -512,7 +505,7 @@ def test_html_is_one_self_contained_sortable_file(runs_dir: Path) -> None:
 
 
 def test_published_file_in_the_repository_has_the_schema() -> None:
-    from cmkd_bench.leaderboard import DEFAULT_PUBLISHED, PUBLISHED_COLUMNS, load_published
+    from cmkd_bench.reporting.leaderboard import DEFAULT_PUBLISHED, PUBLISHED_COLUMNS, load_published
 
     lines = [line for line in DEFAULT_PUBLISHED.read_text(encoding="utf-8").splitlines()
              if line.strip() and not line.startswith("#")]
@@ -535,7 +528,7 @@ def test_published_file_in_the_repository_has_the_schema() -> None:
      "kd,synth-av,visual,audio,top1,61,Paper,Table 2,primary\n", ":4: a second value"),
 ])
 def test_bad_published_files_are_one_line_errors_with_the_line(tmp_path: Path, body: str, fragment: str) -> None:
-    from cmkd_bench.leaderboard import PUBLISHED_COLUMNS, load_published
+    from cmkd_bench.reporting.leaderboard import PUBLISHED_COLUMNS, load_published
 
     path = tmp_path / "published.csv"
     path.write_text("# comment\n" + body.format(header=",".join(PUBLISHED_COLUMNS)), encoding="utf-8")
@@ -570,8 +563,8 @@ def test_titles_name_only_the_settings_that_differ_among_their_own_datasets_tabl
 
 
 def test_the_wide_layout_puts_methods_with_fewer_columns_after_those_with_all() -> None:
-    from cmkd_bench.leaderboard import average_ranks
-    from cmkd_bench.leaderboard.grid import wide_row_order
+    from cmkd_bench.reporting.leaderboard import average_ranks
+    from cmkd_bench.reporting.leaderboard.grid import wide_row_order
 
     av = ("audio", "visual")
     records = [make_record("no-kd", 0, 50.0, 49.0), make_record("no-kd", 0, 40.0, 39.0, direction=av),

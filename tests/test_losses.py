@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from cmkd_bench.data import DatasetSpec, Modality, Recipe
-from cmkd_bench.models import ModelInfo, ModelOutput
+from cmkd_bench.data.spec import DatasetSpec, Modality, Recipe
+from cmkd_bench.models.features import ModelInfo, ModelOutput
 from cmkd_bench.registry import METHODS
 
 B, C = 6, 5

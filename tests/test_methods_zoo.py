@@ -16,14 +16,14 @@ import cmkd_bench.methods.mgdfr as mgdfr_module
 import cmkd_bench.methods.mgdfr_ridge as mgdfr_ridge_module
 from cmkd_bench.catalog import load_all
 from cmkd_bench.cli import cli
-from cmkd_bench.data import DatasetSpec, Modality, PairedData, Recipe, TensorPairs
-from cmkd_bench.engine import Fit
+from cmkd_bench.data.spec import DatasetSpec, Modality, PairedData, Recipe, TensorPairs
 from cmkd_bench.errors import UserError
 from cmkd_bench.losses import frequency_bands, low_band_cut, scale_normalise, signed_log
 from cmkd_bench.methods.fd_presets import HIGH_BAND_LOG_TO_MSE
-from cmkd_bench.models import FeatureModel, ModelInfo, ModelOutput
+from cmkd_bench.models.features import FeatureModel, ModelInfo, ModelOutput
 from cmkd_bench.registry import BACKBONES, DATASETS, METHODS
-from cmkd_bench.runner import build_model
+from cmkd_bench.training.engine import Fit
+from cmkd_bench.training.runner import build_model
 
 from conftest import bilinear
 

@@ -29,7 +29,7 @@ def test_built_wheel_maps_folders_under_the_package(tmp_path):
     assert "cmkd_bench/methods/fd.py" in names and "cmkd_bench/datasets/synth_av.py" in names
     assert not any(n.startswith(("datasets/", "methods/", "tests/")) for n in names)
     # `--with-published` reads its default from the package, so an installed wheel has it
-    assert "cmkd_bench/leaderboard/published.csv" in names and "cmkd_bench/leaderboard/__init__.py" in names
+    assert "cmkd_bench/reporting/leaderboard/published.csv" in names and "cmkd_bench/reporting/leaderboard/__init__.py" in names
     assert "cmkd_bench/cli/__init__.py" in names and "cmkd_bench/cli/run.py" in names  # the entry point's package
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "cmkd-bench = cmkd_bench.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

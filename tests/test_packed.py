@@ -1,5 +1,5 @@
-"""The packed store (cmkd_bench/packed.py), its readers (datasets/_av_packed.py) and the batch
-augmentation on the device (cmkd_bench/gpu_augment.py), against the per-file path and PIL."""
+"""The packed store (cmkd_bench/data/packed.py), its readers (datasets/_av_packed.py) and the batch
+augmentation on the device (cmkd_bench/data/gpu_augment.py), against the per-file path and PIL."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cmkd_bench.clips import clips_fingerprint
+from cmkd_bench.data.clips import clips_fingerprint
+from cmkd_bench.data.gpu_augment import crop_resize_flip, normalised as normalise_batch, stored_box
+from cmkd_bench.data.loading import batch_buffer
+from cmkd_bench.data.media import IMAGENET_MEAN, IMAGENET_STD, image_array, random_resized_box
+from cmkd_bench.data.packed import PACKED_DIR, PackedSplit
 from cmkd_bench.errors import UserError
-from cmkd_bench.loading import batch_buffer
-from cmkd_bench.gpu_augment import crop_resize_flip, normalised as normalise_batch, stored_box
-from cmkd_bench.media import IMAGENET_MEAN, IMAGENET_STD, image_array, random_resized_box
-from cmkd_bench.packed import PACKED_DIR, PackedSplit
 from cmkd_bench.registry import DATASETS
 
 from conftest import cli
@@ -213,7 +213,7 @@ def _filled(item: tuple[int, int], out: dict | None = None) -> dict:
 
 
 def test_batches_of_a_layout_come_back_through_the_loaders_shared_buffers_reused_without_overwriting_one_in_use():
-    from cmkd_bench.loading import PersistentLoader
+    from cmkd_bench.data.loading import PersistentLoader
 
     loader = PersistentLoader(_filled, num_workers=2, pin_memory=False, prefetch=2)
     items = [(value, 3 if value < 13 else 2) for value in range(14)]  # 14 batches, 2 x 2 + 1 = 5 slots

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cmkd_bench.errors import UserError
-from cmkd_bench.leaderboard import summarize
-from cmkd_bench.plots import bar_panels, heatmaps, plot_bars, plot_heatmaps, sweep_panels
+from cmkd_bench.reporting.leaderboard import summarize
+from cmkd_bench.reporting.plots import bar_panels, heatmaps, plot_bars, plot_heatmaps, sweep_panels
 
 from test_leaderboard import KD_VA, NO_KD_VA, TEACHERS_VA, main_fixture_records, make_record, seed_tests, write_records
 
@@ -94,7 +94,7 @@ def test_bars_start_at_zero_keep_the_legend_off_the_bars_wrap_titles_and_explain
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from cmkd_bench.plots import TITLE_WIDTH, _draw_bars, bars_notes, panel_title
+    from cmkd_bench.reporting.plots import TITLE_WIDTH, _draw_bars, bars_notes, panel_title
 
     panels = bar_panels(main_fixture_records())
     panel = next(p for p in panels if any(bar.mark for bar in p.bars))

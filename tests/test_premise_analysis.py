@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmkd_bench.analysis import FreqSimilarity
-from cmkd_bench.files import write_json_atomic
-from cmkd_bench.freqsim import similarity_rows
+from cmkd_bench.artefacts.files import write_json_atomic
+from cmkd_bench.reporting.analysis import FreqSimilarity
+from cmkd_bench.reporting.freqsim import similarity_rows
 
 from test_leaderboard import make_record, write_records
 

@@ -431,7 +431,7 @@ def test_ravdess_prepare_derives_the_actor_split_and_prefers_the_wav(tmp_path):
 
 
 def test_audio_at_another_rate_is_resampled_and_averaged_over_channels(tmp_path):
-    from cmkd_bench.media import decode_audio
+    from cmkd_bench.data.media import decode_audio
 
     path = tmp_path / "stereo.wav"
     t = np.arange(44100) / 44100

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cmkd_bench.errors import UserError
-from cmkd_bench.leaderboard import load_published, render_published
+from cmkd_bench.reporting.leaderboard import load_published, render_published
 
 from conftest import REPO
 

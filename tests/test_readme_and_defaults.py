@@ -8,10 +8,10 @@ import re
 import pytest
 import torch
 
-from cmkd_bench.data import Recipe
-from cmkd_bench.engine import Fit
+from cmkd_bench.data.spec import Recipe
 from cmkd_bench.registry import DATASETS, METHODS
-from cmkd_bench.runner import build_model
+from cmkd_bench.training.engine import Fit
+from cmkd_bench.training.runner import build_model
 
 from conftest import REPO, TINY_SYNTH, cli
 

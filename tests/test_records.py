@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cmkd_bench import records
+from cmkd_bench.artefacts import records
 from cmkd_bench.errors import UserError
 
 from test_leaderboard import make_record
@@ -85,7 +85,7 @@ def test_settings_by_key_and_scope():
 
 
 def test_reading_records_needs_neither_torch_nor_rich():
-    probe = ("import sys, cmkd_bench.records as r; r.metric_name('classification'); "
+    probe = ("import sys, cmkd_bench.artefacts.records as r; r.metric_name('classification'); "
              "print(sorted(m for m in ('torch', 'rich') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

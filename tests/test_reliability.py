@@ -1,7 +1,7 @@
 """Fault injection: damaged checkpoints and cached teachers, a full disk, kills between two writes.
 
 Each test damages or interrupts a real run of `cmkd-bench run` (in this process, through the CLI's
-`main`, so exit codes and stderr are the user's) and checks the promise in the README's "Promises":
+`main`, so exit codes and stderr are the user's) and checks the promise in docs/reliability.md:
 a damaged file is never used (one line naming it and the command that rebuilds it, and that command
 works), a write the OS refuses is one line with nothing half-written, and a rerun cleans what a
 killed process left.
@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import cmkd_bench.files as files
+import cmkd_bench.artefacts.files as files
+from cmkd_bench.artefacts.files import (TEMPORARY_GLOB, atomic_save, check_digest, digest_file, file_sha256,
+                                        load_checked)
 from cmkd_bench.cli import main
-from cmkd_bench.files import TEMPORARY_GLOB, atomic_save, check_digest, digest_file, file_sha256, load_checked
 from cmkd_bench.errors import UserError
 
 from conftest import TINY_SYNTH
@@ -158,7 +159,7 @@ def test_a_truncated_teacher_training_checkpoint_names_rebuild_teacher_which_rem
 
 def stop_after_first_epoch(monkeypatch, name: str = "checkpoint.pt") -> None:
     """Interrupt (Ctrl-C) right after the first checkpoint named `name` a Fit writes (the student's by default)."""
-    from cmkd_bench import engine
+    from cmkd_bench.training import engine
 
     real = engine.Fit._save
 
@@ -248,7 +249,7 @@ class TiedNaN(Method):
 def test_when_every_term_goes_non_finite_at_once_the_largest_before_is_blamed(tmp_path):
     from cmkd_bench.errors import RunFailed
     from cmkd_bench.registry import load_plugin_file
-    from cmkd_bench.runner import RunRequest, execute, resolve_run
+    from cmkd_bench.training.runner import RunRequest, execute, resolve_run
 
     (tmp_path / "tied.py").write_text(TIED)
     load_plugin_file(tmp_path / "tied.py")
@@ -262,7 +263,7 @@ def test_when_every_term_goes_non_finite_at_once_the_largest_before_is_blamed(tm
 
 def test_a_teacher_that_diverges_is_named_as_the_teacher(tmp_path):
     from cmkd_bench.errors import RunFailed
-    from cmkd_bench.runner import RunRequest, execute, resolve_run
+    from cmkd_bench.training.runner import RunRequest, execute, resolve_run
 
     prepared = resolve_run(RunRequest(method="kd", dataset="synth-av", epochs=2, device="cpu", lr=1e30,
                                       out=str(tmp_path / "runs"), sets=tuple(TINY_SYNTH[1::2])))
@@ -275,8 +276,8 @@ def test_a_teacher_that_diverges_is_named_as_the_teacher(tmp_path):
 def test_a_run_completed_by_another_process_while_waiting_is_not_retrained(tmp_path, monkeypatch):
     """The completed-record check is repeated under the run lock: a process that checked before another
     finished the run (its lock delayed) returns that record instead of training and overwriting it."""
-    from cmkd_bench import runner
-    from cmkd_bench.runner import RunRequest, execute, resolve_run
+    from cmkd_bench.training import runner
+    from cmkd_bench.training.runner import RunRequest, execute, resolve_run
 
     request = RunRequest(method="kd", dataset="synth-av", epochs=1, device="cpu", out=str(tmp_path),
                          sets=tuple(TINY_SYNTH[1::2]))

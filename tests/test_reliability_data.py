@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmkd_bench.checksums import CHECKSUMS_JSON, content_fingerprint, verify_prepared, write_checksums
+from cmkd_bench.artefacts.files import file_sha256
 from cmkd_bench.cli import main
-from cmkd_bench.clips import clips_fingerprint
+from cmkd_bench.data.checksums import CHECKSUMS_JSON, content_fingerprint, verify_prepared, write_checksums
+from cmkd_bench.data.clips import clips_fingerprint
 from cmkd_bench.errors import UserError
-from cmkd_bench.files import file_sha256
 from cmkd_bench.registry import DATASETS
 
 from test_prepare import fake_crema_d, prepare_in_process, read_clips

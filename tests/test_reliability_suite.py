@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cmkd_bench.runner import ALREADY_RUNNING, RunRequest, execute, resolve_run
-from cmkd_bench.scheduler import PlannedRun, Scheduler
+from cmkd_bench.experiments.scheduler import PlannedRun, Scheduler
+from cmkd_bench.training.runner import ALREADY_RUNNING, RunRequest, execute, resolve_run
 
 from conftest import REPO, cli
 from test_suite import PLUGIN, TINY, TINY_FLAGS, records_by_method

@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cmkd_bench import records, runner
+from cmkd_bench.artefacts import records
 from cmkd_bench.cli.run import run_arguments
-from cmkd_bench.leaderboard import render, summarize
-from cmkd_bench.leaderboard.grid import STALE_MARK
-from cmkd_bench.suite import expand, mark_stale, plan_text, suite_from_mapping
+from cmkd_bench.experiments.plan import expand, mark_stale, plan_text, suite_from_mapping
+from cmkd_bench.reporting.leaderboard import render, summarize
+from cmkd_bench.reporting.leaderboard.grid import STALE_MARK
+from cmkd_bench.training import runner
 
 from test_leaderboard import make_record
 
@@ -183,7 +184,7 @@ def test_suite_dry_run_with_rerun_stale_lists_the_stale_runs(tmp_path: Path) -> 
 
 
 def test_a_records_revision_is_dirty_for_changed_code_but_not_for_regenerated_results(tmp_path: Path, monkeypatch) -> None:
-    from cmkd_bench import provenance
+    from cmkd_bench.artefacts import provenance
 
     package = tmp_path / "cmkd_bench"
     package.mkdir()

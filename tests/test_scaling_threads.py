@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from cmkd_bench import scheduler
-from cmkd_bench.data import worker_limit
+from cmkd_bench.data.spec import worker_limit
 from cmkd_bench.errors import UserError
+from cmkd_bench.experiments import scheduler
 
 from conftest import cli
 

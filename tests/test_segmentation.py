@@ -11,13 +11,13 @@ import pytest
 import torch
 from cmkd_bench.catalog import load_all
 from cmkd_bench.cli import main
-from cmkd_bench.data import DatasetSpec, Modality, PairedData, Recipe
-from cmkd_bench.engine import Fit, eval_batch_size
+from cmkd_bench.data.spec import DatasetSpec, Modality, PairedData, Recipe
 from cmkd_bench.errors import UserError
-from cmkd_bench.metrics import MeanIoU
-from cmkd_bench.models import ModelInfo, ModelOutput
+from cmkd_bench.models.features import ModelInfo, ModelOutput
 from cmkd_bench.registry import BACKBONES, DATASETS, METHODS
-from cmkd_bench.runner import build_model
+from cmkd_bench.training.engine import Fit, eval_batch_size
+from cmkd_bench.training.metrics import MeanIoU
+from cmkd_bench.training.runner import build_model
 
 from conftest import bilinear
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmkd_bench.data import AugmentedPairs, DecodedPairs
+from cmkd_bench.data.spec import AugmentedPairs, DecodedPairs
 from cmkd_bench.datasets.rgbd_augment import augment_arrays
 from cmkd_bench.datasets.synth_rgbd import CLASS_NAMES, DEPTH_MEAN, DEPTH_STD
 from cmkd_bench.errors import UserError

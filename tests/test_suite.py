@@ -19,8 +19,8 @@ import pytest
 from cmkd_bench.cli import main
 from cmkd_bench.cli.run import RUN_ONLY_OPTIONS, run_command
 from cmkd_bench.cli.suite import run_command_line
-from cmkd_bench.runner import RunRequest, resolve_run
-from cmkd_bench.suite import expand, suite_from_mapping
+from cmkd_bench.experiments.plan import expand, suite_from_mapping
+from cmkd_bench.training.runner import RunRequest, resolve_run
 
 from conftest import REPO, cli
 

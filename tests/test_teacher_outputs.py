@@ -1,4 +1,4 @@
-"""The per-run cache of a frozen teacher's outputs (cmkd_bench/teacher_outputs.py)."""
+"""The per-run cache of a frozen teacher's outputs (cmkd_bench/training/teacher_outputs.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from cmkd_bench.catalog import load_all
-from cmkd_bench.data import Recipe
+from cmkd_bench.data.spec import Recipe
 from cmkd_bench.datasets._av_common import AudioRecipe, ClipReader, VisualRecipe
-from cmkd_bench.engine import Fit
 from cmkd_bench.registry import DATASETS, METHODS
-from cmkd_bench.runner import RunRequest, build_model, execute, resolve_run
-from cmkd_bench.teacher_outputs import TeacherOutputs, plan
+from cmkd_bench.training.engine import Fit
+from cmkd_bench.training.runner import RunRequest, build_model, execute, resolve_run
+from cmkd_bench.training.teacher_outputs import TeacherOutputs, plan
 
 TINY = {"train": 64, "val": 32, "test": 32, "image_size": 16}
 CPU = torch.device("cpu")

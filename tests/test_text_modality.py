@@ -14,12 +14,12 @@ import torch
 
 from cmkd_bench.catalog import load_all
 from cmkd_bench.cli import main
+from cmkd_bench.data.text import CLS, PAD, UNK, WordVocabulary, require_transformers
+from cmkd_bench.datasets.synth_it import TEMPLATES
 from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
 from cmkd_bench.registry import BACKBONES
-from cmkd_bench.runner import build_model, initialise
-from cmkd_bench.datasets.synth_it import TEMPLATES
-from cmkd_bench.text import CLS, PAD, UNK, WordVocabulary, require_transformers
+from cmkd_bench.training.runner import build_model, initialise
 
 load_all()
 TINY_IT = ["--set", "train=48", "--set", "val=16", "--set", "test=16", "--set", "image_size=16"]

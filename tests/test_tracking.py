@@ -13,10 +13,10 @@ import pytest
 
 from cmkd_bench.cli import main
 from cmkd_bench.cli.run import epoch_line
-from cmkd_bench.engine import EpochReport
-from cmkd_bench.runner import RunRequest
-from cmkd_bench.scheduler import Outcome, PlannedRun, Scheduler
-from cmkd_bench.tracking import HISTORY_FILE, HistoryCSV
+from cmkd_bench.experiments.scheduler import Outcome, PlannedRun, Scheduler
+from cmkd_bench.training.engine import EpochReport
+from cmkd_bench.training.runner import RunRequest
+from cmkd_bench.training.tracking import HISTORY_FILE, HistoryCSV
 
 from conftest import TINY_SYNTH, cli
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from cmkd_bench.errors import UserError
-from cmkd_bench.leaderboard import render, summarize
+from cmkd_bench.experiments.search import (SearchSpace, configurations, declared_space, search_space,
+                                           settings_from_mapping)
+from cmkd_bench.experiments.tuning import _val, select
 from cmkd_bench.registry import METHODS
-from cmkd_bench.tuning import SearchSpace, _val, configurations, declared_space, search_space, select, \
-    settings_from_mapping
+from cmkd_bench.reporting.leaderboard import render, summarize
 
 from conftest import cli
 

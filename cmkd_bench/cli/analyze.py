@@ -1,4 +1,4 @@
-"""`cmkd-bench analyze freq-similarity|tsne`: the FD-CMKD paper's analyses (cmkd_bench.analysis)."""
+"""`cmkd-bench analyze freq-similarity|tsne`: the FD-CMKD paper's analyses (cmkd_bench.reporting.analysis)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Sequence
 
 import click
 
-from ..analysis import (FreqSimilarity, SimilaritySettings, TeacherRequest, check_on, checked_choices, freq_similarity, freq_similarity_table, plot_tsne,
-                        run_features, run_freq_similarity, tsne_embedding, write_freq_similarity)
+from ..artefacts.files import check_writable_dir
 from ..catalog import load_all
 from ..errors import UserError
-from ..files import check_writable_dir
+from ..reporting.analysis import (FreqSimilarity, SimilaritySettings, TeacherRequest, check_on, checked_choices,
+                                  freq_similarity, freq_similarity_table, plot_tsne, run_features,
+                                  run_freq_similarity, tsne_embedding, write_freq_similarity)
 from .options import plugin_option
 
 

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import click
 
 from ..errors import UserError
-from ..leaderboard import DEFAULT_PUBLISHED, filter_records, load_published, load_records, print_leaderboard
+from ..reporting.leaderboard import DEFAULT_PUBLISHED, filter_records, load_published, load_records, print_leaderboard
 
 
 def runs_paths(runs_dirs: Sequence[str]) -> list[Path]:
@@ -62,7 +62,7 @@ def check_published_methods(published: list, path: str) -> None:
     """A published row names a registered method, the teacher, or a method the packaged file lists (papers'
     methods not implemented here, such as cirkdv2); any other name is a typo that would match no row."""
     from ..catalog import METHODS, load_all
-    from ..leaderboard import TEACHER_METHOD
+    from ..reporting.leaderboard import TEACHER_METHOD
 
     load_all()
     known = {TEACHER_METHOD} | {value.method for value in load_published(DEFAULT_PUBLISHED)}

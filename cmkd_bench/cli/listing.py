@@ -13,9 +13,9 @@ from pathlib import Path
 import click
 
 from ..catalog import BACKBONES, DATASETS, METHODS, load_all
+from ..experiments.search import declared_space
 from ..registry import Entry, Registry
-from ..runner import reads_data_root
-from ..tuning import declared_space
+from ..training.runner import reads_data_root
 from .options import plugin_option
 
 REGISTRIES: dict[str, Registry] = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES}

@@ -1,4 +1,4 @@
-"""`cmkd-bench plot bars|heatmap`: figures from run records (cmkd_bench.plots draws them)."""
+"""`cmkd-bench plot bars|heatmap`: figures from run records (cmkd_bench.reporting.plots draws them)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Callable
 
 import click
 
+from ..artefacts.files import check_writable_dir
 from ..errors import UserError
-from ..files import check_writable_dir
-from ..plots import plot_bars, plot_heatmaps, plot_sweep
+from ..reporting.plots import plot_bars, plot_heatmaps, plot_sweep
 from .leaderboard import filtered_records, runs_paths
 
 

@@ -1,4 +1,4 @@
-"""`cmkd-bench prepare DATASET --src RAW --dst ROOT`: a raw release into its loader's layout (cmkd_bench.prepare)."""
+"""`cmkd-bench prepare DATASET --src RAW --dst ROOT`: a raw release into its loader's layout (cmkd_bench.data.prepare)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from ..artefacts.files import check_writable_dir
 from ..catalog import DATASETS, load_all
-from ..checksums import write_checksums
+from ..data.checksums import write_checksums
+from ..data.prepare import print_report
 from ..errors import UserError
-from ..files import check_writable_dir
-from ..prepare import print_report
 
 
 @click.command("prepare")
@@ -59,7 +59,7 @@ def prepare_command(dataset: str, src: str | None, dst: str, workers: int | None
 def verify_command(root: str) -> None:
     """Check a prepared folder against the checksums `prepare` wrote: every file's SHA-256, and every .npy
     array for NaN or infinite values. Lists each damaged file; exit 2 if any."""
-    from ..checksums import verify_prepared
+    from ..data.checksums import verify_prepared
 
     folder = Path(root)
     if not folder.is_dir():

@@ -18,10 +18,10 @@ from rich.text import Text
 
 from .. import distributed
 from ..catalog import load_all
-from ..engine import EpochReport
-from ..runner import RunCallbacks, RunRequest, execute, resolve_run
-from ..scheduler import apply_thread_share
-from ..tracking import LOGGERS, logger_factory
+from ..experiments.scheduler import apply_thread_share
+from ..training.engine import EpochReport
+from ..training.runner import RunCallbacks, RunRequest, execute, resolve_run
+from ..training.tracking import LOGGERS, logger_factory
 from .options import plugin_option
 
 # `run` options that are no field of RunRequest: they change what is printed and what is registered,
@@ -129,7 +129,7 @@ def dry_run_text(resolved: Any) -> str:
     """What `run --dry-run` prints: the run id, where it would go, what would happen, the resolved configuration."""
     import yaml
 
-    from ..runner import existing_record, teacher_folder
+    from ..training.runner import existing_record, teacher_folder
 
     config = resolved.config
     if existing_record(resolved) is not None:
@@ -197,7 +197,7 @@ def run_command(plugins: tuple[str, ...], quiet: bool, logger: str | None, dry_r
 
     Under `torchrun --nproc-per-node N -m cmkd_bench run ...` the run trains on N processes (DDP);
     rank 0 alone prints and writes (cmkd_bench.distributed)."""
-    apply_thread_share()  # a suite's run: its share of the CPU threads (cmkd_bench.scheduler)
+    apply_thread_share()  # a suite's run: its share of the CPU threads (cmkd_bench.experiments.scheduler)
     load_all(plugins)
     open_logger = logger_factory(logger or "none")  # a missing package is a one-line error before anything runs
     request = RunRequest(**request_options)

@@ -14,10 +14,12 @@ import click
 
 from ..catalog import load_all
 from ..errors import UserError
-from ..executors import EXECUTORS, cluster_settings, status_text
-from ..runner import RunRequest
-from ..suite import job_devices, run_suite, suite_with_flags
-from ..tuning import TuneSettings, check_budget, parse_space_flags, plan_studies, plan_text, run_studies
+from ..experiments.executors import EXECUTORS, cluster_settings, status_text
+from ..experiments.plan import job_devices, suite_with_flags
+from ..experiments.search import TuneSettings, check_budget, parse_space_flags
+from ..experiments.suite import run_suite
+from ..experiments.tuning import plan_studies, plan_text, run_studies
+from ..training.runner import RunRequest
 from .options import per_run_options, plugin_option
 from .run import run_arguments
 

@@ -1,0 +1,99 @@
+"""Where a run's numbers come from besides its settings: the device, library versions, code revision.
+
+Records store these (runner.base_record) and records.environment_signature compares them.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from .records import NUMERIC_LIBRARIES
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), **library_versions(), "cmkd_bench": __version__}
+
+
+def library_versions() -> dict[str, str]:
+    """The installed version of each library that changes a run's numbers (records.NUMERIC_LIBRARIES)."""
+    from importlib import metadata
+
+    found = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            found[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    found["torch"] = torch.__version__
+    return found
+
+
+def environment() -> dict[str, Any]:
+    """What a run's numbers depend on besides its settings (records.environment_signature reads it):
+    the libraries' versions, the CPU threads torch uses, the code revision, the Python and device."""
+    return {"libraries": library_versions(), "threads": torch.get_num_threads(), "git_revision": git_revision(),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+# What the suite writes into its own checkout: records, tables, figures, analyses, the README's table.
+# They are results, not code: a change there does not make a record's revision "-dirty" (a
+# leaderboard regeneration rewrites the tables between its invocations) and does not make
+# leaderboard/regenerate.py or leaderboard/analysis.py refuse to run. Prefixes of paths from the top.
+GENERATED = ("leaderboard/runs/", "leaderboard/runs-", "leaderboard/sweeps/", "leaderboard/analysis/",
+             "leaderboard/figures/", "leaderboard/LEADERBOARD", "leaderboard/ANALYSIS.md", "leaderboard/METHOD_COST.md",
+             "leaderboard/leaderboard.csv", "leaderboard/leaderboard.html", "README.md")
+
+
+def git_revision() -> str | None:
+    """The revision of the source tree cmkd_bench runs from, if it is a git checkout, with "-dirty"
+    where a tracked file other than the GENERATED results differs from it."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    changed = uncommitted_files(here, GENERATED, untracked=False)
+    return out.stdout.strip() + ("-dirty" if changed else "")
+
+
+def uncommitted_files(root: Path, ignore: tuple[str, ...] = (), untracked: bool = True) -> list[str] | None:
+    """The files of the git checkout at `root` that differ from its revision (modified, added,
+    deleted, and with `untracked` untracked and not ignored), except those under the `ignore`
+    prefixes (paths relative to the checkout's top); None where `root` is no git checkout."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        listing = "all" if untracked else "no"
+        status = subprocess.run(["git", "status", "--porcelain", "-z", f"--untracked-files={listing}"], cwd=root,
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if top.returncode != 0 or status.returncode != 0:
+        return None
+    entries = status.stdout.split("\0")
+    files, index = [], 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if len(entry) < 4:
+            continue
+        if entry[0] in "RC":  # a rename or copy: the source path follows
+            index += 1
+        path = entry[3:]
+        if not any(path == prefix.rstrip("/") or path.startswith(prefix) for prefix in ignore):
+            files.append(path)
+    return sorted(files)

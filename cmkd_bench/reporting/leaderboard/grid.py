@@ -1,0 +1,358 @@
+"""The grid model: summarised tables laid out as grids of cells, which every format renders.
+
+Two layouts: "long" (a grid per table, a row per method) and "wide" (one grid, a column per
+table and a row per method, with the average rank across columns, like Table 1 of the CMKD
+papers). A grid carries its notes (significance, tuned selections, ranks, published sources);
+published numbers, when given, come in columns of their own, labelled, beside ours.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from ...artefacts import records as rec
+from .published import TEACHER_METHOD, PublishedIndex, PublishedValue
+from .summary import NO_KD, RowData, TableData, hparams_text
+
+HEADERS = ("Method", "test", "test@last", "seeds (n)", "Δ vs no-KD")
+LATEX_HEADERS = ("Method", "test", "test@last", "seeds ($n$)", r"$\Delta$ vs no-KD")  # the plain long grid's
+FAILED_HEADERS = ("run", "method", "dataset", "direction", "seed", "error")
+MISSING = "—"
+BETTER_MARK, WORSE_MARK = "†", "‡"
+SIGNIFICANCE_LEVEL = 0.05
+SIGNIFICANCE_NOTE = (f"{BETTER_MARK} / {WORSE_MARK}: significantly better / worse than no-kd in the same table "
+                     f"(Welch's t-test over seeds, two-sided p < {SIGNIFICANCE_LEVEL}; needs 2 or more seeds "
+                     "on each side).")
+PUBLISHED_NOTE = ("published: a number reported in the paper cited, not measured by this suite, with its source's "
+                  "standing; gap = our mean - published. Published and measured numbers are not the same statistic: "
+                  "this suite selects the epoch on validation and reports the student's main head, while, for "
+                  "example, FD-CMKD's reference code selects the best epoch on test and takes the maximum over its "
+                  "three heads.")
+TUNED_NOTE = ("(tuned): the configuration with the best validation score among at most {budget} configurations "
+              "of the method's declared search space (the same budget for every method), run on seed {seed} and "
+              "then on every seed; test scores are never read for the selection.")
+STALE_MARK = "§"
+STALE_NOTE = (f"{STALE_MARK}: some of the row's records were made under another environment (library versions, "
+              "CPU threads) or code revision than most records of their table; they may differ by seed noise. "
+              "`cmkd-bench suite --rerun-stale` reruns them:")
+RANK_NOTE = ("avg rank: the rank of the method's mean among the methods of each column (1 = best, ties "
+             "share the mean rank), averaged over the columns it has; (k/K) when it has k of K columns; "
+             "methods measured in fewer columns come after those measured in more. Bold: the best mean of a column.")
+
+
+@dataclass
+class Cell:
+    text: str
+    sort: float | str | None = None  # what html sorts by; None sorts last
+    bold: bool = False
+
+
+@dataclass
+class Grid:
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]]
+    align: list[str]  # "l" or "r" per column
+    pinned: int = 0  # leading rows (the teacher) kept above a rule and out of html sorting
+    notes: list[str] = field(default_factory=list)
+    latex_headers: list[str] | None = None  # the header row as LaTeX, where escaping `headers` is not it
+
+
+class Sources:
+    """Numbers the papers cited in one grid: [1], [2], ..."""
+
+    def __init__(self) -> None:
+        self.citations: list[str] = []
+
+    def ref(self, citation: str) -> int:
+        if citation not in self.citations:
+            self.citations.append(citation)
+        return self.citations.index(citation) + 1
+
+    def notes(self) -> list[str]:
+        return [f"[{number}] {citation}" for number, citation in enumerate(self.citations, start=1)]
+
+
+def significance_mark(row: RowData) -> str:
+    if row.p_value is None or row.p_value >= SIGNIFICANCE_LEVEL or row.delta is None:
+        return ""
+    return BETTER_MARK if row.delta > 0 else WORSE_MARK
+
+
+def grids(tables: list[TableData], layout: str, published: PublishedIndex | None, *,
+          plain: bool = False) -> list[Grid]:
+    """The tables as grids of `layout`; `plain` long grids: see `long_grid`."""
+    if not tables:
+        return []
+    if layout == "wide":
+        return [wide_grid(tables, published)]
+    return [long_grid(table, published, plain=plain) for table in tables]
+
+
+def mean_std_text(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return MISSING
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"  # no spread from one seed
+
+
+def value_cell(mean: float | None, std: float | None, mark: str = "") -> Cell:
+    return Cell(mean_std_text(mean, std) + (f" {mark}" if mark else ""), mean)
+
+
+def published_cells(value: PublishedValue | None, mean: float | None, sources: Sources) -> list[Cell]:
+    if value is None:
+        return [Cell(""), Cell("")]
+    gap = None if mean is None else mean - value.value
+    return [Cell(f"{value.value:.2f} [{sources.ref(value.citation)}]", value.value),
+            Cell("" if gap is None else f"{gap:+.2f}", gap)]
+
+
+def grid_notes(rows: Iterable[RowData], sources: Sources, published: PublishedIndex | None,
+               tables: Sequence[TableData] = ()) -> list[str]:
+    rows = list(rows)
+    notes = [SIGNIFICANCE_NOTE] if any(row.p_value is not None for row in rows) else []
+    notes += tuned_notes(tables)
+    notes += stale_notes(rows)
+    if published is not None:
+        notes += [PUBLISHED_NOTE, *sources.notes()]
+    return notes
+
+
+def stale_label(row: RowData) -> str:
+    """The row's label, marked when some of its records are stale (see STALE_NOTE)."""
+    return f"{row.label} {STALE_MARK}" if row.stale else row.label
+
+
+def stale_notes(rows: Iterable[RowData]) -> list[str]:
+    """STALE_NOTE and, per stale record, what differs from the majority of its table."""
+    lines = [f"{run_id}: {'; '.join(differs)}." for row in rows for run_id, differs in sorted(row.stale.items())]
+    return [STALE_NOTE, *sorted(set(lines))] if lines else []
+
+
+def tuned_notes(tables: Sequence[TableData]) -> list[str]:
+    """The protocol behind "(tuned)" rows, and each one's selected settings per table."""
+    selected: dict[str, list[str]] = {}
+    protocol: set[tuple[int, int]] = set()
+    for table in tables:
+        for row in table.rows:
+            if row.selection != "tuned" or row.tuning is None:
+                continue
+            settings = hparams_text(row.hparams) or "the defaults"
+            direction = rec.direction_label(table.teacher_modality, table.student_modality, "compact")
+            where = f"{table.dataset} {direction}: " if len(tables) > 1 else ""
+            selected.setdefault(row.method, []).append(where + settings)
+            protocol.add((int(row.tuning.get("budget", 0)), int(row.tuning.get("selection_seed", 0))))
+    if not selected:
+        return []
+    budgets = ", ".join(str(budget) for budget in sorted({budget for budget, _ in protocol}))
+    seeds = ", ".join(str(seed) for seed in sorted({seed for _, seed in protocol}))
+    lines = [TUNED_NOTE.format(budget=budgets, seed=seeds)]
+    lines += [f"{method} (tuned) selected {'; '.join(parts)}." for method, parts in sorted(selected.items())]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Long layout
+
+
+def long_grid(table: TableData, published: PublishedIndex | None = None, *, plain: bool = False) -> Grid:
+    """A grid per table. `plain`: the long layout as it prints without published numbers or tuned
+    rows (md, latex, rich): no significance marks, no notes but the stale one (STALE_NOTE), and LaTeX
+    headers in math mode."""
+    headers = list(HEADERS) + (["published", "gap vs published"] if published is not None else [])
+    sources = Sources()
+    rows = [_long_cells(table, row, published, sources, marked=not plain) for row in table.rows]
+    return Grid(title=table.title, headers=headers, rows=rows, align=["l"] + ["r"] * (len(headers) - 1),
+                pinned=sum(row.kind == "teacher" for row in table.rows),
+                # stale records are marked and listed even in plain grids: such numbers do not compare as they are
+                notes=stale_notes(table.rows) if plain else grid_notes(table.rows, sources, published, [table]),
+                latex_headers=list(LATEX_HEADERS) if plain and published is None else None)
+
+
+def _long_cells(table: TableData, row: RowData, published: PublishedIndex | None, sources: Sources,
+                marked: bool = True) -> list[Cell]:
+    cells = [Cell(stale_label(row), row.label), value_cell(row.mean, row.std, significance_mark(row) if marked else ""),
+             value_cell(row.mean_last, row.std_last), Cell(str(row.n), row.n),
+             Cell("" if row.delta is None else f"{row.delta:+.2f}", row.delta)]
+    if published is not None:
+        cells += published_cells(published.lookup(table, row), row.mean, sources)
+    for cell in cells:
+        cell.bold = row.is_best
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------
+# Wide layout
+
+
+def wide_tables(tables: list[TableData]) -> list[TableData]:
+    """The tables in the order of the wide layout's columns."""
+    return sorted(tables, key=lambda t: (t.dataset, t.teacher_modality, t.student_modality, t.title))
+
+
+def wide_grid(tables: list[TableData], published: PublishedIndex | None) -> Grid:
+    tables = wide_tables(tables)
+    labels = column_labels(tables)
+    with_published = [published is not None and published.has_any(table) for table in tables]
+    headers = ["Method"]
+    for label, extra in zip(labels, with_published):
+        headers += [label] + ([f"{label} published", f"{label} gap"] if extra else [])
+    headers.append("avg rank")
+    ranks = average_ranks(tables)
+    sources = Sources()
+    rows = [_wide_teacher_cells(tables, with_published, published, sources)]
+    rows += [_wide_method_cells(label, tables, with_published, published, sources, ranks.get(label))
+             for label in wide_row_order(tables, ranks)]
+    all_rows = [row for table in tables for row in table.rows]
+    notes = [RANK_NOTE] + grid_notes(all_rows, sources, published if any(with_published) else None, tables)
+    return Grid(title=_wide_title(tables), headers=headers, rows=rows,
+                align=["l"] + ["r"] * (len(headers) - 1), pinned=1, notes=notes)
+
+
+def _wide_title(tables: list[TableData]) -> str:
+    metrics = sorted({table.metric for table in tables})
+    metric = metrics[0] if len(metrics) == 1 else "/".join(metrics)
+    return f"test {metric} (%) at the best-validation epoch, mean ± std over seeds; one column per table"
+
+
+def column_labels(tables: list[TableData]) -> list[str]:
+    """The wide layout's column labels: dataset and direction, and what tells apart tables that share them."""
+    short = [f"{table.dataset} {rec.direction_label(table.teacher_modality, table.student_modality, 'compact')}"
+             for table in tables]
+    labels = []
+    for label, table in zip(short, tables):
+        # Tables that share dataset and direction differ in protocol: add the parts of their
+        # titles (metric, backbones, settings) that are not the same in all of them.
+        twins = [t.title.split(" · ")[2:] for s, t in zip(short, tables) if s == label]
+        parts = [part for part in table.title.split(" · ")[2:] if not all(part in twin for twin in twins)]
+        labels.append(" · ".join([label, *parts]))
+    return labels
+
+
+def method_rows(table: TableData) -> dict[str, RowData]:
+    return {row.label: row for row in table.rows if row.kind == "method"}
+
+
+def wide_row_order(tables: list[TableData], ranks: dict[str, tuple[float, int]]) -> list[str]:
+    labels = sorted({label for table in tables for label in method_rows(table)})
+    no_kd = [label for label in labels if any(method_rows(t).get(label, NO_ROW).method == NO_KD for t in tables)]
+    # a rank over fewer columns does not compare with one over all of them: more columns come first
+    others = sorted((label for label in labels if label not in no_kd),
+                    key=lambda label: (-ranks.get(label, (math.inf, 0))[1], ranks.get(label, (math.inf, 0))[0],
+                                       label))
+    return no_kd + others
+
+
+def _wide_teacher_cells(tables: list[TableData], with_published: list[bool], published: PublishedIndex | None,
+                        sources: Sources) -> list[Cell]:
+    cells = [Cell("teacher (own modality)", "teacher")]
+    for table, extra in zip(tables, with_published):
+        teacher = next((row for row in table.rows if row.kind == "teacher"), None)
+        cells.append(value_cell(teacher.mean, teacher.std) if teacher else Cell(MISSING))
+        if extra:
+            value = published.lookup(table, teacher) if (published and teacher) else None
+            cells += published_cells(value, teacher.mean if teacher else None, sources)
+    return cells + [Cell("")]
+
+
+def _wide_method_cells(label: str, tables: list[TableData], with_published: list[bool],
+                       published: PublishedIndex | None, sources: Sources,
+                       rank: tuple[float, int] | None) -> list[Cell]:
+    stale = any(row.stale for row in (method_rows(table).get(label) for table in tables) if row is not None)
+    cells = [Cell(f"{label} {STALE_MARK}" if stale else label, label)]
+    for table, extra in zip(tables, with_published):
+        row = method_rows(table).get(label)
+        if row is None:
+            cells.append(Cell(MISSING))
+        else:
+            cells.append(value_cell(row.mean, row.std, significance_mark(row)))
+            cells[-1].bold = row.is_best
+        if extra:
+            value = published.lookup(table, row) if (published and row) else None
+            cells += published_cells(value, row.mean if row else None, sources)
+    cells.append(_rank_cell(rank, len(tables)))
+    return cells
+
+
+def _rank_cell(rank: tuple[float, int] | None, columns: int) -> Cell:
+    if rank is None:
+        return Cell(MISSING)
+    mean_rank, count = rank
+    return Cell(f"{mean_rank:.2f}" + (f" ({count}/{columns})" if count < columns else ""), mean_rank)
+
+
+def average_ranks(tables: Sequence[TableData]) -> dict[str, tuple[float, int]]:
+    """Per method row label: (mean rank over the tables it is in, how many tables)."""
+    per_label: dict[str, list[float]] = {}
+    for table in tables:
+        rows = [row for row in table.rows if row.kind == "method" and row.mean is not None]
+        for row, rank in zip(rows, tied_ranks([row.mean for row in rows])):
+            per_label.setdefault(row.label, []).append(rank)
+    return {label: (statistics.mean(ranks), len(ranks)) for label, ranks in per_label.items()}
+
+
+def tied_ranks(values: Sequence[float]) -> list[float]:
+    """Rank 1 for the highest value; equal values share the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+NO_ROW = RowData(label="", kind="", method="", hparams={}, values=[], last_values=[], sources=[], mean=None,
+                 std=None, n=0, mean_last=None, std_last=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Failed runs
+
+
+def failed_grid(failed: list[dict[str, Any]]) -> Grid:
+    rows = [[Cell(text, text) for text in failed_cells(record)] for record in failed]
+    return Grid(title="failed runs", headers=list(FAILED_HEADERS), rows=rows, align=["l"] * 4 + ["r", "l"])
+
+
+def failed_cells(record: dict[str, Any]) -> list[str]:
+    error = record.get("error") or f"(status: {record['status']})"
+    return [
+        str(record["run_id"]), str(record["method"]), str(record["dataset"]),
+        rec.record_direction(record), str(record["seed"]), rec.one_line(error),
+    ]
+
+
+def published_grid(published: Sequence[PublishedValue], metric: str) -> Grid | None:
+    """The published numbers of one metric on their own: a row per method, a column per dataset and direction.
+
+    For datasets this suite has no records of (a paper's real datasets, beside our embedded ones), so
+    that they are shown, labelled, and never mixed with measured numbers.
+    """
+    values = [value for value in published if value.metric == metric]
+    if not values:
+        return None
+    columns = sorted({(v.dataset, v.teacher_modality, v.student_modality) for v in values})
+    methods = sorted({v.method for v in values}, key=lambda m: (m != TEACHER_METHOD, m != NO_KD, m))
+    by_key = {(v.method, v.dataset, v.teacher_modality, v.student_modality): v for v in values}
+    sources = Sources()
+    rows = []
+    for method in methods:
+        cells = [Cell(method, method)]
+        for column in columns:
+            value = by_key.get((method, *column))
+            cells.append(Cell(MISSING) if value is None else
+                         Cell(f"{value.value:.2f} [{sources.ref(value.citation)}]", value.value))
+        rows.append(cells)
+    headers = ["Method (published)"] + [f"{d} {rec.direction_label(t, s, 'compact')} published"
+                                        for d, t, s in columns]
+    return Grid(title=f"published {metric} (%), as reported; not measured by this suite", headers=headers,
+                rows=rows, align=["l"] + ["r"] * len(columns),
+                notes=[PUBLISHED_NOTE.replace("; gap = our mean - published", ""), *sources.notes()])

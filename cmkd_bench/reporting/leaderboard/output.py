@@ -1,0 +1,121 @@
+"""The leaderboard as text (`render`) or on the terminal and in files (`print_leaderboard`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.text import Text
+
+from ...artefacts import records as rec
+from ...errors import UserError
+from .grid import Grid, failed_grid, grids, published_grid
+from .published import PUBLISHED_METRICS, PublishedValue, published_index
+from .render_csv import long_csv, wide_csv
+from .render_html import html_document, html_grid
+from .render_latex import latex_document, latex_grid
+from .render_md import md_document, md_grid
+from .render_rich import print_rich, rich_document, rich_renderables
+from .summary import failed_runs, summarize
+
+FORMATS = ("rich", "md", "csv", "latex", "html")
+LAYOUTS = ("long", "wide")
+_DOCUMENTS = {"md": md_document, "latex": latex_document, "html": html_document}
+
+
+def render(records: Sequence[dict[str, Any]], fmt: str, *, paths: Sequence[str | Path] | None = None,
+           width: int = 120, layout: str = "long", published: Sequence[PublishedValue] | None = None,
+           view: str = "all") -> str:
+    """The leaderboard as text in `fmt` (one of FORMATS); rich output is plain, without colour codes.
+
+    `layout` is "long" or "wide"; `published` (from `load_published`) adds the published columns;
+    `view` chooses the rows (see `summarize`).
+    """
+    _check_format(fmt)
+    _check_layout(layout)
+    if fmt == "csv":
+        tables, index = summarize(records, view), published_index(published)
+        return wide_csv(tables, index) if layout == "wide" else long_csv(tables, index)
+    laid_out, failed_block, empty = _grids(records, fmt, layout, published, view, paths)
+    if fmt == "rich":
+        return rich_document(laid_out, failed_block, empty, width)
+    return _DOCUMENTS[fmt](laid_out, failed_block, empty)
+
+
+def print_leaderboard(records: Sequence[dict[str, Any]], fmt: str, output_path: str | Path | None = None,
+                      *, paths: Sequence[str | Path] | None = None, console: Console | None = None,
+                      layout: str = "long", published: Sequence[PublishedValue] | None = None,
+                      view: str = "all") -> None:
+    """Print the leaderboard (rich: styled, to the terminal) or write it to `output_path`."""
+    _check_format(fmt)
+    _check_layout(layout)
+    console = console or Console()
+    options = {"paths": paths, "layout": layout, "published": published, "view": view}
+    if output_path is not None:
+        _write(Path(output_path), render(records, fmt, **options))
+        console.print(Text(f"wrote {fmt} leaderboard to {output_path}"))
+    elif fmt == "rich":
+        print_rich(console, rich_renderables(*_grids(records, fmt, layout, published, view, paths)))
+    else:
+        console.file.write(render(records, fmt, **options))
+    if fmt == "csv":
+        _print_csv_notes(records, paths)
+
+
+def _grids(records: Sequence[dict[str, Any]], fmt: str, layout: str, published: Sequence[PublishedValue] | None,
+           view: str, paths: Sequence[str | Path] | None = None) -> tuple[list[Grid], Grid | None, str]:
+    """The grids to show, the failed runs' grid (None without any) and the message for no tables."""
+    failed = failed_runs(records)
+    plain = _plain(fmt, layout, published, records)
+    laid_out = grids(summarize(records, view), layout, published_index(published), plain=plain)
+    return laid_out, failed_grid(failed) if failed else None, no_completed_message(paths)
+
+
+def _plain(fmt: str, layout: str, published: Sequence[PublishedValue] | None,
+           records: Sequence[dict[str, Any]]) -> bool:
+    # The long layout without published numbers or tuned rows prints plain grids in md, latex and
+    # rich, as it always has (and its golden outputs hold); html, published columns and tuned rows
+    # (whose selected settings are in the notes) come with marks and notes.
+    tuned = any(rec.tuning_entries(record) for record in records)
+    return layout == "long" and fmt != "html" and published is None and not tuned
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"unknown leaderboard format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown leaderboard layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"{path}: cannot write the leaderboard ({rec.one_line(error)}); check the path") from None
+
+
+def _print_csv_notes(records: Sequence[dict[str, Any]], paths: Sequence[str | Path] | None) -> None:
+    # The CSV is one flat table for machines; what it cannot hold is said on stderr instead.
+    if not any(record.get("status") == "completed" for record in records):
+        print(no_completed_message(paths), file=sys.stderr)
+    failed = failed_runs(records)
+    if failed:
+        print(f"{len(failed)} failed run(s) are not in the CSV; the md or rich format lists them",
+              file=sys.stderr)
+
+
+def no_completed_message(paths: Sequence[str | Path] | None) -> str:
+    where = f" under {', '.join(map(str, paths))}" if paths else ""
+    return f"No completed runs found{where}; nothing to tabulate."
+
+
+def render_published(published: Sequence[PublishedValue], fmt: str = "md") -> str:
+    """Every metric's published grid in `fmt` (md, latex or html blocks)."""
+    renderer = {"md": md_grid, "latex": latex_grid, "html": html_grid}[fmt]
+    grids = [grid for metric in PUBLISHED_METRICS if (grid := published_grid(published, metric)) is not None]
+    return "\n\n".join(renderer(grid) for grid in grids)

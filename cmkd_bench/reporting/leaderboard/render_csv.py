@@ -1,0 +1,106 @@
+"""CSV, for machines: the long layout as one flat table (a line per row of every table), the wide
+layout as a line per method with a group of columns per table (the wide grid's columns, rows and
+ranks). Numbers carry more digits than the grids' two: 4, and 6 for p-values."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import TYPE_CHECKING, Any
+
+from ...artefacts import records as rec
+from .grid import NO_ROW, average_ranks, column_labels, method_rows, wide_row_order, wide_tables
+from .summary import RowData, TableData, canonical
+
+if TYPE_CHECKING:
+    from .published import PublishedIndex, PublishedValue
+
+CSV_COLUMNS = (
+    "dataset", "task", "direction", "student_backbone", "teacher_backbone", "metric", "method",
+    "hparams", "mean", "std", "n", "mean_last", "std_last", "delta_vs_nokd", "is_best", "kind",
+    # Beyond the summary columns: without these, two tables that differ only in recipe or data
+    # options would give CSV rows that cannot be told apart.
+    "data_options", "recipe",
+    "p_vs_nokd",  # Welch's t-test against no-KD over seeds; empty with fewer than 2 seeds on a side
+    "selection",  # default, or tuned (the configuration the tuning protocol selected on val)
+)
+PUBLISHED_CSV_COLUMNS = ("published", "published_source", "gap_vs_published")
+
+
+def long_csv(tables: list[TableData], published: PublishedIndex | None = None) -> str:
+    buffer = io.StringIO()
+    columns = CSV_COLUMNS + (PUBLISHED_CSV_COLUMNS if published is not None else ())
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for table in tables:
+        for row in table.rows:
+            cells = _csv_row(table, row)
+            if published is not None:
+                cells.update(_published_csv_cells(published.lookup(table, row), row))
+            writer.writerow(cells)
+    return buffer.getvalue()
+
+
+def _published_csv_cells(value: PublishedValue | None, row: RowData) -> dict[str, str]:
+    if value is None:
+        return dict.fromkeys(PUBLISHED_CSV_COLUMNS, "")
+    gap = None if row.mean is None else row.mean - value.value
+    return {"published": _number(value.value), "published_source": value.citation, "gap_vs_published": _number(gap)}
+
+
+def _csv_row(table: TableData, row: RowData) -> dict[str, str]:
+    return {
+        "dataset": table.dataset, "task": table.task,
+        "direction": rec.direction_label(table.teacher_modality, table.student_modality, "ascii"),
+        "student_backbone": table.student_backbone, "teacher_backbone": table.teacher_backbone,
+        "metric": table.metric, "method": row.method,
+        "hparams": "" if row.kind == "teacher" else canonical(row.hparams),
+        "mean": _number(row.mean), "std": _number(row.std), "n": str(row.n),
+        "mean_last": _number(row.mean_last), "std_last": _number(row.std_last),
+        "delta_vs_nokd": _number(row.delta), "is_best": "true" if row.is_best else "false",
+        "kind": row.kind, "data_options": canonical(table.data_options),
+        "recipe": canonical(table.recipe), "p_vs_nokd": _number(row.p_value, digits=6),
+        "selection": "" if row.kind == "teacher" else row.selection,
+    }
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def wide_csv(tables: list[TableData], published: PublishedIndex | None) -> str:
+    tables = wide_tables(tables)
+    labels = [label.replace(rec.ARROW, rec.ASCII_ARROW) for label in column_labels(tables)]
+    ranks = average_ranks(tables)
+    fields = ["method", "hparams", "kind", "selection", "avg_rank", "ranked_columns"]
+    for label in labels:
+        fields += [f"{label} {part}" for part in ("mean", "std", "n", "p_vs_nokd")]
+        if published is not None:
+            fields += [f"{label} {part}" for part in PUBLISHED_CSV_COLUMNS]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    teacher_rows = [next((row for row in table.rows if row.kind == "teacher"), None) for table in tables]
+    writer.writerow(_wide_csv_line("teacher", {}, "teacher", None, tables, labels, teacher_rows, published))
+    for label in wide_row_order(tables, ranks):
+        rows = [method_rows(table).get(label) for table in tables]
+        first = next(row for row in rows if row is not None)
+        line = _wide_csv_line(first.method, first.hparams, "method", ranks.get(label), tables, labels, rows, published)
+        writer.writerow({**line, "selection": first.selection})
+    return buffer.getvalue()
+
+
+def _wide_csv_line(method: str, hparams: dict[str, Any], kind: str, rank: tuple[float, int] | None,
+                   tables: list[TableData], labels: list[str], rows: list[RowData | None],
+                   published: PublishedIndex | None) -> dict[str, str]:
+    line = {"method": method, "hparams": "" if kind == "teacher" else canonical(hparams), "kind": kind, "selection": "",
+            "avg_rank": _number(rank[0] if rank else None), "ranked_columns": str(rank[1]) if rank else ""}
+    for table, label, row in zip(tables, labels, rows):
+        line.update({f"{label} mean": _number(row.mean if row else None),
+                     f"{label} std": _number(row.std if row else None),
+                     f"{label} n": str(row.n) if row else "",
+                     f"{label} p_vs_nokd": _number(row.p_value if row else None, digits=6)})
+        if published is not None:
+            cells = _published_csv_cells(published.lookup(table, row) if row else None, row or NO_ROW)
+            line.update({f"{label} {name}": value for name, value in cells.items()})
+    return line

@@ -1,0 +1,212 @@
+"""Resolving a run's configuration: defaults from the dataset and method, `--set` overrides, run id.
+
+The run id is a stable hash of everything that changes a result (method and its
+hyper-parameters, dataset and its options, modalities, backbones, recipe, seed, teacher
+checkpoint, the content hash of --student-init / --teacher-init weights), so the same command
+always maps to the same record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..artefacts.files import file_sha256, slug
+from ..data.spec import DatasetSpec, Recipe
+from ..errors import UserError
+from ..registry import Entry
+
+CONFIG_VERSION = 1
+RECIPE_KEYS = tuple(Recipe.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str
+    dataset: str
+    task: str
+    student_modality: str
+    teacher_modality: str
+    student_backbone: str
+    teacher_backbone: str
+    seed: int
+    recipe: dict[str, Any]
+    hparams: dict[str, Any]
+    data_options: dict[str, Any]
+    teacher_checkpoint_sha256: str | None = None
+    hparams_changed: dict[str, Any] = field(default_factory=dict)
+    student_init_sha256: str | None = None  # --student-init / --teacher-init: the weights file's content hash
+    teacher_init_sha256: str | None = None
+    teacher_epochs: int | None = None  # --teacher-epochs: the teacher's recipe is `recipe` with these epochs
+
+    @property
+    def teacher_recipe(self) -> dict[str, Any]:
+        """The recipe the teacher is trained with: the student's, with --teacher-epochs if given."""
+        return self.recipe if self.teacher_epochs is None else {**self.recipe, "epochs": self.teacher_epochs}
+
+    def identity(self) -> dict[str, Any]:
+        identity = asdict(self)
+        identity.pop("hparams_changed")
+        for key in ("student_init_sha256", "teacher_init_sha256", "teacher_epochs"):  # absent when unset: run ids stay as they were
+            if identity[key] is None:
+                identity.pop(key)
+        identity["version"] = CONFIG_VERSION
+        return identity
+
+    @property
+    def run_id(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+        direction = f"{self.teacher_modality}2{self.student_modality}"
+        return slug(f"{self.method}-{self.dataset}-{direction}-s{self.seed}") + f"-{digest}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def init_sha256(path: Path | None) -> str | None:
+    """The content hash of --student-init / --teacher-init: a weights file's, or a model folder's (every file)."""
+    if path is None:
+        return None
+    if path.is_dir():
+        from ..data.text import directory_fingerprint
+        return directory_fingerprint(path)
+    return file_sha256(path)
+
+
+def parse_sets(items: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r} is not KEY=VALUE; write for example --set T=2")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def coerce(key: str, raw: str, default: Any, annotation: Any) -> Any:
+    """Turn a `--set` string into the type of the parameter's default."""
+    value = yaml.safe_load(raw) if raw != "" else ""
+    target = type(default) if default is not None else None
+    try:
+        if target is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if target is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if target is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if target is str:
+            if isinstance(value, (list, dict)):
+                raise ValueError
+            return raw
+        if target in (tuple, list):
+            items = value if isinstance(value, list) else [value]
+            return tuple(items)
+    except (TypeError, ValueError, OverflowError):
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(target, str(target))
+        raise UserError(f"--set {key}={raw}: {key} expects {kind}") from None
+    return value
+
+
+SEED_LIMIT = 2 ** 32  # seeds are 0 .. 2^32 - 1: the engine derives per-epoch seeds from them in 64 bits
+
+
+def check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"seed {seed!r} is out of range; pass an integer from 0 to {SEED_LIMIT - 1}")
+
+
+def check_finite(scope: str, values: dict[str, Any]) -> None:
+    """Refuse a NaN or infinite setting before anything trains (it would only fail once the run diverges)."""
+    for key, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise UserError(f"{scope} setting {key}={value!r} is not a finite number; pass a finite value")
+
+
+def split_sets(pairs: list[tuple[str, str]], method: Entry, dataset: Entry) -> tuple[dict, dict, dict]:
+    """Route each KEY=VALUE to the method, the dataset or the recipe (prefix `method.`, `data.`, `recipe.` to choose)."""
+    scopes = {"method": method.hparams, "data": dataset.hparams, "recipe": {k: getattr(Recipe(), k) for k in RECIPE_KEYS}}
+    types = {"method": method.hparam_types, "data": dataset.hparam_types, "recipe": {}}
+    chosen: dict[str, dict[str, Any]] = {"method": {}, "data": {}, "recipe": {}}
+    for key, raw in pairs:
+        scope, dot, name = key.partition(".")
+        if dot and scope in scopes:
+            candidates = [scope] if name in scopes[scope] else []
+        else:
+            name = key
+            candidates = [s for s in scopes if name in scopes[s]]
+        if not candidates:
+            known = sorted(set(method.hparams) | set(dataset.hparams) | set(RECIPE_KEYS))
+            raise UserError(f"--set {key}: no such setting for method {method.name!r} or dataset {dataset.name!r}; "
+                            f"settings are {', '.join(known)}")
+        if len(candidates) > 1:
+            raise UserError(f"--set {key} is ambiguous ({' and '.join(candidates)} both have it); "
+                            f"write {candidates[0]}.{name}=... or {candidates[1]}.{name}=...")
+        scope = candidates[0]
+        chosen[scope][name] = coerce(name, raw, scopes[scope][name], types[scope].get(name))
+    return chosen["method"], chosen["data"], chosen["recipe"]
+
+
+def resolve(
+    *,
+    method: Entry,
+    dataset: Entry,
+    spec: DatasetSpec,
+    method_sets: dict[str, Any],
+    recipe_sets: dict[str, Any],
+    student_modality: str | None,
+    teacher_modality: str | None,
+    student_backbone: str | None,
+    teacher_backbone: str | None,
+    seed: int,
+    teacher_checkpoint: Path | None,
+    student_init: Path | None = None,
+    teacher_init: Path | None = None,
+    teacher_epochs: int | None = None,
+) -> RunConfig:
+    if not method.supports(spec.task):
+        raise UserError(f"method {method.name!r} does not support {spec.task} (dataset {spec.name!r}); "
+                        f"it supports {', '.join(method.tasks)}")
+    s_mod = student_modality or spec.student_modality
+    t_mod = teacher_modality or spec.teacher_modality
+    spec.modality(s_mod), spec.modality(t_mod)
+    if s_mod == t_mod:
+        raise UserError(f"student and teacher modality are both {s_mod!r}; cross-modal distillation needs two different modalities")
+    check_seed(seed)
+    for scope, values in (("recipe", recipe_sets), ("method", method_sets)):
+        check_finite(scope, values)
+    recipe = spec.recipe.updated(**recipe_sets)
+    if teacher_epochs is not None:
+        recipe.updated(epochs=teacher_epochs)  # the teacher's recipe must be valid too (warm-up < epochs)
+    hparams = {**method.hparams, **method_sets}
+    changed = {k: v for k, v in hparams.items() if v != method.hparams.get(k)}
+    return RunConfig(
+        method=method.name,
+        dataset=spec.name,
+        task=spec.task,
+        student_modality=s_mod,
+        teacher_modality=t_mod,
+        student_backbone=student_backbone or spec.modalities[s_mod].backbone,
+        teacher_backbone=teacher_backbone or spec.modalities[t_mod].backbone,
+        seed=seed,
+        recipe=recipe.as_dict(),
+        hparams=hparams,
+        data_options=dict(spec.options),
+        teacher_checkpoint_sha256=file_sha256(teacher_checkpoint) if teacher_checkpoint else None,
+        hparams_changed=changed,
+        student_init_sha256=init_sha256(student_init),
+        teacher_init_sha256=init_sha256(teacher_init),
+        teacher_epochs=teacher_epochs,
+    )

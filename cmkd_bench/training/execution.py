@@ -1,0 +1,59 @@
+"""How a run executes, beyond what it computes: `--compile` and `--channels-last`.
+
+Neither changes the run's configuration (its run id): both are recorded in the run record's
+`execution`, as the device is. `--compile` compiles the student's and the teacher's networks in
+place (`nn.Module.compile`, so state-dict keys and checkpoints stay as they are; the feature hooks
+are traced with the network); off by default. `--channels-last` stores both networks' weights and
+their image inputs in channels-last memory format (faster convolutions on recent GPUs); it needs
+image-shaped (C x H x W) inputs. bf16 autocast stays the CUDA default either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..data.spec import DatasetSpec
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Execution:
+    compile: bool = False
+    channels_last: bool = False
+
+    def as_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+def check_execution(execution: Execution, spec: DatasetSpec, modalities: tuple[str, ...]) -> None:
+    """One line for a setting this torch or these models cannot honour (before anything is written)."""
+    if execution.compile and not callable(getattr(torch, "compile", None)):
+        raise UserError(f"--compile needs torch.compile (torch 2.0 or later); this is torch {torch.__version__}. "
+                        "Drop --compile or upgrade torch")
+    if execution.channels_last:
+        for modality in modalities:
+            shape = spec.modality(modality).shape
+            if len(shape) != 3:
+                raise UserError(f"--channels-last needs image-shaped (C x H x W) inputs, but modality {modality!r} of "
+                                f"dataset {spec.name!r} is {' x '.join(map(str, shape))} (a 1-D model); "
+                                "drop --channels-last")
+
+
+def prepare_models(execution: Execution, *models: nn.Module) -> None:
+    """Apply the execution settings to the run's models (FeatureModels: their `net` is compiled)."""
+    for model in models:
+        if execution.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if execution.compile:
+            getattr(model, "net", model).compile()
+
+
+def as_input(x: Tensor, execution: Execution | None) -> Tensor:
+    """A batch tensor in the memory format the models expect."""
+    if execution is not None and execution.channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
