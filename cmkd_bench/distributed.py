@@ -28,9 +28,11 @@ what each method does under DDP.
 
 from __future__ import annotations
 
+import inspect
 import os
+import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -56,6 +58,8 @@ class World:
         """The run record's `distributed` field."""
         return {"world_size": self.size, "backend": self.backend, "sync_bn": self.sync_bn}
 
+
+T = TypeVar("T")
 
 _WORLD = World()
 _BN_GROUP: Any = None  # a process group of its own for the CPU SyncBatchNorm (never interleaved with DDP's)
@@ -124,6 +128,39 @@ def barrier() -> None:
         dist.barrier()
 
 
+def wait_for_rank_0(ready: Callable[[], bool], every: float = 2.0) -> None:
+    """Return on every rank once rank 0's `ready()` (tried on rank 0 only, every `every` seconds) is
+    true. Each round is one short broadcast, so a wait of any length never holds a collective open
+    past the backend's timeout (NCCL's is 10 minutes)."""
+    while True:
+        flag = torch.tensor([1 if _WORLD.rank == 0 and ready() else 0], dtype=torch.int32,
+                            device=_collective_device())
+        if _WORLD.size > 1:
+            dist.broadcast(flag, 0)
+        if flag.item():
+            return
+        time.sleep(every)
+
+
+def from_rank_0(compute: Callable[[], T]) -> T:
+    """`compute()` on rank 0, its value on every rank (pickled through broadcast_object_list; tensors
+    arrive on the CPU). For what must be the same on every rank but may come out differently where
+    each computes it (a channel ranking from non-deterministic GPU kernels). One process: compute()."""
+    if _WORLD.size == 1:
+        return compute()
+    value = [None]
+    if _WORLD.rank == 0:
+        computed = compute()
+        value = [computed.cpu() if isinstance(computed, Tensor) else computed]
+    dist.broadcast_object_list(value, src=0)
+    return value[0]
+
+
+def _collective_device() -> torch.device:
+    """NCCL moves CUDA tensors only; gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if _WORLD.backend == "nccl" else torch.device("cpu")
+
+
 # -- reductions over ranks (no-ops in a single process) ---------------------------------------
 def mean(values: Tensor) -> Tensor:
     """The mean over ranks of a tensor of equal shape on each."""
@@ -185,7 +222,9 @@ class _SyncOnCPU:
     with torch.distributed.nn.functional.all_reduce, whose backward sums the gradients, so the
     normalisation and its gradient are BatchNorm's over the whole batch; running statistics as
     BatchNorm keeps them (momentum, unbiased variance over the whole batch). Not torch's class:
-    DDP refuses nn.SyncBatchNorm in a CPU module, and its kernels (batch_norm_stats) are CUDA-only."""
+    DDP refuses nn.SyncBatchNorm in a CPU module, and its kernels (batch_norm_stats) are CUDA-only.
+    A timm BatchNormAct2d keeps its dropout and activation after the normalisation (as timm's own
+    SyncBatchNormAct does)."""
 
     def forward(self, input: Tensor) -> Tensor:
         if not self.training or _WORLD.size == 1 or _BN_GROUP is None:
@@ -212,6 +251,9 @@ class _SyncOnCPU:
         out = ((x - batch_mean.view(shape)) * torch.rsqrt(batch_var.view(shape) + self.eps)).to(input.dtype)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
+        for after in ("drop", "act"):  # timm's BatchNormAct2d: its forward ends with drop, then act
+            if isinstance(getattr(self, after, None), nn.Module):
+                out = getattr(self, after)(out)
         return out
 
 
@@ -220,10 +262,15 @@ _CPU_SYNC: dict[type, type] = {}
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """Every BatchNorm*d of `module` synchronised over ranks, in place, with the same parameters,
-    buffers and state-dict keys (a checkpoint loads either way): torch.nn.SyncBatchNorm on CUDA,
-    the same BatchNorm classes with `_SyncOnCPU` mixed in on CPU."""
+    buffers and state-dict keys (a checkpoint loads either way), and the forward hooks it had (the
+    feature models read stages by hooks): on CUDA each layer is replaced by timm's conversion
+    (nn.SyncBatchNorm, or timm's SyncBatchNormAct for a BatchNormAct2d, which keeps its activation;
+    torch's own converter would drop it), on CPU its class gets `_SyncOnCPU` mixed in."""
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        from timm.layers import convert_sync_batchnorm as timm_convert
+
+        _replace_batchnorms(module, timm_convert)
+        return module
     for sub in module.modules():
         kind = type(sub)
         if isinstance(sub, nn.modules.batchnorm._BatchNorm) and not isinstance(sub, _SyncOnCPU):
@@ -231,6 +278,18 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
                 _CPU_SYNC[kind] = type(f"Sync{kind.__name__}", (_SyncOnCPU, kind), {})
             sub.__class__ = _CPU_SYNC[kind]
     return module
+
+
+def _replace_batchnorms(module: nn.Module, convert: Any) -> None:
+    """Replace each BatchNorm child below `module` by `convert(child)`, keeping the child's hooks."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+            synced = convert(child)
+            for hooks in ("_forward_hooks", "_forward_pre_hooks"):
+                getattr(synced, hooks).update(getattr(child, hooks))
+            setattr(module, name, synced)
+        else:
+            _replace_batchnorms(child, convert)
 
 
 def wrap(module: nn.Module) -> nn.Module:
@@ -243,4 +302,16 @@ def wrap(module: nn.Module) -> nn.Module:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module, device_ids=None, forward_sync_buffers=False, find_unused_parameters=True)
+    options = no_forward_buffer_sync(DistributedDataParallel)
+    wrapped = DistributedDataParallel(module, device_ids=None, find_unused_parameters=True, **options)
+    if "broadcast_buffers" in options:  # the older keyword also skips the buffer sync at construction, which
+        broadcast_buffers([module])     # the newer one keeps: do it here, so every torch starts alike
+    return wrapped
+
+
+def no_forward_buffer_sync(ddp_class: type) -> dict[str, bool]:
+    """DDP's keyword for "no buffer broadcast at every forward" in this torch: `forward_sync_buffers`
+    where it exists (torch 2.14 has it, `broadcast_buffers` deprecated), `broadcast_buffers` before it
+    (torch 2.11 and older, down to pyproject's lower bound), chosen by signature, not by version."""
+    parameters = inspect.signature(ddp_class.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in parameters else {"broadcast_buffers": False}

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed
 from .artefacts.files import atomic_save, load_checked
 from .data.spec import DatasetSpec, PairedData
 from .errors import UserError
@@ -79,8 +80,14 @@ def cached_per_teacher(cache_dir: Path | None, prefix: str, key: dict, compute: 
 
     Stored as `<cache_dir>/<prefix>-<hash of key>.pt` (the teacher's cache folder, see `prepare`);
     a missing, damaged (its content is not the SHA-256 stored beside it), unreadable or stale file
-    (another key) is recomputed and rewritten atomically.
+    (another key) is recomputed and rewritten atomically. Under torchrun rank 0 loads or computes it
+    and every rank gets rank 0's value: ranks that each computed it could disagree (a ranking from
+    non-deterministic GPU kernels), and then would distil from different teachers.
     """
+    return distributed.from_rank_0(lambda: _cached_or_computed(cache_dir, prefix, key, compute))
+
+
+def _cached_or_computed(cache_dir: Path | None, prefix: str, key: dict, compute: Callable[[], Tensor]) -> Tensor:
     path = None
     if cache_dir is not None:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

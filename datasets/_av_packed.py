@@ -13,6 +13,7 @@ train (VGGSound's c2kd) has no fixed spectrogram per clip and is not packed: it 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,10 +27,17 @@ from cmkd_bench.data.clips import audio_file, read_info, read_prepared
 from cmkd_bench.data.gpu_augment import crop_resize, crop_resize_flip, normalised, stored_box
 from cmkd_bench.data.loading import batch_buffer
 from cmkd_bench.data.media import load_npy
-from cmkd_bench.data.packed import PackedSplit, audio_key, read_packed_info, write_packed
+from cmkd_bench.data.packed import PackedSplit, audio_key, inspect_packed, read_packed_info, write_packed
+from cmkd_bench.distributed import world
 from cmkd_bench.errors import UserError
 
 STORES = ("auto", "packed", "files")
+
+
+def note(line: str) -> None:
+    """One line on stderr, from rank 0 only under torchrun (every rank builds the dataset)."""
+    if world().rank == 0:
+        print(line, file=sys.stderr, flush=True)
 
 
 class PackedClipReader:
@@ -93,13 +101,19 @@ def packed_readers(name: str, clips, positions: dict[str, np.ndarray], readers: 
         raise UserError(f"{name}: store must be one of {', '.join(STORES)}, got {store!r}")
     if store == "files":
         return None
-    info = read_packed_info(clips.root)
+    if audio.window == "random":  # drawn anew per sample, at test too: a store of spectrograms cannot hold it
+        if store == "packed":
+            raise UserError(f"{name}: --set store=packed, but protocol {protocol!r} draws its audio window at random "
+                            f"for every sample, which a packed store of spectrograms cannot hold; use store=files")
+        return None
+    info, unusable = inspect_packed(clips.root)
     key = audio_key(protocol, audio)
     image_size = readers["train"].image_size
     hint = f"run `cmkd-bench prepare {name} --dst {clips.root} --pack-only`, or --set store=files"
     problem = None
     if info is None:
-        problem = f"{str(clips.root)!r} has no packed store for its prepared clips"
+        problem = (f"{str(clips.root)!r} has no packed store" if unusable is None else
+                   f"the packed store in {str(clips.root)!r} does not serve: {unusable}")
     elif key not in info["audio"]:
         problem = f"its packed store holds no spectrograms of protocol {protocol!r} with these settings"
     elif info["size"] < image_size:
@@ -107,6 +121,9 @@ def packed_readers(name: str, clips, positions: dict[str, np.ndarray], readers: 
     if problem is not None:
         if store == "packed":
             raise UserError(f"{name}: --set store=packed, but {problem}; {hint}")
+        if info is not None or unusable is not None:  # a store is there: say once why it is not read
+            note(f"note: {name}: {problem}; reading the prepared JPEG frames instead (several times slower); "
+                 f"to use the store, {hint.removesuffix(', or --set store=files')}")
         return None
     where = {}  # clips.csv row -> (store split, row in it)
     for split in info["splits"]:

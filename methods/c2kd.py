@@ -124,6 +124,14 @@ class C2KD(Method):
     def proxy_input(out: ModelOutput, stage: str | None) -> Tensor:
         return out.feature_post if stage is None else out.stages[stage]
 
+    def proxy_logits(self, proxy: nn.Module, out: ModelOutput, stage: str | None) -> Tensor:
+        """The proxy in float32 even under the run's bf16 autocast (CUDA): Kendall's tau ranks these
+        logits, and bf16's 8-bit mantissa makes ties among them that the official float32 code has not
+        (a deliberate difference from running everything under autocast; none on the CPU)."""
+        x = self.proxy_input(out, stage)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return proxy(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
+
     def nt_log_probs(self, z: Tensor, labels: Tensor) -> Tensor:
         z = z if z.dtype == torch.float64 else z.float()
         return F.log_softmax(zero_target(z, labels) if self.non_target == "zero-logit" else drop_target(z, labels), 1)
@@ -134,8 +142,8 @@ class C2KD(Method):
 
     def forward(self, student, teacher, batch):
         labels = batch["label"]
-        q_s = self.proxy_s(self.proxy_input(student, self.s_stage))
-        q_t = self.proxy_t(self.proxy_input(teacher, self.t_stage))
+        q_s = self.proxy_logits(self.proxy_s, student, self.s_stage)
+        q_t = self.proxy_logits(self.proxy_t, teacher, self.t_stage)
         tau = kendall_tau(q_s.detach().float(), q_t.detach().float())
         selected = (tau > self.threshold).to(q_s.dtype)  # NaN compares False
         nt_s, nt_t = self.nt_log_probs(q_s, labels), self.nt_log_probs(q_t, labels)

@@ -128,9 +128,11 @@ def test_only_rank_0_writes_and_prints(linear_runs) -> None:
     assert linear_runs["stdout"].count("kd on mfh-gauss") == 1  # the summary line, once
 
 
-def test_sync_batchnorm_over_two_processes_matches_batchnorm_over_the_whole_batch(tmp_path) -> None:
-    assert in_process(*CNN, "--out", str(tmp_path / "one")) == 0
-    done = torchrun(*CNN, "--sync-bn", "--out", str(tmp_path / "two"))
+@pytest.mark.parametrize("method", ["kd", "fitnet"])  # fitnet: its regressor's BatchNorm is the method's own
+def test_sync_batchnorm_over_two_processes_matches_batchnorm_over_the_whole_batch(tmp_path, method) -> None:
+    args = [*CNN[:1], method, *CNN[2:]]
+    assert in_process(*args, "--out", str(tmp_path / "one")) == 0
+    done = torchrun(*args, "--sync-bn", "--out", str(tmp_path / "two"))
     assert done.returncode == 0, done.stdout + done.stderr
     one, two = the_record(tmp_path / "one"), the_record(tmp_path / "two")
     assert two["distributed"] == {"world_size": 2, "backend": "gloo", "sync_bn": True}

@@ -101,7 +101,7 @@ def syncs_in_a_fit(train: int) -> int:
     return sum("synchronizing" in str(w.message) for w in caught)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (tests see one with CMKD_BENCH_TEST_CUDA=1)")
 @pytest.mark.gpu
 def test_training_steps_make_no_host_sync_on_cuda():
     """Syncs happen per epoch (the loss means, the finiteness check, validation), never per step:

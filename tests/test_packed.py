@@ -187,7 +187,7 @@ def test_a_packed_split_pickles_without_its_memory_maps(packed_root):
 
 
 def test_store_settings_that_cannot_be_served_are_one_line(crema, packed_root):
-    with pytest.raises(UserError, match="store=packed, but .* has no packed store .* --pack-only"):
+    with pytest.raises(UserError, match="store=packed, but .* has no packed store.*--pack-only"):
         DATASETS.build("crema-d", crema, **OPTIONS, store="packed")
     with pytest.raises(UserError, match="packed frames are 40 px, smaller than image_size 48"):
         DATASETS.build("crema-d", packed_root, **{**OPTIONS, "image_size": 48}, store="packed")

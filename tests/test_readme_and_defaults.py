@@ -48,7 +48,7 @@ def test_synth_av_default_teachers_are_neither_perfect_nor_chance(modality):
     assert 35.0 < result.test < 92.0, result.test
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (tests see one with CMKD_BENCH_TEST_CUDA=1)")
 @pytest.mark.gpu
 def test_cuda_run_uses_the_device(tmp_path):
     result = cli("run", "--method", "fd", "--dataset", "synth-av", "--epochs", "2", "--device", "cuda",

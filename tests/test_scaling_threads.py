@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cmkd_bench.data.spec import worker_limit
+from cmkd_bench.data.loading import worker_limit
 from cmkd_bench.errors import UserError
 from cmkd_bench.experiments import scheduler
 

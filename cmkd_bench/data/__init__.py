@@ -14,9 +14,10 @@ The package re-exports `spec`'s names: `from cmkd_bench.data import DatasetSpec`
 spelling for plug-ins.
 """
 
+from .loading import worker_limit
 from .spec import (SPLITS, TASKS, OPTIMIZERS, SCHEDULES, Recipe, Modality, DatasetSpec, PairedData,
                    TensorPairs, stratified_split, SPLIT_NAMES, SampleTransform, SampleSeed, sample_seed,
-                   augments, AugmentedPairs, SampleReader, SampleFailure, worker_limit, DecodedPairs)
+                   augments, AugmentedPairs, SampleReader, SampleFailure, DecodedPairs)
 
 __all__ = ["SPLITS", "TASKS", "OPTIMIZERS", "SCHEDULES", "Recipe", "Modality", "DatasetSpec",
            "PairedData", "TensorPairs", "stratified_split", "SPLIT_NAMES", "SampleTransform",

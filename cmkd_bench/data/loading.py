@@ -20,12 +20,17 @@ the storage both sides already hold: no copy, no new mapping).
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+
+from ..errors import UserError
 
 
 def batch_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -143,10 +148,29 @@ def _pinned(batch: Any) -> Any:
     return batch
 
 
+def worker_limit(num_workers: int) -> int:
+    """`num_workers`, at most CMKD_BENCH_WORKERS where a suite sets it (its runs' share of the cores)."""
+    limit = os.environ.get("CMKD_BENCH_WORKERS", "")
+    return min(num_workers, int(limit)) if limit.isdigit() else num_workers
+
+
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def shared_memory_free() -> int | None:
+    """Free bytes of the shared-memory filesystem torch's worker tensors live in; None where there is none."""
+    try:
+        return shutil.disk_usage(SHARED_MEMORY).free
+    except OSError:
+        return None
+
+
 class PersistentLoader:
-    """`iterate(items)` yields fetch(item) for each item, from `num_workers` persistent processes (0: here)."""
+    """`iterate(items)` yields fetch(item) for each item, from persistent worker processes (0: here):
+    `num_workers`, at most the suite's cap (`worker_limit`)."""
 
     def __init__(self, fetch: Callable[..., Any], num_workers: int, pin_memory: bool, prefetch: int = 4) -> None:
+        num_workers = worker_limit(num_workers)
         self.fetch, self.num_workers, self.pin_memory, self.busy = fetch, num_workers, pin_memory, False
         self.prefetch = prefetch
         self.slots: dict[tuple, list[dict[str, torch.Tensor]]] = {}
@@ -177,18 +201,36 @@ class PersistentLoader:
         self.busy = True
         try:
             if layout is not None:
-                slots, which = self._slots(layout)
+                slots, which = self._slots(layout, len(items))
                 items = [_Into(item, (which, b % len(slots)), slots[b % len(slots)]) for b, item in enumerate(items)]
             self.sampler.items = list(items)
             yield from self.loader
         finally:
             self.busy = False
 
-    def _slots(self, layout: Layout) -> tuple[list[dict[str, torch.Tensor]], int]:
-        """The layout's shared buffers (made on first use, kept with the loader) and the layout's number."""
+    def _slots(self, layout: Layout, batches: int) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """The layout's shared buffers (made on first use, kept with the loader, grown when an
+        iteration has more batches) and the layout's number. prefetch x workers + 1 are needed at
+        most (see `iterate`), fewer when the iteration has fewer batches (a short evaluation split)."""
         key = tuple((name, tuple(shape), dtype) for name, (shape, dtype) in sorted(layout.items()))
-        if key not in self.slots:
-            count = self.prefetch * self.num_workers + 1
-            self.slots[key] = [{name: torch.empty(shape, dtype=dtype).share_memory_() for name, (shape, dtype) in layout.items()}
-                               for _ in range(count)]
-        return self.slots[key], list(self.slots).index(key)
+        slots = self.slots.setdefault(key, [])
+        count = min(self.prefetch * self.num_workers + 1, max(1, batches))
+        if len(slots) < count:
+            _check_shared_memory(layout, count - len(slots), self.num_workers, self.prefetch)
+            slots += [{name: torch.empty(shape, dtype=dtype).share_memory_() for name, (shape, dtype) in layout.items()}
+                      for _ in range(count - len(slots))]
+        return slots, list(self.slots).index(key)
+
+
+def _check_shared_memory(layout: Layout, count: int, workers: int, prefetch: int) -> None:
+    """One line, before allocating, where /dev/shm cannot hold the slots (torch would die with a bus
+    error or 'unable to write to file' midway instead)."""
+    per_batch = sum(int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+                    for shape, dtype in layout.values())
+    free = shared_memory_free()
+    if free is not None and per_batch * count > free:
+        mib = 1 << 20
+        raise UserError(f"the data loader needs {per_batch * count / mib:.0f} MiB of shared memory ({count} batch "
+                        f"buffers of {per_batch / mib:.1f} MiB: {workers} worker(s) x prefetch {prefetch} + 1) but "
+                        f"{SHARED_MEMORY} has {free / mib:.0f} MiB free; use fewer workers (--set num_workers=N), "
+                        f"a smaller batch, or a larger {SHARED_MEMORY} (docker run --shm-size=8g)")

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..artefacts.files import write_json_atomic
+from ..distributed import shard
 from .checksums import DERIVED_FOLDER
 from .clips import PreparedClips, clips_fingerprint, frame_file
 from .loading import PersistentLoader, batch_buffer_or
@@ -56,14 +57,26 @@ def audio_key(protocol: str, recipe: Any) -> str:
 
 
 def read_packed_info(root: Path) -> dict | None:
-    """packed.json of a store that matches the prepared clips (same clips.csv), or None."""
+    """packed.json of a store that serves the prepared clips (made from their recorded content), or None."""
+    return inspect_packed(root)[0]
+
+
+def inspect_packed(root: Path) -> tuple[dict | None, str | None]:
+    """(packed.json, None) where the store serves the prepared clips; (None, None) where there is no
+    store; (None, why) where a store is there but does not serve them (so `store=auto` can say so)."""
+    path = root / PACKED_DIR / PACKED_JSON
+    if not path.exists():
+        return None, None
     try:
-        info = json.loads((root / PACKED_DIR / PACKED_JSON).read_text())
+        info = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or info.get("version") != PACKED_VERSION or info.get("clips") != clips_fingerprint(root):
-        return None
-    return info
+        return None, f"{path} cannot be read"
+    if not isinstance(info, dict) or info.get("version") != PACKED_VERSION:
+        return None, f"it was packed in another store format (version {info.get('version') if isinstance(info, dict) else '?'}, " \
+                     f"this is {PACKED_VERSION})"
+    if info.get("clips") != clips_fingerprint(root):
+        return None, "it was packed from other prepared content than the folder now holds"
+    return info, None
 
 
 def _frame_pixels(root: Path, clip: str, index: int, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -189,17 +202,21 @@ class PackedPairs(DecodedPairs):
         return self._loaders[(split, pin)]
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
-                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
-        """As DecodedPairs' (the same order and drop-last rule); crops and flips stay on the host (no sync)."""
+                device: torch.device | str = "cpu", part: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Tensor]]:
+        """As DecodedPairs' (the same order, drop-last rule and torchrun `part` of each batch); crops and
+        flips stay on the host (no sync)."""
         device = torch.device(device)
         n = self.size(split)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
         count = self.num_batches(split, batch_size, shuffle=shuffle)
         seed_or_none = seed if augments(split, shuffle) else None
         crop_here = device.type == "cpu"  # a CPU batch is cropped where it is gathered (in the workers)
-        items = [(seed_or_none, order[b * batch_size:(b + 1) * batch_size].tolist(), crop_here) for b in range(count)]
+        chunks = [chunk for b in range(count)
+                  if (chunk := shard(order[b * batch_size:(b + 1) * batch_size], part).tolist())]
+        items = [(seed_or_none, chunk, crop_here) for chunk in chunks]
         reader, pin = self.readers[split], device.type == "cuda"
+        rows = max((len(chunk) for chunk in chunks), default=1)  # the slots hold the largest part; fetch fills a prefix
         # finish() copies every slot value out (normalising, or from pinned memory) before the next batch is asked for
-        for batch in self._loader(split, pin).iterate(items, reader.layout(batch_size, crop_here)):
+        for batch in self._loader(split, pin).iterate(items, reader.layout(rows, crop_here)):
             moved = {k: v if k in HOST_KEYS else v.to(device, non_blocking=pin) for k, v in batch.items()}
             yield reader.finish(moved, device)

@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..artefacts.files import TEMPORARY_GLOB, temporary, write_atomic, write_csv_atomic, write_json_atomic
 from ..errors import UserError
-from .checksums import write_checksums
+from .checksums import read_checksums, write_checksums
 from .clips import (AUDIO_DIR, CLIPS_CSV, EXCLUDED_CSV, FAILED_CSV, FRAMES_DIR, INFO_JSON, LAYOUT_VERSION,
                     audio_file, frame_folder)
 from .media import FrameSampling, MediaError, decode_audio, is_lfs_pointer
@@ -208,12 +208,15 @@ class ClipPreparer:
 
     def pack_store(self, dst: Path, size: int, console: Console) -> None:
         """Add (or rewrite) the packed store of a prepared folder, from its JPEG frames and waveforms alone
-        (the caller rewrites checksums.json after it)."""
+        (the caller rewrites checksums.json after it). The store records the content fingerprint, which
+        reads checksums.json: a folder without one (prepared before checksums) gets it first."""
         if self.pack is None or size <= 0:
             return
         from .clips import read_info
 
         clips = read_info(dst, self.dataset).get("clips", 0)
+        if read_checksums(dst) is None:
+            write_checksums(dst)
         with _progress(console) as bar:
             task = bar.add_task(f"pack {self.dataset} at {size} px", total=clips)
             self.pack(dst, size, lambda: bar.advance(task))
@@ -256,8 +259,12 @@ class ClipPreparer:
         # sorted: the same report whatever the workers
         report = PrepareReport(prepared, len(done), sorted(failed), sorted(plan.excluded), list(plan.notes))
         self._write_layout(plan, dst, report)
-        self.pack_store(dst, pack_size, console)
-        write_checksums(dst)  # last: every file's SHA-256 (the packed store's too), checked before the folder is used
+        # the checksums first: the store records the content fingerprint they give (data.checksums), which
+        # leaves the store out, so the same fingerprint names the content before and after packing
+        write_checksums(dst)
+        if pack_size > 0 and self.pack is not None:
+            self.pack_store(dst, pack_size, console)
+            write_checksums(dst)  # again, with the store's files: verified like every file before use
         return report
 
     def _nothing_to_prepare(self, src: Path, failed: list[tuple[str, str, str]]) -> str:

@@ -321,14 +321,6 @@ def _collate(samples: list) -> dict[str, Tensor] | SampleFailure:
     return out
 
 
-def worker_limit(num_workers: int) -> int:
-    """`num_workers`, at most CMKD_BENCH_WORKERS where a suite sets it (its runs' share of the cores)."""
-    import os
-
-    limit = os.environ.get("CMKD_BENCH_WORKERS", "")
-    return min(num_workers, int(limit)) if limit.isdigit() else num_workers
-
-
 class DecodedPairs(PairedData):
     """Paired data decoded one sample at a time by a DataLoader (data too large to hold in memory).
 
@@ -351,7 +343,7 @@ class DecodedPairs(PairedData):
     def _loader(self, split: str, pin: bool) -> PersistentLoader:
         """The split's DataLoader, made once: its workers persist across epochs (cmkd_bench/data/loading.py)."""
         if (split, pin) not in self._loaders:
-            self._loaders[(split, pin)] = PersistentLoader(_SplitView(self.readers[split]), worker_limit(self.num_workers), pin)
+            self._loaders[(split, pin)] = PersistentLoader(_SplitView(self.readers[split]), self.num_workers, pin)
         return self._loaders[(split, pin)]
 
     def size(self, split: str) -> int:

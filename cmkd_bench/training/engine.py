@@ -28,7 +28,7 @@ from ..models.features import FeatureModel
 from ..recipes import autocast, build_optimizer, lr_factor
 from .execution import Execution, as_input
 from .metrics import metric_for
-from .teacher_outputs import CachePlan, TeacherOutputs, plan as teacher_cache_plan
+from .teacher_outputs import CachePlan, CacheTooLarge, TeacherOutputs, plan as teacher_cache_plan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,7 +103,7 @@ def evaluate_metric(model: FeatureModel, data: PairedData, split: str, modality:
 
 
 def batches(data: PairedData, split: str, batch_size: int, **options: Any):
-    """`data.batches`, this rank's part of each batch under torchrun (datasets without `part` work in one process)."""
+    """`data.batches`, this rank's part of each batch under torchrun (every PairedData takes `part`)."""
     world = distributed.world()
     if world.size > 1:
         options["part"] = world.part
@@ -187,9 +187,11 @@ class Fit:
 
     def __post_init__(self) -> None:
         self.uses_teacher = self.teacher is not None and self.method.uses_teacher
-        # --sync-bn under torchrun: the same parameters and state keys, so any checkpoint loads
+        # --sync-bn under torchrun: the same parameters and state keys, so any checkpoint loads; the
+        # method's own layers too (fitnet's regressor, c2kd's proxies train with the student)
         if distributed.world().sync_bn and distributed.world().size > 1:
             distributed.convert_sync_batchnorm(self.student, self.device)
+            distributed.convert_sync_batchnorm(self.method, self.device)
             if self.method.trains_teacher and self.teacher is not None:
                 distributed.convert_sync_batchnorm(self.teacher, self.device)
         self.params = trainable_parameters(self.student, self.method, self.teacher)
@@ -360,9 +362,12 @@ class Fit:
                 self.on_resume(start_epoch)
         if self.teacher_plan.cached and start_epoch < self.recipe.epochs:  # the teacher is fixed from here on
             assert self.teacher is not None and self.teacher_modality is not None
-            self.teacher_cache = TeacherOutputs.compute(self.teacher, self.data, "train", self.teacher_modality,
-                                                        self.method.teacher_reads(), self.device,
-                                                        eval_batch_size(self.data, self.teacher_modality))
+            try:
+                self.teacher_cache = TeacherOutputs.compute(self.teacher, self.data, "train", self.teacher_modality,
+                                                            self.method.teacher_reads(), self.device,
+                                                            eval_batch_size(self.data, self.teacher_modality))
+            except CacheTooLarge as reason:
+                self.teacher_plan = CachePlan(False, str(reason))
         for epoch in range(start_epoch, self.recipe.epochs):
             began = time.perf_counter()
             losses, steps = self._train_epoch(epoch)

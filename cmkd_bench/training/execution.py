@@ -11,6 +11,7 @@ image-shaped (C x H x W) inputs. bf16 autocast stays the CUDA default either way
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -57,3 +58,25 @@ def as_input(x: Tensor, execution: Execution | None) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
+
+def apply_device_policy(device: torch.device) -> None:
+    """This process's device and speed settings, before any model or tensor is made.
+
+    On CUDA: the run's GPU becomes the current device (torch.cuda.set_device), so that a run on
+    cuda:1 opens no context on GPU 0 (anything made on "cuda" without an index, a library's scratch
+    buffer included, goes to the current device); cudnn.benchmark is on, since every run's input
+    shapes are fixed (the dataset's modality shapes; only an epoch's last, smaller batch differs),
+    so cudnn times its kernels once per shape and keeps the fastest. That choice, and atomics in
+    some backward kernels, make GPU reruns equal within noise, not bitwise; CPU reruns are bitwise
+    under the same torch version and thread count. `device_policy` says so in the record."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+
+
+def device_policy(device: torch.device) -> dict[str, Any]:
+    """What the run record's `execution` says of the device settings (nothing extra on the CPU)."""
+    if device.type != "cuda":
+        return {}
+    return {"cudnn_benchmark": True, "autocast": "bfloat16, in training and in evaluation",
+            "bitwise_reruns": False}

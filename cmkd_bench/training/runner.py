@@ -37,7 +37,7 @@ from ..models.features import FeatureModel
 from ..registry import BACKBONES, DATASETS, METHODS
 from .config import RunConfig, parse_sets, resolve, split_sets
 from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
-from .execution import Execution, check_execution, prepare_models
+from .execution import Execution, apply_device_policy, check_execution, device_policy, prepare_models
 from .tracking import HISTORY_FILE, ExperimentLogger, HistoryCSV, with_epoch_logging
 
 
@@ -250,7 +250,7 @@ def obtain_teacher(prepared: ResolvedRun, teacher: FeatureModel, progress: RunCa
     folder = teacher_folder(prepared)
     folder.mkdir(parents=True, exist_ok=True)
     # parallel runs needing one teacher train it once; under torchrun rank 0 holds the lock for all ranks
-    with exclusive_lock(folder / ".lock") if is_main_process() else nullcontext():
+    with exclusive_lock(folder / ".lock"):
         if is_main_process():  # before the barrier, so that no rank reads the folder while it is cleaned
             if prepared.rebuild_teacher:
                 discard_teacher(folder)
@@ -264,13 +264,36 @@ def obtain_teacher(prepared: ResolvedRun, teacher: FeatureModel, progress: RunCa
 
 @contextmanager
 def exclusive_lock(path: Path):
-    """An advisory file lock held for the block (released by the OS if the process dies)."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
+    """An advisory file lock held for the block (released by the OS if the process dies).
+
+    Under torchrun rank 0 takes it for every rank. It may wait for as long as another process (a
+    suite's other run) trains the teacher: the other ranks must not wait in one collective that
+    long (NCCL's timeout would end the run), so rank 0 tries the lock in rounds of a few seconds and
+    every rank learns each round's outcome from a short broadcast (distributed.wait_for_rank_0)."""
+    if distributed.world().size == 1:
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    handle = open(path, "a") if is_main_process() else None
+    try:
+        distributed.wait_for_rank_0(lambda: _try_lock(handle))
+        yield
+    finally:
+        if handle is not None:
             fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def _try_lock(handle) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def discard_teacher(folder: Path) -> None:
@@ -325,6 +348,7 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
     """Train (or reuse) the teacher, train the student, write and return the run record."""
     progress = progress or RunCallbacks()
     config, data, device = prepared.config, prepared.data, prepared.device
+    apply_device_policy(device)  # before any model: the GPU of this run, cudnn's kernel choice
     force = force or prepared.rebuild_teacher  # a rebuilt teacher makes the record again
     if not force and (done := existing_record(prepared)) is not None and not leftovers(prepared.run_dir):
         return {**done, "skipped": True}
@@ -448,7 +472,8 @@ def base_record(prepared: ResolvedRun) -> dict[str, Any]:
         "teacher": None,
         "device": describe_device(prepared.device),
         "distributed": distributed.world().describe(),  # world size, backend, sync BN (torchrun)
-        "execution": prepared.execution.as_dict(),  # --compile, --channels-last
+        # --compile, --channels-last; on CUDA also cudnn.benchmark and bf16 autocast (execution.device_policy)
+        "execution": {**prepared.execution.as_dict(), **device_policy(prepared.device)},
         "versions": versions(),
         "git_revision": git_revision(),
         "environment": environment(),

@@ -18,7 +18,6 @@ last bits of a convolution); tests/test_teacher_outputs.py checks it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -39,20 +38,6 @@ class CachePlan:
     reason: str  # what the run record says: "cached" or why the teacher runs live
 
 
-def field_shape(teacher: FeatureModel, name: str, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    info = teacher.info
-    assert info is not None
-    if name == "logits":
-        return (info.num_classes, *(input_shape[1:] if info.dense else ()))  # dense logits are at input size
-    if name in ("feature", "feature_post"):
-        return (info.feature_dim,)
-    if name == "decoder":
-        return info.decoder_shape or ()
-    if name.startswith("stage:") and name.removeprefix("stage:") in info.stage_shapes:
-        return info.stage_shapes[name.removeprefix("stage:")]
-    raise ValueError(f"unknown teacher output {name!r}; fields are {', '.join(FIELDS)} or stage:<name>")
-
-
 def plan(method: Method, teacher: FeatureModel | None, data: PairedData, teacher_modality: str | None,
          device: torch.device) -> CachePlan:
     """Whether this fit may serve the teacher's outputs from a cache, and if not, why."""
@@ -65,13 +50,15 @@ def plan(method: Method, teacher: FeatureModel | None, data: PairedData, teacher
         return CachePlan(False, "live: the method does not declare which teacher outputs it reads")
     if teacher_modality not in data.fixed_modalities("train"):
         return CachePlan(False, f"live: the training input of modality {teacher_modality!r} is augmented")
-    input_shape = data.spec.modality(teacher_modality).shape
-    per_sample = sum(math.prod(field_shape(teacher, name, input_shape)) for name in reads)
-    size = per_sample * (2 if device.type == "cuda" else 4) * data.spec.split_sizes["train"]  # bf16 under autocast
-    if size > MAX_BYTES:
-        return CachePlan(False, f"live: the teacher outputs would take {size / 2**30:.1f} GiB "
-                                f"(more than {MAX_BYTES / 2**30:.0f} GiB)")
-    return CachePlan(True, "cached")
+    return CachePlan(True, "cached")  # unless it proves larger than MAX_BYTES (TeacherOutputs.compute)
+
+
+class CacheTooLarge(Exception):
+    """The cache would hold more than its limit: the teacher runs live (the reason is the message)."""
+
+
+def too_large(nbytes: int, limit: int) -> str:
+    return f"live: the teacher outputs would take {nbytes / 2**30:.1f} GiB (more than {limit / 2**30:.0f} GiB)"
 
 
 class TeacherOutputs:
@@ -87,7 +74,10 @@ class TeacherOutputs:
     @classmethod
     @torch.no_grad()
     def compute(cls, teacher: FeatureModel, data: PairedData, split: str, modality: str, reads: frozenset[str],
-                device: torch.device, batch_size: int = 256) -> "TeacherOutputs":
+                device: torch.device, batch_size: int = 256, max_bytes: int = MAX_BYTES) -> "TeacherOutputs":
+        """Every sample's fields, stored as they come out (under the run's autocast on CUDA a field is
+        bf16 or float32 by layer: a normalisation's output stays float32), so the size is measured
+        from the first batch, not assumed: beyond `max_bytes`, CacheTooLarge before allocating."""
         was_training = teacher.training
         teacher.eval()
         fields: dict[str, Tensor] = {}
@@ -99,6 +89,11 @@ class TeacherOutputs:
                     in_order = [n for n in FIELDS if n in reads] + [f"stage:{n}" for n in out.stages if f"stage:{n}" in reads]
                     if len(in_order) != len(reads):
                         select(out, next(iter(reads - set(in_order))))  # the error naming the unknown field
+                    if not fields:
+                        per_sample = sum(select(out, name)[0].numel() * select(out, name).element_size()
+                                         for name in in_order)
+                        if per_sample * n > max_bytes:
+                            raise CacheTooLarge(too_large(per_sample * n, max_bytes))
                     for name in in_order:  # stages in the model's order
                         value = select(out, name)
                         if name not in fields:
@@ -118,7 +113,10 @@ class TeacherOutputs:
 
 def select(out: ModelOutput, name: str) -> Tensor:
     if name.startswith("stage:"):
-        return out.stages[name.removeprefix("stage:")]
+        stage = name.removeprefix("stage:")
+        if stage not in out.stages:
+            raise ValueError(f"unknown teacher output {name!r}; the teacher's stages are {', '.join(out.stages)}")
+        return out.stages[stage]
     if name not in FIELDS:
         raise ValueError(f"unknown teacher output {name!r}; fields are {', '.join(FIELDS)} or stage:<name>")
     return getattr(out, name)
