@@ -360,13 +360,14 @@ def test_latex_uses_booktabs_and_escapes_labels() -> None:
         make_record("kd", 1, None, None, status="failed", error="100% & #1 failed"),
     ]
     text = render(records, "latex")
-    for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}"):
+    for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{lrrrr}"):
         assert command in text
-    assert r"\textbf{feat\_kd (beta\_1=0.5, mix\%=1)}" in text
-    assert r"\textbf{52.00}" in text
+    # only the winning numbers are bold (test and its gap to no-kd), not the name nor the seed count
+    assert r"feat\_kd (beta\_1=0.5, mix\%=1) & \textbf{\boldmath 52.00} & 51.00 & 1 & \textbf{\boldmath +2.00} \\" in text
     assert r"$\Delta$" in text and r"visual $\rightarrow$ audio" in text
-    assert r"100\% \& \#1 failed" in text
-    assert text.count(r"\begin{tabular}") == 2  # one table and the failed runs
+    # a failed run is no result for a paper's table: listed in comments, after the table
+    assert "\n% kd-synth-av-visual2audio-s1-e15 | kd | synth-av | visual → audio | 1 | 100% & #1 failed\n" in text
+    assert text.count(r"\begin{table}") == 1
 
 
 def test_unknown_format_raises_user_error_listing_formats(runs_dir: Path) -> None:

@@ -1,5 +1,6 @@
 """Plots: the numbers drawn are the leaderboard's, heat-maps average seeds per grid cell, files are
-real PNG and SVG, and a grid that mixes other settings is refused."""
+real PNG, SVG and PDF, the same bytes for the same records, bars zoom to the data, --highlight and the
+palette colour every figure, and a grid that mixes other settings is refused."""
 
 from __future__ import annotations
 
@@ -88,26 +89,117 @@ def test_plot_command_writes_the_files(tmp_path: Path, capsys) -> None:
     assert len(list((tmp_path / "plots").glob("heatmap-*.png"))) == 1
 
 
-def test_bars_start_at_zero_keep_the_legend_off_the_bars_wrap_titles_and_explain_marks(tmp_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from cmkd_bench.reporting.plots import TITLE_WIDTH, _draw_bars, bars_notes, panel_title
+def test_bars_zoom_to_the_data_with_reference_lines_a_legend_above_and_no_empty_strips() -> None:
+    from cmkd_bench.reporting.plots import PALETTE, TITLE_WIDTH, bars_figure, bars_notes, panel_title, pyplot
 
     panels = bar_panels(main_fixture_records())
-    panel = next(p for p in panels if any(bar.mark for bar in p.bars))
-    figure, axis = plt.subplots()
-    _draw_bars(axis, panel)
-    assert axis.get_ylim()[0] == 0.0
+    panel = next(p for p in panels if p.title.startswith("visual → audio") and "epochs=15" in p.title)
+    figure = bars_figure("synth-av", [panel])
+    axis = figure.axes[0]
+    # from zero, the 1-3 point gaps vanish: the axis spans the error bars and the reference lines only
+    low = min([b.mean - b.std for b in panel.bars] + [panel.no_kd, panel.teacher])
+    high = max([b.mean + b.std for b in panel.bars] + [panel.no_kd, panel.teacher])
+    margin = max(0.5, 0.06 * (high - low))
+    assert axis.get_ylim() == pytest.approx((low - margin, high + 2 * margin)) and low - margin > 0
+    assert [patch.get_y() for patch in axis.patches] == pytest.approx([low - margin] * len(panel.bars))
+    assert [patch.get_y() + patch.get_height() for patch in axis.patches] == pytest.approx([b.mean for b in panel.bars])
+    lines = {line.get_label(): (line.get_ydata()[0], line.get_color()) for line in axis.get_lines()
+             if line.get_label() in ("no-KD", "teacher (own modality)")}
+    assert lines == {"no-KD": (pytest.approx(panel.no_kd), PALETTE.reference),
+                     "teacher (own modality)": (pytest.approx(panel.teacher), PALETTE.teacher)}
+    assert axis.get_xlim() == (-0.6, len(panel.bars) - 0.4)  # no empty strip beside the first and last bar
     figure.canvas.draw()
-    legend = axis.get_legend().get_window_extent()
-    assert legend.x0 >= axis.get_window_extent().x1  # beside the axes, so it covers no bar
+    (legend,) = figure.legends
+    assert legend.get_window_extent().y0 >= axis.get_window_extent().y1  # above the panel: it covers no bar
+    assert legend.get_title().get_text().startswith("synth-av: test metric per method")
     long = panel.__class__(**{**panel.__dict__, "title": "x " * 200})
     assert all(len(line) <= TITLE_WIDTH for line in panel_title(long).splitlines())
     assert any("significantly better / worse than no-kd" in note for note in bars_notes(panels))
-    plt.close(figure)
+    pyplot().close(figure)
+
+
+def test_highlight_gives_the_named_methods_accents_and_mutes_the_rest() -> None:
+    from cmkd_bench.reporting.plots import PALETTE, bars_figure, highlight_colours, pyplot
+
+    panel = next(p for p in bar_panels(main_fixture_records())
+                 if p.title.startswith("visual → audio") and "epochs=15" in p.title)
+    bars = [(bar.method, bar.label) for bar in panel.bars]
+    assert [bar.label for bar in panel.bars] == ["no-kd", "kd (T=2, alpha=0.9)", "kd", "ftkd"]
+
+    def facecolours(highlight: list[str]) -> list[str]:
+        figure = bars_figure("synth-av", [panel], highlight_colours(highlight, bars))
+        colours = [matplotlib_hex(patch.get_facecolor()) for patch in figure.axes[0].patches]
+        pyplot().close(figure)
+        return colours
+
+    accent, second = PALETTE.accents[:2]
+    assert facecolours([]) == [PALETTE.no_kd, PALETTE.bar, PALETTE.bar, PALETTE.bar]
+    assert facecolours(["kd"]) == [PALETTE.no_kd, accent, accent, PALETTE.muted]  # a method: all its rows
+    assert facecolours(["kd (T=2, alpha=0.9)", "ftkd"]) == [PALETTE.no_kd, accent, PALETTE.muted, second]
+    with pytest.raises(UserError, match=r"--highlight 'fdd': no method or row of that name .* ftkd, kd, no-kd$"):
+        highlight_colours(["fdd"], bars)
+
+
+def matplotlib_hex(rgba) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(rgba).upper()
+
+
+def test_every_figure_takes_its_colours_from_the_palette(tmp_path: Path, monkeypatch) -> None:
+    from cmkd_bench.reporting import plots
+
+    palette = plots.Palette(bar="#123456", no_kd="#654321", series=("#ABCDEF",), colormap="magma")
+    monkeypatch.setattr(plots, "PALETTE", palette)
+    seen: list = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, *args, **kwargs: seen.append(figure) or [])
+    plots.plot_bars(main_fixture_records(), tmp_path)
+    plots.plot_heatmaps(grid_records(), "w_low", "w_high", tmp_path)
+    plots.plot_sweep(sweep_records(), "shared", tmp_path)
+    bars, heatmap, sweep = seen
+    assert {matplotlib_hex(patch.get_facecolor()) for axis in bars.axes for patch in axis.patches} == \
+        {"#123456", "#654321"}
+    assert heatmap.axes[0].images[0].get_cmap().name == "magma"
+    (kd,) = [container for container in sweep.axes[0].containers if container.get_label() == "kd"]
+    assert kd.lines[0].get_color() == "#ABCDEF"
+    for figure in seen:
+        plots.pyplot().close(figure)
+
+
+def test_pdf_is_written_on_request_and_byte_stable(tmp_path: Path) -> None:
+    from cmkd_bench.reporting.plots import DEFAULT_FORMATS, FIGURE_FORMATS
+
+    assert DEFAULT_FORMATS == ("png", "svg") and "pdf" in FIGURE_FORMATS
+    first = plot_bars(main_fixture_records(), tmp_path / "a", formats=("pdf",), highlight=["kd"])
+    assert [path.name for path in first] == ["bars-synth-av.pdf"]
+    data = first[0].read_bytes()
+    assert data.startswith(b"%PDF-") and b"/CreationDate" not in data and b"/Type3" not in data
+    second = plot_bars(main_fixture_records(), tmp_path / "b", formats=("pdf",), highlight=["kd"])
+    assert second[0].read_bytes() == data
+    with pytest.raises(UserError, match="unknown figure format 'jpg'; choose among png, svg, pdf"):
+        plot_bars(main_fixture_records(), tmp_path / "c", formats=("jpg",))
+    assert not (tmp_path / "c").exists()
+
+
+def test_plot_command_refuses_bad_format_highlight_and_output_in_one_line(tmp_path: Path, capsys) -> None:
+    from cmkd_bench.cli import main
+
+    write_records(tmp_path / "runs", main_fixture_records())
+    (tmp_path / "file").write_text("not a folder")
+    cases = [(["--format", "jpg"], "'jpg' is not one of 'png', 'svg', 'pdf'"),
+             (["--highlight", "fdd"], "--highlight 'fdd': no method or row of that name"),
+             (["--output-dir", str(tmp_path / "file" / "sub")], "not a folder")]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as stopped:
+            main(["plot", "bars", str(tmp_path / "runs"), "--output-dir", str(tmp_path / "out"), *extra])
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+        assert "Traceback" not in err and not list((tmp_path / "out").glob("*.*"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["plot", "bars", str(tmp_path / "runs"), "--output-dir", str(tmp_path / "out"), "--format", "pdf",
+              "--highlight", "kd"])
+    assert stopped.value.code == 0
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["bars-synth-av.pdf"]
 
 
 # -- sweep: gain over no-kd against one setting -----------------------------------------------------

@@ -26,7 +26,9 @@ def filtered_records(paths: Sequence[Path], datasets: Sequence[str], methods: Se
 @click.argument("runs_dirs", nargs=-1, type=click.Path())
 @click.option("--format", "fmt", default="rich", show_default=True,
               type=click.Choice(["rich", "md", "csv", "latex", "html"]),
-              help="html: one self-contained file, sortable by clicking a column header.")
+              help="html: one self-contained file, sortable by clicking a column header; latex: a captioned float "
+                   "per table for a two-column paper (table* for --layout wide; needs booktabs, threeparttable, "
+                   "adjustbox).")
 @click.option("--layout", default="long", show_default=True, type=click.Choice(["long", "wide"]),
               help="long: a table per dataset and direction; wide: a column per dataset and direction, "
                    "with the average rank (like the papers' Table 1).")
@@ -43,9 +45,16 @@ def filtered_records(paths: Sequence[Path], datasets: Sequence[str], methods: Se
 @click.option("--view", default="all", show_default=True, type=click.Choice(["all", "default", "tuned"]),
               help="Rows: all; only the default configurations; or each tuned method's selected configuration "
                    "(`cmkd-bench tune`) in place of its default.")
+@click.option("--no-notes", is_flag=True, help="Leave out the notes under the tables (marks, protocol, selections).")
+@click.option("--caption", metavar="LATEX",
+              help="--format latex: the caption, as written (LaTeX); with several tables each one's title follows it. "
+                   "Default: the table's title.")
+@click.option("--label", metavar="LABEL",
+              help="--format latex: the \\label; with several tables LABEL-1, LABEL-2, ... in order.")
 def leaderboard_command(runs_dirs: tuple[str, ...], fmt: str, layout: str, output: str | None,
                         datasets: tuple[str, ...], methods: tuple[str, ...], wheres: tuple[str, ...],
-                        with_published: bool, published_file: str | None, view: str) -> None:
+                        with_published: bool, published_file: str | None, view: str, no_notes: bool,
+                        caption: str | None, label: str | None) -> None:
     """Tables of completed runs: mean ± std over seeds, Δ vs no-KD, teacher row, failed runs listed."""
     paths = runs_paths(runs_dirs)
     records = filtered_records(paths, datasets, methods, wheres)
@@ -55,7 +64,7 @@ def leaderboard_command(runs_dirs: tuple[str, ...], fmt: str, layout: str, outpu
         if published_file:
             check_published_methods(published, published_file)
     print_leaderboard(records, fmt, Path(output) if output else None, paths=paths, layout=layout,
-                      published=published, view=view)
+                      published=published, view=view, notes=not no_notes, caption=caption, label=label)
 
 
 def check_published_methods(published: list, path: str) -> None:

@@ -1,4 +1,4 @@
-"""`cmkd-bench plot bars|heatmap`: figures from run records (cmkd_bench.reporting.plots draws them)."""
+"""`cmkd-bench plot bars|heatmap|sweep`: figures from run records (cmkd_bench.reporting.plots draws them)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import click
 
 from ..artefacts.files import check_writable_dir
 from ..errors import UserError
-from ..reporting.plots import plot_bars, plot_heatmaps, plot_sweep
+from ..reporting.plots import DEFAULT_FORMATS, FIGURE_FORMATS, plot_bars, plot_heatmaps, plot_sweep
 from .leaderboard import filtered_records, runs_paths
 
 
 def _filters(function: Callable[..., None]) -> Callable[..., None]:
-    """The RUNS argument, the leaderboard's record filters, and --output-dir."""
+    """The RUNS argument, the leaderboard's record filters, --output-dir and --format."""
     for decorator in reversed([
         click.argument("runs_dirs", nargs=-1, type=click.Path()),
         click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable)."),
@@ -22,10 +22,18 @@ def _filters(function: Callable[..., None]) -> Callable[..., None]:
         click.option("--where", "wheres", multiple=True, metavar="KEY=VALUE",
                      help="Only records whose field or setting KEY is VALUE (repeatable), as in `leaderboard`."),
         click.option("--output-dir", default="plots", show_default=True, type=click.Path(),
-                     help="Where the PNG and SVG files go."),
+                     help="Where the figure files go."),
+        click.option("--format", "formats", multiple=True, type=click.Choice(FIGURE_FORMATS),
+                     help=f"A file format to write (repeatable; pdf is what papers embed). Default: "
+                          f"{' and '.join(DEFAULT_FORMATS)}."),
     ]):
         function = decorator(function)
     return function
+
+
+_highlight = click.option("--highlight", multiple=True, metavar="METHOD",
+                          help="Draw this method (or row, e.g. 'kd (tuned)') in an accent colour and mute the others "
+                               "(repeatable: a colour each).")
 
 
 @click.group("plot")
@@ -35,12 +43,15 @@ def plot_group() -> None:
 
 @plot_group.command("bars")
 @_filters
+@_highlight
 def bars_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
-                 wheres: tuple[str, ...], output_dir: str) -> None:
-    """Per dataset: a bar per method (mean ± std over seeds), with the no-KD and teacher lines."""
+                 wheres: tuple[str, ...], output_dir: str, formats: tuple[str, ...],
+                 highlight: tuple[str, ...]) -> None:
+    """Per dataset: a bar per method (mean ± std over seeds), the value axis zoomed to the data, with the
+    no-KD and teacher lines."""
     check_writable_dir(output_dir, "--output-dir")
     records = filtered_records(runs_paths(runs_dirs), datasets, methods, wheres)
-    for path in plot_bars(records, Path(output_dir)):
+    for path in plot_bars(records, Path(output_dir), highlight=highlight, formats=formats or DEFAULT_FORMATS):
         click.echo(f"wrote {path}")
 
 
@@ -49,25 +60,27 @@ def bars_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods:
 @click.option("--x", "x_key", required=True, help="Setting on the x axis (hyper-parameter, data option or recipe).")
 @click.option("--y", "y_key", required=True, help="Setting on the y axis.")
 def heatmap_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
-                    wheres: tuple[str, ...], output_dir: str, x_key: str, y_key: str) -> None:
+                    wheres: tuple[str, ...], output_dir: str, formats: tuple[str, ...], x_key: str, y_key: str) -> None:
     """A method's test metric over a grid of two settings, e.g. --x w_low --y w_high for fd."""
     if x_key == y_key:
         raise UserError(f"--x and --y are both {x_key!r}; a heat-map needs two settings")
     check_writable_dir(output_dir, "--output-dir")
     records = filtered_records(runs_paths(runs_dirs), datasets, methods, wheres)
-    for path in plot_heatmaps(records, x_key, y_key, Path(output_dir)):
+    for path in plot_heatmaps(records, x_key, y_key, Path(output_dir), formats=formats or DEFAULT_FORMATS):
         click.echo(f"wrote {path}")
 
 
 @plot_group.command("sweep")
 @_filters
+@_highlight
 @click.option("--x", "x_key", required=True, help="The swept setting (data option, hyper-parameter or recipe), "
                                                   "e.g. shared for synth-av.")
 def sweep_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
-                  wheres: tuple[str, ...], output_dir: str, x_key: str) -> None:
+                  wheres: tuple[str, ...], output_dir: str, formats: tuple[str, ...], highlight: tuple[str, ...],
+                  x_key: str) -> None:
     """Each method's test gain over no-kd (same setting, same seed; mean ± std over seeds) against --x,
     one panel per direction."""
     records = filtered_records(runs_paths(runs_dirs), datasets, methods, wheres)
     check_writable_dir(output_dir, "--output-dir")
-    for path in plot_sweep(records, x_key, Path(output_dir)):
+    for path in plot_sweep(records, x_key, Path(output_dir), highlight=highlight, formats=formats or DEFAULT_FORMATS):
         click.echo(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""Plots from run records (matplotlib, Agg backend; every figure is written as PNG and SVG).
+"""Plots from run records (matplotlib, Agg backend; PNG and SVG, or the --format chosen: png, svg, pdf).
 
     cmkd-bench plot bars RUNS...                 per dataset: a bar per method (mean ± std over
                                                  seeds), the no-KD line, the teacher line
@@ -7,12 +7,15 @@
     cmkd-bench plot sweep RUNS... --x K          per dataset, one panel per direction: each method's
                                                  gain over no-kd (paired by seed) against setting K
 
-Bars come from the leaderboard's tables, so they hold exactly the numbers the tables hold.
+Bars come from the leaderboard's tables, so they hold exactly the numbers the tables hold. Every
+figure takes its colours from PALETTE; `highlight` (--highlight) gives the named methods accent
+colours and mutes the rest. The same records give the same bytes in every format.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import textwrap
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from ..artefacts.files import file_stem
+from ..artefacts.files import file_stem, temporary
 from ..artefacts.records import (direction_label, has_setting, hparams_changed, is_number, metric,
                                  record_metric_name, record_setting, settings_of)
 from ..errors import UserError
@@ -32,8 +35,31 @@ if TYPE_CHECKING:  # matplotlib itself is imported by `pyplot()`, after choosing
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-FIGURE_FORMATS = ("png", "svg")
+FIGURE_FORMATS = ("png", "svg", "pdf")  # what can be written; pdf is what papers embed
+DEFAULT_FORMATS = ("png", "svg")
 TITLE_WIDTH = 70  # characters per line of a panel title: a long protocol wraps instead of widening the figure
+NOTE_CHARS_PER_INCH = 17  # of 7-point note text: notes wrap at the figure's width, not at a fixed count
+BAR_INCHES = 0.3  # of figure width per bar
+
+
+@dataclass(frozen=True)
+class Palette:
+    """Every figure's colours: Okabe and Ito's colour-blind-safe set, which also survives greyscale print."""
+
+    bar: str = "#0072B2"  # a method's bar when none is highlighted
+    muted: str = "#CDD1D6"  # the other methods' bars and lines when some are highlighted
+    no_kd: str = "#8C8C8C"  # the no-kd bar: the reference, not a contender
+    reference: str = "#000000"  # the no-kd line (dashed; 0 in sweeps)
+    teacher: str = "#009E73"  # the teacher line (dotted)
+    accents: tuple[str, ...] = ("#D55E00", "#0072B2", "#CC79A7", "#E69F00", "#56B4E9")  # --highlight, in order
+    series: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
+                               "#F0E442")  # a line per method
+    markers: tuple[str, ...] = ("o", "s", "^", "D")  # with `series`: 32 lines before a style repeats
+    grid: str = "#E6E6E6"
+    colormap: str = "viridis"  # heat-maps: perceptually uniform, readable in greyscale
+
+
+PALETTE = Palette()
 
 
 def pyplot() -> ModuleType:
@@ -46,19 +72,78 @@ def pyplot() -> ModuleType:
     return plt
 
 
-def save_figure(figure: Figure, directory: Path, stem: str) -> list[Path]:
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The formats to write, refused (one line) before any figure is drawn where one is unknown."""
+    unknown = [fmt for fmt in formats if fmt not in FIGURE_FORMATS]
+    if unknown or not formats:
+        raise UserError(f"unknown figure format {(unknown or [''])[0]!r}; choose among {', '.join(FIGURE_FORMATS)}")
+    return tuple(dict.fromkeys(formats))
+
+
+# No dates in the files, SVG element ids hashed from the file's name instead of a random salt: the
+# same records give the same bytes (a regenerated figure shows no diff). PDF fonts as TrueType
+# (42), not Type 3, which publishers' PDF checkers reject.
+_METADATA = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
+
+
+def save_figure(figure: Figure, directory: Path, stem: str, formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for fmt in FIGURE_FORMATS:
-        path = directory / f"{stem}.{fmt}"
-        # No dates in the files, and SVG element ids hashed from the file's name instead of a random
-        # salt: the same records give the same bytes (a regenerated figure shows no diff).
-        metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-        with pyplot().rc_context({"svg.hashsalt": stem}):
-            figure.savefig(path, format=fmt, bbox_inches="tight", dpi=150, metadata=metadata)
-        paths.append(path)
-    pyplot().close(figure)
+    try:
+        for fmt in check_formats(formats):
+            paths.append(_save_atomic(figure, directory / f"{stem}.{fmt}", fmt, stem))
+    finally:
+        pyplot().close(figure)
     return paths
+
+
+def _save_atomic(figure: Figure, path: Path, fmt: str, stem: str) -> Path:
+    # written beside its name and renamed over it: a failed write leaves no half-written figure
+    partial = temporary(path)
+    try:
+        with pyplot().rc_context({"svg.hashsalt": stem, "pdf.fonttype": 42}):
+            figure.savefig(partial, format=fmt, bbox_inches="tight", dpi=150, metadata=_METADATA[fmt])
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"cannot write {str(path)!r}: {error.strerror or error}; pass another --output-dir") from None
+    return path
+
+
+def wrapped_notes(notes: Sequence[str], figure: Figure) -> str:
+    width = max(40, int(figure.get_figwidth() * NOTE_CHARS_PER_INCH))
+    return "\n".join(textwrap.fill(note, width) for note in notes)
+
+
+def highlight_colours(highlight: Sequence[str], names: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """--highlight NAME (a method, or a row label such as "kd (tuned)") -> its accent colour, in the order
+    given; a NAME that matches nothing drawn is refused before any figure is drawn."""
+    names = list(names)
+    known = {name for pair in names for name in pair}
+    for name in highlight:
+        if name not in known:
+            methods = ", ".join(sorted({method for method, _ in names}))
+            raise UserError(f"--highlight {name!r}: no method or row of that name in these records; "
+                            f"choose among {methods}")
+    return {name: PALETTE.accents[index % len(PALETTE.accents)]
+            for index, name in enumerate(dict.fromkeys(highlight))}
+
+
+def title_and_legend(figure: Figure, title: str, handles: list[Any], labels: list[str]) -> None:
+    """The legend in one row above the panels, so that it covers no data, under the figure's title (as
+    the legend's own title: a suptitle and an outside legend overlap under constrained layout)."""
+    if not handles:
+        figure.suptitle(title, fontsize=10)
+        return
+    figure.legend(handles, labels, loc="outside upper center", ncol=len(handles), fontsize=7, frameon=False,
+                  title=title, title_fontsize=10)
+
+
+def _tidy(axis: Axes) -> None:
+    """Light horizontal grid behind the data, no top and right frame: values read off a zoomed axis."""
+    axis.yaxis.grid(True, color=PALETTE.grid, linewidth=0.6)
+    axis.set_axisbelow(True)
+    axis.spines[["top", "right"]].set_visible(False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +158,7 @@ class Bar:
     n: int
     mark: str  # significance against no-KD (leaderboard.significance_mark)
     is_no_kd: bool
+    method: str = ""
 
 
 @dataclass
@@ -92,36 +178,48 @@ def bar_panels(records: Sequence[dict[str, Any]]) -> list[BarPanel]:
         methods = [row for row in table.rows if row.kind == "method" and row.mean is not None]
         teacher = next((row.mean for row in table.rows if row.kind == "teacher"), None)
         no_kd = next((row.mean for row in methods if row.method == NO_KD and not row.hparams), None)
-        bars = [Bar(row.label, row.mean, row.std or 0.0, row.n, significance_mark(row), row.method == NO_KD)
+        bars = [Bar(row.label, row.mean, row.std or 0.0, row.n, significance_mark(row), row.method == NO_KD, row.method)
                 for row in methods]
         panels.append(BarPanel(table.dataset, table.title.split(" · ", 1)[1], table.metric, bars, no_kd, teacher))
     return panels
 
 
-def plot_bars(records: Sequence[dict[str, Any]], directory: Path) -> list[Path]:
+def plot_bars(records: Sequence[dict[str, Any]], directory: Path, *, highlight: Sequence[str] = (),
+              formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+    formats = check_formats(formats)
     panels = bar_panels(records)
     if not panels:
         raise UserError("no completed runs to plot; run some first (or check the filters)")
+    colours = highlight_colours(highlight, ((bar.method, bar.label) for panel in panels for bar in panel.bars))
     written = []
     for dataset in sorted({panel.dataset for panel in panels}):
-        written += _bars_figure(dataset, [p for p in panels if p.dataset == dataset], directory)
+        written += _bars_figure(dataset, [p for p in panels if p.dataset == dataset], directory, colours, formats)
     return written
 
 
-def _bars_figure(dataset: str, panels: list[BarPanel], directory: Path) -> list[Path]:
+def _bars_figure(dataset: str, panels: list[BarPanel], directory: Path, colours: dict[str, str],
+                 formats: Sequence[str]) -> list[Path]:
+    return save_figure(bars_figure(dataset, panels, colours), directory, f"bars-{file_stem(dataset)}", formats)
+
+
+def bars_figure(dataset: str, panels: list[BarPanel], colours: dict[str, str] | None = None) -> Figure:
+    """One dataset's panels in one figure: title and legend above, the marks' note below."""
     plt = pyplot()
+    colours = colours or {}
     widest = max(len(panel.bars) for panel in panels)
-    figure, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 0.55 * widest + 2), 3.6 * len(panels)),
-                                squeeze=False)
+    # constrained layout sizes the margins to the labels, title, legend and note: no empty strips
+    size = (max(5.0, BAR_INCHES * widest + 1.2), 3.0 * len(panels) + 0.8)
+    figure, axes = plt.subplots(len(panels), 1, figsize=size, squeeze=False, layout="constrained")
     for axis, panel in zip(axes[:, 0], panels):
-        _draw_bars(axis, panel)
-    figure.suptitle(f"{dataset}: test metric per method (mean ± std over seeds)")
+        _draw_bars(axis, panel, colours)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles += [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in colours.values()]
+    title_and_legend(figure, f"{dataset}: test metric per method (mean ± std over seeds)", handles,
+                     labels + list(colours))
     notes = bars_notes(panels)
     if notes:
-        figure.text(0.01, 0.005, "\n".join(textwrap.fill(note, 110) for note in notes), fontsize=7, va="bottom")
-    note_inches = 0.5 if notes else 0.0  # room below the panels for the note
-    figure.tight_layout(rect=(0, note_inches / figure.get_figheight(), 1, 1))
-    return save_figure(figure, directory, f"bars-{file_stem(dataset)}")
+        figure.supxlabel(wrapped_notes(notes, figure), x=0.0, ha="left", fontsize=7)
+    return figure
 
 
 def bars_notes(panels: Sequence[BarPanel]) -> list[str]:
@@ -134,26 +232,49 @@ def panel_title(panel: BarPanel) -> str:
     return textwrap.fill(panel.title, TITLE_WIDTH)
 
 
-def _draw_bars(axis: Axes, panel: BarPanel) -> None:
+def bar_colour(bar: Bar, colours: dict[str, str]) -> str:
+    """The bar's accent where it is highlighted (its row, else its method); the no-kd grey; the others
+    muted where some are highlighted."""
+    chosen = colours.get(bar.label) or colours.get(bar.method)
+    if chosen:
+        return chosen
+    if bar.is_no_kd:
+        return PALETTE.no_kd
+    return PALETTE.muted if colours else PALETTE.bar
+
+
+def value_limits(panel: BarPanel) -> tuple[float, float]:
+    """The value axis zoomed to the error bars and reference lines: from zero, 1-3 point differences
+    between methods vanish. Never below zero; room above for the marks."""
+    lines = [value for value in (panel.no_kd, panel.teacher) if value is not None]
+    low = min([bar.mean - bar.std for bar in panel.bars] + lines)
+    high = max([bar.mean + bar.std for bar in panel.bars] + lines)
+    margin = max(0.5, 0.06 * (high - low))
+    return max(0.0, low - margin), high + 2 * margin
+
+
+def _draw_bars(axis: Axes, panel: BarPanel, colours: dict[str, str] | None = None) -> None:
+    colours = colours or {}
     positions = range(len(panel.bars))
-    colours = ["#9e9e9e" if bar.is_no_kd else "#4c72b0" for bar in panel.bars]
-    axis.bar(positions, [b.mean for b in panel.bars], yerr=[b.std for b in panel.bars], color=colours,
-             capsize=3, error_kw={"elinewidth": 1})
+    floor, ceiling = value_limits(panel)
+    # drawn up from the axis floor, which the zoomed axis shows instead of zero
+    axis.bar(positions, [b.mean - floor for b in panel.bars], bottom=floor, yerr=[b.std for b in panel.bars],
+             color=[bar_colour(bar, colours) for bar in panel.bars], width=0.75, capsize=2,
+             error_kw={"elinewidth": 0.8, "capthick": 0.8})
     if panel.no_kd is not None:
-        axis.axhline(panel.no_kd, color="#c44e52", linestyle="--", linewidth=1, label="no-KD")
+        axis.axhline(panel.no_kd, color=PALETTE.reference, linestyle="--", linewidth=0.9, label="no-KD")
     if panel.teacher is not None:
-        axis.axhline(panel.teacher, color="#55a868", linestyle=":", linewidth=1, label="teacher (own modality)")
+        axis.axhline(panel.teacher, color=PALETTE.teacher, linestyle=":", linewidth=1.2, label="teacher (own modality)")
     for position, bar in zip(positions, panel.bars):
         if bar.mark:
-            axis.annotate(bar.mark, (position, bar.mean + bar.std), ha="center", va="bottom")
-    axis.set_xticks(list(positions), [b.label for b in panel.bars], rotation=35, ha="right", fontsize=8)
+            axis.annotate(bar.mark, (position, bar.mean + bar.std), ha="center", va="bottom", fontsize=7)
+    axis.set_xticks(list(positions), [b.label for b in panel.bars], rotation=45, ha="right",
+                    rotation_mode="anchor", fontsize=7)
+    axis.set_xlim(-0.6, len(panel.bars) - 0.4)  # no empty strip beside the first and last bar
+    axis.set_ylim(floor, ceiling)
     axis.set_ylabel(f"{panel.metric} (%)")
-    axis.set_title(panel_title(panel), fontsize=9)
-    lines = [value for value in (panel.no_kd, panel.teacher) if value is not None]
-    high = max([b.mean + b.std for b in panel.bars] + lines)
-    axis.set_ylim(0.0, high + max(1.0, 0.08 * high))  # bars from zero: a bar's height is its value
-    # beside the axes, never over a bar
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    axis.set_title(panel_title(panel), fontsize=8)
+    _tidy(axis)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,22 +353,25 @@ def _sorted_values(values: Iterable[Any]) -> list[Any]:
         return sorted(unique, key=str)
 
 
-def plot_heatmaps(records: Sequence[dict[str, Any]], x_key: str, y_key: str, directory: Path) -> list[Path]:
+def plot_heatmaps(records: Sequence[dict[str, Any]], x_key: str, y_key: str, directory: Path, *,
+                  formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+    formats = check_formats(formats)
     written = []
     for heatmap in heatmaps(records, x_key, y_key):
-        written += _heatmap_figure(heatmap, directory)
+        written += _heatmap_figure(heatmap, directory, formats)
     return written
 
 
-def _heatmap_figure(heatmap: Heatmap, directory: Path) -> list[Path]:
+def _heatmap_figure(heatmap: Heatmap, directory: Path, formats: Sequence[str]) -> list[Path]:
     plt = pyplot()
     values = np.array([[np.nan if v is None else v for v in row] for row in heatmap.means], dtype=float)
-    figure, axis = plt.subplots(figsize=(1.1 * len(heatmap.x_values) + 2.5, 0.8 * len(heatmap.y_values) + 2))
-    image = axis.imshow(values, origin="lower", cmap="viridis", aspect="auto")
+    figure, axis = plt.subplots(figsize=(1.1 * len(heatmap.x_values) + 2.5, 0.8 * len(heatmap.y_values) + 2),
+                                layout="constrained")
+    image = axis.imshow(values, origin="lower", cmap=PALETTE.colormap, aspect="auto")
     for y, row in enumerate(heatmap.means):
         for x, value in enumerate(row):
             text = "—" if value is None else f"{value:.1f}\n(n={heatmap.counts[y][x]})"
-            axis.text(x, y, text, ha="center", va="center", fontsize=7, color="white" if value is not None else "k")
+            axis.text(x, y, text, ha="center", va="center", fontsize=7, color=_text_colour(image, value))
     axis.set_xticks(range(len(heatmap.x_values)), [str(v) for v in heatmap.x_values])
     axis.set_yticks(range(len(heatmap.y_values)), [str(v) for v in heatmap.y_values])
     axis.set_xlabel(heatmap.x_key)
@@ -255,7 +379,15 @@ def _heatmap_figure(heatmap: Heatmap, directory: Path) -> list[Path]:
     axis.set_title(f"{heatmap.title}\ntest {heatmap.metric} (%), mean over seeds", fontsize=9)
     figure.colorbar(image, ax=axis, label=f"{heatmap.metric} (%)")
     stem = f"heatmap-{file_stem(heatmap.title.replace(' · ', '-'))}-{file_stem(heatmap.x_key)}-{file_stem(heatmap.y_key)}"
-    return save_figure(figure, directory, stem)
+    return save_figure(figure, directory, stem, formats)
+
+
+def _text_colour(image: Any, value: float | None) -> str:
+    """Black on the colour map's light end, white on its dark end: every cell's number stays readable."""
+    if value is None:
+        return "black"
+    red, green, blue, _ = image.cmap(image.norm(value))
+    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,18 +479,40 @@ def _check_only_x_and_method_vary(group: list[dict[str, Any]], x_key: str, datas
                         "narrow them with --where KEY=VALUE so that one sweep remains")
 
 
-def plot_sweep(records: Sequence[dict[str, Any]], x_key: str, directory: Path) -> list[Path]:
+def plot_sweep(records: Sequence[dict[str, Any]], x_key: str, directory: Path, *, highlight: Sequence[str] = (),
+               formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+    formats = check_formats(formats)
     panels = sweep_panels(records, x_key)
+    labels = {label for panel in panels for label in panel.series}
+    colours = highlight_colours(highlight, ((_series_method(label), label) for label in labels))
     written = []
     for dataset in sorted({panel.dataset for panel in panels}):
-        written += _sweep_figure([p for p in panels if p.dataset == dataset], directory)
+        written += _sweep_figure([p for p in panels if p.dataset == dataset], directory, colours, formats)
     return written
 
 
-def _sweep_figure(panels: list[SweepPanel], directory: Path) -> list[Path]:
+def _series_method(label: str) -> str:
+    return label.split(" (", 1)[0]  # "kd (alpha=0.5)" is kd's
+
+
+def series_style(index: int, label: str, colours: dict[str, str]) -> dict[str, Any]:
+    """A method's line: its accent where highlighted (drawn on top), muted where others are, else the
+    palette's colour and marker by its place among the figure's methods."""
+    chosen = colours.get(label) or colours.get(_series_method(label))
+    if chosen:
+        return {"color": chosen, "marker": "o", "linewidth": 1.6, "zorder": 3}
+    if colours:
+        return {"color": PALETTE.muted, "marker": "o", "linewidth": 0.8, "zorder": 1}
+    count = len(PALETTE.series)
+    return {"color": PALETTE.series[index % count], "marker": PALETTE.markers[index // count % len(PALETTE.markers)],
+            "linewidth": 1.0, "zorder": 2}
+
+
+def _sweep_figure(panels: list[SweepPanel], directory: Path, colours: dict[str, str],
+                  formats: Sequence[str]) -> list[Path]:
     plt = pyplot()
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False, sharey=True)
-    colours = plt.get_cmap("tab10")
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.8, 3.6), squeeze=False, sharey=True,
+                                layout="constrained")
     labels = sorted({label for panel in panels for label in panel.series})
     for axis, panel in zip(axes[0], panels):
         xs = [p.x for p in panel.no_kd if is_number(p.x)]
@@ -367,15 +521,18 @@ def _sweep_figure(panels: list[SweepPanel], directory: Path) -> list[Path]:
             points = panel.series.get(label, [])
             offset = (index - (len(labels) - 1) / 2) * spread
             if points:
-                axis.errorbar([p.x + offset if is_number(p.x) else p.x for p in points], [p.mean for p in points], yerr=[p.std for p in points],
-                              marker="o", markersize=3, capsize=2, linewidth=1, color=colours(index % 10), label=label)
-        axis.axhline(0.0, color="k", linewidth=0.8, linestyle="--")
+                axis.errorbar([p.x + offset if is_number(p.x) else p.x for p in points], [p.mean for p in points],
+                              yerr=[p.std for p in points], markersize=3, capsize=2, label=label,
+                              **series_style(index, label, colours))
+        axis.axhline(0.0, color=PALETTE.reference, linewidth=0.9, linestyle="--")
         axis.set_xlabel(panel.x_key)
         axis.set_title(f"{panel.dataset} · {panel.direction}\nno-kd: "
                        + ", ".join(f"{p.mean:.1f}" for p in panel.no_kd), fontsize=8)
+        _tidy(axis)
     axes[0][0].set_ylabel(f"test {panels[0].metric} gain over no-kd (points)")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    handles = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7, frameon=False)
     figure.suptitle(f"{panels[0].dataset}: gain over no-kd against {panels[0].x_key} (mean ± std over seeds)",
                     fontsize=9)
-    figure.tight_layout()
-    return save_figure(figure, directory, f"sweep-{file_stem(panels[0].dataset)}-{file_stem(panels[0].x_key)}")
+    return save_figure(figure, directory, f"sweep-{file_stem(panels[0].dataset)}-{file_stem(panels[0].x_key)}",
+                       formats)

@@ -35,9 +35,12 @@ TUNED_NOTE = ("(tuned): the configuration with the best validation score among a
               "of the method's declared search space (the same budget for every method), run on seed {seed} and "
               "then on every seed; test scores are never read for the selection.")
 STALE_MARK = "§"
-STALE_NOTE = (f"{STALE_MARK}: some of the row's records were made under another environment (library versions, "
-              "CPU threads) or code revision than most records of their table; they may differ by seed noise. "
-              "`cmkd-bench suite --rerun-stale` reruns them:")
+STALE_PAPER_NOTE = (f"{STALE_MARK}: some of the row's records were made under another environment (library versions, "
+                    "CPU threads) or code revision than most records of their table; they may differ by seed noise.")
+# `suite` needs a suite file (or --methods and --datasets) to know the runs, so the command names one
+STALE_NOTE = (STALE_PAPER_NOTE + " Rerun them with `cmkd-bench suite SUITE.yaml --rerun-stale`, SUITE.yaml being "
+              "the suite file that made them (the committed leaderboard's: `python leaderboard/regenerate.py "
+              "--rerun-stale`):")
 RANK_NOTE = ("avg rank: the rank of the method's mean among the methods of each column (1 = best, ties "
              "share the mean rank), averaged over the columns it has; (k/K) when it has k of K columns; "
              "methods measured in fewer columns come after those measured in more. Bold: the best mean of a column.")
@@ -48,6 +51,7 @@ class Cell:
     text: str
     sort: float | str | None = None  # what html sorts by; None sorts last
     bold: bool = False
+    ranked: bool = False  # the number the table ranks by (a mean, its gap to no-kd): all that LaTeX bolds
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Grid:
     pinned: int = 0  # leading rows (the teacher) kept above a rule and out of html sorting
     notes: list[str] = field(default_factory=list)
     latex_headers: list[str] | None = None  # the header row as LaTeX, where escaping `headers` is not it
+    paper_notes: list[str] | None = None  # the notes as a paper prints them (no run ids, no commands); None: notes
 
 
 class Sources:
@@ -111,11 +116,12 @@ def published_cells(value: PublishedValue | None, mean: float | None, sources: S
 
 
 def grid_notes(rows: Iterable[RowData], sources: Sources, published: PublishedIndex | None,
-               tables: Sequence[TableData] = ()) -> list[str]:
+               tables: Sequence[TableData] = (), *, paper: bool = False) -> list[str]:
+    """The notes under a grid; `paper`: as a paper prints them (see `stale_notes`, `tuned_notes`)."""
     rows = list(rows)
     notes = [SIGNIFICANCE_NOTE] if any(row.p_value is not None for row in rows) else []
-    notes += tuned_notes(tables)
-    notes += stale_notes(rows)
+    notes += tuned_notes(tables, paper=paper)
+    notes += stale_notes(rows, paper=paper)
     if published is not None:
         notes += [PUBLISHED_NOTE, *sources.notes()]
     return notes
@@ -126,32 +132,49 @@ def stale_label(row: RowData) -> str:
     return f"{row.label} {STALE_MARK}" if row.stale else row.label
 
 
-def stale_notes(rows: Iterable[RowData]) -> list[str]:
-    """STALE_NOTE and, per stale record, what differs from the majority of its table."""
+def stale_notes(rows: Iterable[RowData], *, paper: bool = False) -> list[str]:
+    """STALE_NOTE and, per stale record, what differs from the majority of its table; `paper`: the
+    mark's meaning only (STALE_PAPER_NOTE): run ids and commands are for whoever reruns, not for readers."""
     lines = [f"{run_id}: {'; '.join(differs)}." for row in rows for run_id, differs in sorted(row.stale.items())]
-    return [STALE_NOTE, *sorted(set(lines))] if lines else []
+    if not lines:
+        return []
+    return [STALE_PAPER_NOTE] if paper else [STALE_NOTE, *sorted(set(lines))]
 
 
-def tuned_notes(tables: Sequence[TableData]) -> list[str]:
-    """The protocol behind "(tuned)" rows, and each one's selected settings per table."""
-    selected: dict[str, list[str]] = {}
+def tuned_notes(tables: Sequence[TableData], *, paper: bool = False) -> list[str]:
+    """The protocol behind "(tuned)" rows, and each one's selected settings per table; `paper`: the
+    selections in one paragraph, a method's settings once where every table selected the same, so that
+    twenty tuned rows take a few lines under a table, not twenty."""
+    selected, protocol = _selections(tables)
+    if not selected:
+        return []
+    budgets = ", ".join(str(budget) for budget in sorted({budget for budget, _ in protocol}))
+    seeds = ", ".join(str(seed) for seed in sorted({seed for _, seed in protocol}))
+    sentences = [f"{method} (tuned) selected {_selection_text(parts, paper)}."
+                 for method, parts in sorted(selected.items())]
+    return [TUNED_NOTE.format(budget=budgets, seed=seeds), *([" ".join(sentences)] if paper else sentences)]
+
+
+def _selections(tables: Sequence[TableData]) -> tuple[dict[str, list[tuple[str, str]]], set[tuple[int, int]]]:
+    """Per tuned method, (where: the table, when there are several; its selected settings); and the
+    (budget, selection seed) pairs of the tuning."""
+    selected: dict[str, list[tuple[str, str]]] = {}
     protocol: set[tuple[int, int]] = set()
     for table in tables:
         for row in table.rows:
             if row.selection != "tuned" or row.tuning is None:
                 continue
-            settings = hparams_text(row.hparams) or "the defaults"
             direction = rec.direction_label(table.teacher_modality, table.student_modality, "compact")
             where = f"{table.dataset} {direction}: " if len(tables) > 1 else ""
-            selected.setdefault(row.method, []).append(where + settings)
+            selected.setdefault(row.method, []).append((where, hparams_text(row.hparams) or "the defaults"))
             protocol.add((int(row.tuning.get("budget", 0)), int(row.tuning.get("selection_seed", 0))))
-    if not selected:
-        return []
-    budgets = ", ".join(str(budget) for budget in sorted({budget for budget, _ in protocol}))
-    seeds = ", ".join(str(seed) for seed in sorted({seed for _, seed in protocol}))
-    lines = [TUNED_NOTE.format(budget=budgets, seed=seeds)]
-    lines += [f"{method} (tuned) selected {'; '.join(parts)}." for method, parts in sorted(selected.items())]
-    return lines
+    return selected, protocol
+
+
+def _selection_text(parts: list[tuple[str, str]], paper: bool) -> str:
+    if paper and len(parts) > 1 and len({settings for _, settings in parts}) == 1:
+        return f"{parts[0][1]} in each of its {len(parts)} columns"
+    return "; ".join(where + settings for where, settings in parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,10 +188,14 @@ def long_grid(table: TableData, published: PublishedIndex | None = None, *, plai
     headers = list(HEADERS) + (["published", "gap vs published"] if published is not None else [])
     sources = Sources()
     rows = [_long_cells(table, row, published, sources, marked=not plain) for row in table.rows]
+    def notes(paper: bool) -> list[str]:
+        # stale records are marked and listed even in plain grids: such numbers do not compare as they are
+        if plain:
+            return stale_notes(table.rows, paper=paper)
+        return grid_notes(table.rows, sources, published, [table], paper=paper)
+
     return Grid(title=table.title, headers=headers, rows=rows, align=["l"] + ["r"] * (len(headers) - 1),
-                pinned=sum(row.kind == "teacher" for row in table.rows),
-                # stale records are marked and listed even in plain grids: such numbers do not compare as they are
-                notes=stale_notes(table.rows) if plain else grid_notes(table.rows, sources, published, [table]),
+                pinned=sum(row.kind == "teacher" for row in table.rows), notes=notes(False), paper_notes=notes(True),
                 latex_headers=list(LATEX_HEADERS) if plain and published is None else None)
 
 
@@ -181,6 +208,7 @@ def _long_cells(table: TableData, row: RowData, published: PublishedIndex | None
         cells += published_cells(published.lookup(table, row), row.mean, sources)
     for cell in cells:
         cell.bold = row.is_best
+    cells[1].ranked = cells[4].ranked = True  # test and its gap to no-kd: what the best row wins by
     return cells
 
 
@@ -207,9 +235,11 @@ def wide_grid(tables: list[TableData], published: PublishedIndex | None) -> Grid
     rows += [_wide_method_cells(label, tables, with_published, published, sources, ranks.get(label))
              for label in wide_row_order(tables, ranks)]
     all_rows = [row for table in tables for row in table.rows]
-    notes = [RANK_NOTE] + grid_notes(all_rows, sources, published if any(with_published) else None, tables)
+    shown = published if any(with_published) else None
+    notes = [RANK_NOTE] + grid_notes(all_rows, sources, shown, tables)
+    paper_notes = [RANK_NOTE] + grid_notes(all_rows, sources, shown, tables, paper=True)
     return Grid(title=_wide_title(tables), headers=headers, rows=rows,
-                align=["l"] + ["r"] * (len(headers) - 1), pinned=1, notes=notes)
+                align=["l"] + ["r"] * (len(headers) - 1), pinned=1, notes=notes, paper_notes=paper_notes)
 
 
 def _wide_title(tables: list[TableData]) -> str:
@@ -269,7 +299,7 @@ def _wide_method_cells(label: str, tables: list[TableData], with_published: list
             cells.append(Cell(MISSING))
         else:
             cells.append(value_cell(row.mean, row.std, significance_mark(row)))
-            cells[-1].bold = row.is_best
+            cells[-1].bold, cells[-1].ranked = row.is_best, True
         if extra:
             value = published.lookup(table, row) if (published and row) else None
             cells += published_cells(value, row.mean if row else None, sources)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,66 +11,81 @@ from rich.console import Console
 from rich.text import Text
 
 from ...artefacts import records as rec
+from ...artefacts.files import temporary
 from ...errors import UserError
 from .grid import Grid, failed_grid, grids, published_grid
 from .published import PUBLISHED_METRICS, PublishedValue, published_index
 from .render_csv import long_csv, wide_csv
 from .render_html import html_document, html_grid
-from .render_latex import latex_document, latex_grid
+from .render_latex import LatexOptions, latex_document, latex_grid
 from .render_md import md_document, md_grid
 from .render_rich import print_rich, rich_document, rich_renderables
 from .summary import failed_runs, summarize
 
 FORMATS = ("rich", "md", "csv", "latex", "html")
 LAYOUTS = ("long", "wide")
-_DOCUMENTS = {"md": md_document, "latex": latex_document, "html": html_document}
+_DOCUMENTS = {"md": md_document, "html": html_document}
 
 
 def render(records: Sequence[dict[str, Any]], fmt: str, *, paths: Sequence[str | Path] | None = None,
            width: int = 120, layout: str = "long", published: Sequence[PublishedValue] | None = None,
-           view: str = "all") -> str:
+           view: str = "all", notes: bool = True, caption: str | None = None, label: str | None = None) -> str:
     """The leaderboard as text in `fmt` (one of FORMATS); rich output is plain, without colour codes.
 
     `layout` is "long" or "wide"; `published` (from `load_published`) adds the published columns;
-    `view` chooses the rows (see `summarize`).
+    `view` chooses the rows (see `summarize`); `notes=False` leaves out the notes under the tables;
+    `caption` and `label` (LaTeX only) see `LatexOptions`.
     """
     _check_format(fmt)
     _check_layout(layout)
+    _check_latex_only(fmt, caption, label)
     if fmt == "csv":
         tables, index = summarize(records, view), published_index(published)
         return wide_csv(tables, index) if layout == "wide" else long_csv(tables, index)
-    laid_out, failed_block, empty = _grids(records, fmt, layout, published, view, paths)
+    laid_out, failed_block, empty = _grids(records, fmt, layout, published, view, paths, notes)
     if fmt == "rich":
         return rich_document(laid_out, failed_block, empty, width)
+    if fmt == "latex":
+        return latex_document(laid_out, failed_block, empty, LatexOptions(caption, label, span=layout == "wide"))
     return _DOCUMENTS[fmt](laid_out, failed_block, empty)
 
 
 def print_leaderboard(records: Sequence[dict[str, Any]], fmt: str, output_path: str | Path | None = None,
                       *, paths: Sequence[str | Path] | None = None, console: Console | None = None,
                       layout: str = "long", published: Sequence[PublishedValue] | None = None,
-                      view: str = "all") -> None:
+                      view: str = "all", notes: bool = True, caption: str | None = None,
+                      label: str | None = None) -> None:
     """Print the leaderboard (rich: styled, to the terminal) or write it to `output_path`."""
     _check_format(fmt)
     _check_layout(layout)
     console = console or Console()
-    options = {"paths": paths, "layout": layout, "published": published, "view": view}
+    options = {"paths": paths, "layout": layout, "published": published, "view": view, "notes": notes,
+               "caption": caption, "label": label}
     if output_path is not None:
         _write(Path(output_path), render(records, fmt, **options))
         console.print(Text(f"wrote {fmt} leaderboard to {output_path}"))
     elif fmt == "rich":
-        print_rich(console, rich_renderables(*_grids(records, fmt, layout, published, view, paths)))
+        _check_latex_only(fmt, caption, label)
+        print_rich(console, rich_renderables(*_grids(records, fmt, layout, published, view, paths, notes)))
     else:
         console.file.write(render(records, fmt, **options))
     if fmt == "csv":
         _print_csv_notes(records, paths)
+    elif fmt == "latex" and (failed := failed_runs(records)):
+        print(f"{len(failed)} failed run(s) are not typeset; the LaTeX lists them in comments at its end",
+              file=sys.stderr)
 
 
 def _grids(records: Sequence[dict[str, Any]], fmt: str, layout: str, published: Sequence[PublishedValue] | None,
-           view: str, paths: Sequence[str | Path] | None = None) -> tuple[list[Grid], Grid | None, str]:
+           view: str, paths: Sequence[str | Path] | None = None,
+           notes: bool = True) -> tuple[list[Grid], Grid | None, str]:
     """The grids to show, the failed runs' grid (None without any) and the message for no tables."""
     failed = failed_runs(records)
     plain = _plain(fmt, layout, published, records)
     laid_out = grids(summarize(records, view), layout, published_index(published), plain=plain)
+    if not notes:
+        for grid in laid_out:
+            grid.notes, grid.paper_notes = [], None
     return laid_out, failed_grid(failed) if failed else None, no_completed_message(paths)
 
 
@@ -87,16 +103,27 @@ def _check_format(fmt: str) -> None:
         raise UserError(f"unknown leaderboard format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
+def _check_latex_only(fmt: str, caption: str | None, label: str | None) -> None:
+    if fmt != "latex" and (caption is not None or label is not None):
+        raise UserError(f"--caption and --label are for --format latex, not {fmt}; "
+                        "add --format latex or leave them out")
+
+
 def _check_layout(layout: str) -> None:
     if layout not in LAYOUTS:
         raise UserError(f"unknown leaderboard layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
 def _write(path: Path, text: str) -> None:
+    # beside the file, then renamed over it: a failed write leaves no half-written table
+    partial = temporary(path)
     try:
-        path.write_text(text, encoding="utf-8")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
     except OSError as error:
-        raise UserError(f"{path}: cannot write the leaderboard ({rec.one_line(error)}); check the path") from None
+        partial.unlink(missing_ok=True)
+        reason = error.strerror or rec.one_line(error)  # (strerror: without the temporary file's name)
+        raise UserError(f"{path}: cannot write the leaderboard ({reason}); check the path") from None
 
 
 def _print_csv_notes(records: Sequence[dict[str, Any]], paths: Sequence[str | Path] | None) -> None:
