@@ -138,9 +138,17 @@ def test_a_garbled_run_checkpoint_is_refused_and_force_starts_over(tmp_path, cap
 
 def test_a_checkpoint_of_another_structure_is_one_line(tmp_path, capsys, reference):
     run_dir = tmp_path / "runs" / reference["run_id"]
-    atomic_save({"epoch": 0, "weights": torch.zeros(2)}, run_dir / "checkpoint.pt")  # a valid torch file, and checks
+    from cmkd_bench.artefacts.provenance import code_digest
+    from cmkd_bench.registry import METHODS
+
+    identity = {"run_id": reference["run_id"], "method_code": code_digest(METHODS.get("kd").factory)["digest"]}
+    # a valid torch file, with its digest and this run's identity, and not a training state
+    atomic_save({"epoch": 0, "weights": torch.zeros(2), "identity": identity}, run_dir / "checkpoint.pt")
     code, _, err = run_cli(capsys, *RUN, "--epochs", "2", "--out", str(tmp_path / "runs"))
     assert_one_line(code, err, "does not hold this run's training state", "'models'", "--force")
+    atomic_save({"epoch": 0, "weights": torch.zeros(2)}, run_dir / "checkpoint.pt")  # and one that names no run
+    code, _, err = run_cli(capsys, *RUN, "--epochs", "2", "--out", str(tmp_path / "runs"))
+    assert_one_line(code, err, "names no run", "--force")
 
 
 def test_a_truncated_teacher_training_checkpoint_names_rebuild_teacher_which_removes_it(tmp_path, capsys, reference,

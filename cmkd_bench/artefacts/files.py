@@ -97,8 +97,9 @@ def _digest_lines(digests: list[str], path: Path) -> bytes:
     return "".join(f"{digest}  {Path(path).name}\n" for digest in digests).encode("ascii")
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """`torch.save` to `path`, atomically, with its SHA-256 in `NAME.sha256`; rank 0 only.
+def atomic_save(obj: Any, path: Path) -> str | None:
+    """`torch.save` to `path`, atomically, with its SHA-256 in `NAME.sha256`; rank 0 only. Returns the
+    SHA-256 (None on the other ranks), for a metadata file that names the weights it goes with.
 
     The object is serialised in memory first, so a full disk is an OSError (one line, see
     `write_atomic`) rather than a torch enforce-fail. The two files cannot change together, so the
@@ -108,7 +109,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     import torch
 
     if not is_main_process():
-        return
+        return None
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -120,6 +121,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     write_bytes_atomic(data, path)
     if keep:
         write_bytes_atomic(_digest_lines([new], path), digest_file(path))
+    return new
 
 
 def remove_saved(path: Path) -> None:

@@ -5,6 +5,10 @@ Records store these (runner.base_record) and records.environment_signature compa
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
+import inspect
 import platform
 import subprocess
 from pathlib import Path
@@ -97,3 +101,68 @@ def uncommitted_files(root: Path, ignore: tuple[str, ...] = (), untracked: bool 
         if not any(path == prefix.rstrip("/") or path.startswith(prefix) for prefix in ignore):
             files.append(path)
     return sorted(files)
+
+
+# -- the code a record was made with ------------------------------------------------------------------
+HARNESS = Path(__file__).resolve().parents[1]  # cmkd_bench/: the method contract is not the method's code
+
+
+def code_digest(factory: Any) -> dict[str, Any]:
+    """The files that hold a registered method's code and one digest of them: the class a factory is
+    (and its bases outside the harness and torch) or the file of a factory function. A plug-in's file
+    is covered like a built-in's. The digest reads the code, not its text: docstrings, comments,
+    formatting and import lines do not count, so a documentation edit does not make earlier records
+    stale while a change of what the code computes does. Helpers the file imports (cmkd_bench.losses,
+    the engine) are not covered; the record's git revision is."""
+    while isinstance(factory, functools.partial):  # a preset: its base's code with other defaults (the run id's)
+        factory = factory.func
+    files = []
+    for obj in (inspect.getmro(factory) if inspect.isclass(factory) else (factory,)):
+        source = _source_file(obj)
+        if source is None or Path(source).resolve().is_relative_to(HARNESS) and "methods" not in Path(source).parts:
+            continue
+        if "site-packages" in Path(source).parts and "cmkd_bench" not in Path(source).parts:
+            continue  # torch.nn.Module and the like
+        if source not in files:
+            files.append(source)
+    digest = hashlib.sha256()
+    for source in files:
+        digest.update(_code_text(Path(source)).encode())
+    return {"files": [_label(Path(source)) for source in files], "digest": digest.hexdigest()[:16]}
+
+
+def _source_file(obj: Any) -> str | None:
+    """The file that defines a class or function; for a class of a module no longer in sys.modules
+    (a plug-in file loaded by path), the file its methods' code comes from."""
+    try:
+        return inspect.getsourcefile(obj)
+    except TypeError:  # a builtin (object), or a class whose module is not in sys.modules
+        pass
+    for value in vars(obj).values() if inspect.isclass(obj) else ():
+        if inspect.isfunction(value):
+            return value.__code__.co_filename
+    return None
+
+
+def _code_text(path: Path) -> str:
+    """The module's code as ast.unparse prints it, without docstrings and imports."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        kept = [stmt for stmt in body if not isinstance(stmt, (ast.Import, ast.ImportFrom))]
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and kept
+                and isinstance(kept[0], ast.Expr) and isinstance(kept[0].value, ast.Constant)
+                and isinstance(kept[0].value.value, str)):
+            kept = kept[1:]
+        node.body = kept or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def _label(path: Path) -> str:
+    """methods/kd.py for a built-in (wherever it is installed), the file's name for a plug-in."""
+    parts = path.resolve().parts
+    if "methods" in parts and parts[-2] == "methods":
+        return f"methods/{path.name}"
+    return path.name

@@ -103,6 +103,23 @@ class DatasetSpec:
         return replace(self, teacher_modality=teacher_modality, student_modality=student_modality)
 
 
+def check_classes(spec: DatasetSpec, labels: dict[str, Any]) -> None:
+    """A classification dataset whose splits each hold two classes or more: with one, every
+    prediction is right (a teacher and a student at 100.00 that learned nothing). `labels`: each
+    split's labels where they are known without reading samples."""
+    if spec.task != "classification":
+        return
+    if spec.num_classes < 2:
+        raise UserError(f"dataset {spec.name!r} has {spec.num_classes} class; classification needs two or more "
+                        f"(check its label column or array)")
+    for split, values in labels.items():
+        present = sorted({int(v) for v in (values.tolist() if hasattr(values, "tolist") else values)})
+        if len(present) < 2:
+            raise UserError(f"dataset {spec.name!r}: its {split} split holds samples of one class only "
+                            f"({present[0] if present else 'none'}); every split needs two classes or more "
+                            f"(check the data's labels and split column)")
+
+
 class PairedData:
     """A dataset with paired modalities and train/val/test splits.
 
@@ -138,6 +155,7 @@ class TensorPairs(PairedData):
         for split in SPLITS:
             if split not in splits or len(splits[split]["label"]) == 0:
                 raise UserError(f"dataset {spec.name!r} has an empty {split} split; every split needs samples")
+        check_classes(spec, {split: splits[split]["label"] for split in SPLITS})
         self.spec = spec
         self.splits = splits
         self._on_device: dict[tuple[str, str], dict[str, Tensor]] = {}
@@ -337,6 +355,8 @@ class DecodedPairs(PairedData):
                 raise UserError(f"dataset {spec.name!r} has an empty {split} split; every split needs samples")
         if num_workers < 0:
             raise UserError(f"num_workers must be 0 or more, got {num_workers}")
+        check_classes(spec, {split: readers[split].labels for split in SPLITS
+                             if getattr(readers[split], "labels", None) is not None})
         self.spec, self.readers, self.num_workers = spec, readers, num_workers
         self._loaders: dict[tuple[str, bool], PersistentLoader] = {}
 

@@ -31,6 +31,12 @@ from .metrics import metric_for
 from .teacher_outputs import CachePlan, CacheTooLarge, TeacherOutputs, plan as teacher_cache_plan
 
 
+def _identity_text(identity: Any) -> str:
+    if isinstance(identity, dict):
+        return ", ".join(f"{key} {value}" for key, value in identity.items())
+    return repr(identity)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -184,6 +190,9 @@ class Fit:
     execution: Execution | None = None  # --channels-last: inputs in channels-last memory format
     # what a damaged or foreign checkpoint's one-line error tells the user to do
     rebuild: str = "rerun with --force to discard it and train this run from the start"
+    # whose training state the checkpoint holds (the runner's run id and method code, or teacher key):
+    # saved in it, and a checkpoint with another is refused like a damaged one
+    identity: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.uses_teacher = self.teacher is not None and self.method.uses_teacher
@@ -246,6 +255,7 @@ class Fit:
             "history": history,
             "steps": steps,
             "seconds": seconds,
+            "identity": self.identity,
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -255,6 +265,11 @@ class Fit:
         if self.checkpoint is None or not self.checkpoint.exists():
             return None
         state = load_checked(self.checkpoint, "checkpoint", self.rebuild, self.device)
+        if self.identity is not None and isinstance(state, dict) and state.get("identity") != self.identity:
+            found = state.get("identity")
+            whose = "names no run (written before checkpoints did)" if found is None else f"is of {_identity_text(found)}"
+            raise UserError(f"checkpoint {str(self.checkpoint)!r} {whose}, not of {_identity_text(self.identity)}; "
+                            f"{self.rebuild}")
         try:
             missing = [key for key in ("epoch", "models", "optimizer", "scheduler", "rng", "best", "history",
                                        "steps", "seconds") if key not in state]
@@ -380,10 +395,10 @@ class Fit:
                 best = {"val": val, "epoch": epoch, "states": self._snapshot()}
             lr = self.optimizer.param_groups[0]["lr"]
             history.append({"epoch": epoch + 1, "losses": losses, "val": val, "lr": lr})
-            self._save(epoch, best, history, steps_done, seconds)
-            if self.on_epoch is not None:
+            if self.on_epoch is not None:  # first: the epoch's history row is on disk before a checkpoint claims it
                 self.on_epoch(EpochReport(epoch + 1, self.recipe.epochs, losses, val, best["val"], lr,
                                           epoch_seconds, steps))
+            self._save(epoch, best, history, steps_done, seconds)
         test_last = evaluate(self.student, self.data, "test", self.student_modality, self.device)
         self._load_model_states(best["states"])
         tested = evaluate_metric(self.student, self.data, "test", self.student_modality, self.device)

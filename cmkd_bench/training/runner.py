@@ -7,7 +7,9 @@ written; a run that starts and fails leaves a record with status "failed" and th
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
+import inspect
 import json
 import shutil
 import time
@@ -21,11 +23,11 @@ from typing import Any, Callable
 import torch
 
 from .. import __version__, distributed
-from ..artefacts.files import (TEMPORARY_GLOB, atomic_save, check_digest, check_writable_dir, is_main_process,
-                               load_weights, read_state_dict, remove_saved, sweep_temporaries, write_atomic,
-                               write_json_atomic)
-from ..artefacts.provenance import (describe_device, environment, git_revision, library_versions, uncommitted_files,
-                                    versions)  # noqa: F401
+from ..artefacts.files import (TEMPORARY_GLOB, atomic_save, check_digest, check_writable_dir, file_sha256,
+                               is_main_process, load_weights, read_state_dict, remove_saved, sweep_temporaries,
+                               write_atomic, write_json_atomic)
+from ..artefacts.provenance import (code_digest, describe_device, environment, git_revision, library_versions,
+                                    uncommitted_files, versions)  # noqa: F401
 from ..artefacts.records import RECORD_SCHEMA, find_record, metric_name, write_record
 from ..catalog import load_all
 from ..data.spec import PairedData, Recipe
@@ -107,10 +109,12 @@ ALREADY_RUNNING = "is already running in another process"
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
+    """A JSON object the runner wrote (teacher.json), or None where it is absent or cannot be read back."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 @lru_cache(maxsize=4)
@@ -147,7 +151,8 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
                         "ignored; drop --data-root (or pick a dataset that reads one, see `cmkd-bench list datasets`)")
     teacher_checkpoint = Path(request.teacher_checkpoint) if request.teacher_checkpoint else None
     if teacher_checkpoint is not None and not teacher_checkpoint.is_file():
-        raise UserError(f"teacher checkpoint {str(teacher_checkpoint)!r} does not exist; pass the path of a .pt file")
+        what = "is a folder" if teacher_checkpoint.is_dir() else "does not exist"
+        raise UserError(f"teacher checkpoint {str(teacher_checkpoint)!r} {what}; pass the path of a .pt file")
     inits = {role: Path(value) if value else None
              for role, value in (("student", request.student_init), ("teacher", request.teacher_init))}
     for role, path in inits.items():
@@ -161,6 +166,7 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
                         "pass one of them")
     if request.teacher_epochs is not None and request.teacher_epochs < 1:
         raise UserError(f"--teacher-epochs must be at least 1, got {request.teacher_epochs}")
+    check_method_contract(method.name)
     device = resolve_device(request.device)
     data = build_data(dataset.name, request.data_root, data_sets)
     config = resolve(
@@ -183,6 +189,18 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     check_execution(execution, data.spec, (config.teacher_modality, config.student_modality))
     return ResolvedRun(config, data, Recipe(**config.recipe), device, out / config.run_id, teacher_dir, teacher_checkpoint,
                        inits["student"], inits["teacher"], execution, request.rebuild_teacher)
+
+
+def check_method_contract(name: str) -> None:
+    """One line before any work (a teacher trains for minutes before the first step would fail) for a
+    method class that does not implement the contract: `forward` returning its loss terms."""
+    factory = METHODS.get(name).factory
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    if inspect.isclass(factory) and issubclass(factory, Method) and factory.forward is Method.forward:
+        where = code_digest(factory)["files"]
+        raise UserError(f"method {name!r} ({', '.join(where) or factory.__qualname__}) defines no "
+                        f"forward(student, teacher, batch) returning its named loss terms; add it (docs/writing-a-method.md)")
 
 
 def build_model(backbone: str, data: PairedData, modality: str, seed: int, device: torch.device) -> FeatureModel:
@@ -296,6 +314,19 @@ def _try_lock(handle) -> bool:
     return True
 
 
+def not_this_teacher(cached: dict[str, Any], key: str, weights: Path) -> str | None:
+    """Why teacher.json and teacher.pt in a teacher's folder are not this teacher's, or None: the
+    summary names another key, or other weights than the file holds (a teacher.pt copied in with its
+    digest passes the damage check, not this one), or predates the weights' digest."""
+    if cached.get("key") != key:
+        return f"teacher.json was written for teacher {cached.get('key')!r}"
+    if cached.get("weights_sha256") is None:
+        return "teacher.json does not name its weights (written before it recorded their SHA-256)"
+    if file_sha256(weights) != cached["weights_sha256"]:
+        return "teacher.pt is not the weights teacher.json was written with (another teacher's file?)"
+    return None
+
+
 def discard_teacher(folder: Path) -> None:
     """Everything in a teacher's cache folder but its lock: weights, metrics, partial training, what methods derived."""
     for path in folder.iterdir():
@@ -308,12 +339,18 @@ def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, fol
     config, data, device = prepared.config, prepared.data, prepared.device
     weights, summary = folder / "teacher.pt", folder / "teacher.json"
     cached = read_record(summary)
+    if summary.exists() and cached is None:
+        progress.message(f"teacher {key}: {summary} cannot be read back (damaged); training it again")
     if weights.exists() and cached is not None:
         check_digest(weights, "cached teacher", REBUILD_TEACHER)
-        load_weights(teacher, weights, device, "cached teacher", REBUILD_TEACHER)
-        remove_saved(folder / "train_checkpoint.pt")  # left by a kill between teacher.json and its removal
-        progress.message(f"teacher {key}: reused ({cached['metric']} test {cached['metrics']['test']:.2f})")
-        return cached["metrics"]
+        foreign = not_this_teacher(cached, key, weights)
+        if foreign is None:
+            load_weights(teacher, weights, device, "cached teacher", REBUILD_TEACHER)
+            remove_saved(folder / "train_checkpoint.pt")  # left by a kill between teacher.json and its removal
+            progress.message(f"teacher {key}: reused ({cached['metric']} test {cached['metrics']['test']:.2f})")
+            return cached["metrics"]
+        progress.message(f"teacher {key}: {foreign}; training it again")
+        discard_teacher(folder)
     objective = METHODS.build("no-kd", teacher.info, teacher.info, data.spec).to(device)
     recipe = Recipe(**config.teacher_recipe)  # the student's, with --teacher-epochs if given
     if progress.on_phase is not None:
@@ -323,14 +360,15 @@ def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, fol
         result = Fit(student=teacher, method=objective, data=data, student_modality=config.teacher_modality,
                      recipe=recipe, seed=config.seed, device=device, checkpoint=folder / "train_checkpoint.pt",
                      execution=prepared.execution, on_step=progress.on_step, on_epoch=progress.on_epoch,
-                     rebuild=REBUILD_TEACHER,
+                     rebuild=REBUILD_TEACHER, identity={"teacher": key},
                      on_resume=lambda epoch: progress.message(f"teacher resumed from epoch {epoch}")).run()
     except RunFailed as exc:
         raise RunFailed(f"training the teacher ({config.teacher_modality} {config.teacher_backbone}, {folder.name}) "
                         f"failed: {exc}") from exc
     metrics = {"val": result.val_best, "test": result.test, "test_last": result.test_last, "best_epoch": result.best_epoch}
-    atomic_save(teacher.state_dict(), weights)
-    write_json_atomic({"key": key, "modality": config.teacher_modality, "backbone": config.teacher_backbone,
+    weights_sha256 = atomic_save(teacher.state_dict(), weights)
+    write_json_atomic({"key": key, "weights_sha256": weights_sha256,
+                       "modality": config.teacher_modality, "backbone": config.teacher_backbone,
                        "dataset": config.dataset, "data_options": config.data_options, "recipe": config.teacher_recipe,
                        "seed": config.seed, "metric": result.metric, "metrics": metrics,
                        "steps_per_s": result.steps_per_s, "created": _now()}, summary)
@@ -340,8 +378,44 @@ def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, fol
 
 # -- the run -------------------------------------------------------------------------------------
 def existing_record(prepared: ResolvedRun) -> dict[str, Any] | None:
+    """The run's completed record, where one is there that this run would make: its run id, and its
+    method's code (provenance.code_digest). Anything else is not this run's result (`not_reusable`)."""
     record = find_record(prepared.run_dir / "result.json")
-    return record if record is not None and record.get("status") == "completed" else None
+    if record is None or record.get("status") != "completed":
+        return None
+    return None if not_reusable(prepared, record) else record
+
+
+def method_code(config: RunConfig) -> dict[str, Any]:
+    return code_digest(METHODS.get(config.method).factory)
+
+
+def not_reusable(prepared: ResolvedRun, record: dict[str, Any]) -> str | None:
+    """Why a record in the run's folder is not this run's result, or None. A record without a code
+    digest (made before records carried one) is taken as it is; the leaderboard's stale mark and
+    its git revision say what is known of it."""
+    folder = prepared.run_dir / "result.json"
+    if record.get("run_id") != prepared.config.run_id:
+        return (f"{folder} is the record of run {record.get('run_id')!r}, not of {prepared.config.run_id} "
+                f"(a file from another run's folder?)")
+    made_with = ((record.get("code") or {}).get("method") or {}).get("digest")
+    current = method_code(prepared.config)
+    if made_with is not None and made_with != current["digest"]:
+        return (f"{folder} was made by other code of method {prepared.config.method!r} (the code in "
+                f"{', '.join(current['files'])} has digest {current['digest']}, the record's {made_with})")
+    return None
+
+
+def reuse_note(prepared: ResolvedRun) -> str | None:
+    """The line a run prints when it finds a record it will not reuse (it runs again)."""
+    path = prepared.run_dir / "result.json"
+    record = find_record(path)
+    if record is None and path.exists():
+        return f"{path} cannot be read back as a run record (damaged); running it again"
+    if record is None or record.get("status") != "completed":
+        return None
+    reason = not_reusable(prepared, record)
+    return None if reason is None else f"{reason}; running it again"
 
 
 def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: bool = False) -> dict[str, Any]:
@@ -352,6 +426,8 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
     force = force or prepared.rebuild_teacher  # a rebuilt teacher makes the record again
     if not force and (done := existing_record(prepared)) is not None and not leftovers(prepared.run_dir):
         return {**done, "skipped": True}
+    if not force and (note := reuse_note(prepared)) is not None:
+        progress.message(note)
     teacher = build_model(config.teacher_backbone, data, config.teacher_modality, config.seed, device)
     student = build_model(config.student_backbone, data, config.student_modality, config.seed, device)
     # before anything is written: a file from which nothing fits is a UserError
@@ -364,6 +440,8 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
             progress.message(init_summary(role, report))
     prepare_models(prepared.execution, teacher, student)
     method = build_method(config, student, teacher, data, device)
+    if prepared.teacher_checkpoint is not None:  # a file that is not this teacher's weights: one line, nothing written
+        load_weights(teacher, prepared.teacher_checkpoint, device, "teacher checkpoint")
     with run_lock(prepared.run_dir, config.run_id) if is_main_process() else nullcontext():  # torchrun: rank 0's
         return _execute_locked(prepared, teacher, student, method, progress, force, inits)
 
@@ -423,7 +501,7 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
         result = Fit(student=student, method=method, data=data, student_modality=config.student_modality,
                      recipe=prepared.recipe, seed=config.seed, device=device, checkpoint=checkpoint,
                      teacher=teacher, teacher_modality=config.teacher_modality, execution=prepared.execution,
-                     rebuild=RUN_CHECKPOINT,
+                     rebuild=RUN_CHECKPOINT, identity=run_identity(prepared),
                      on_step=progress.on_step, on_epoch=progress.on_epoch,
                      on_resume=lambda epoch: progress.message(f"resumed from epoch {epoch}")).run()
     except RunFailed as exc:
@@ -446,6 +524,11 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
     remove_saved(checkpoint)
     logger.finish(record)
     return record
+
+
+def run_identity(prepared: ResolvedRun) -> dict[str, Any]:
+    """What the run's checkpoints carry and a resume checks: whose training state it is."""
+    return {"run_id": prepared.config.run_id, "method_code": method_code(prepared.config)["digest"]}
 
 
 def base_record(prepared: ResolvedRun) -> dict[str, Any]:
@@ -474,6 +557,7 @@ def base_record(prepared: ResolvedRun) -> dict[str, Any]:
         "distributed": distributed.world().describe(),  # world size, backend, sync BN (torchrun)
         # --compile, --channels-last; on CUDA also cudnn.benchmark and bf16 autocast (execution.device_policy)
         "execution": {**prepared.execution.as_dict(), **device_policy(prepared.device)},
+        "code": {"method": method_code(config)},  # checked before the record is reused (not_reusable)
         "versions": versions(),
         "git_revision": git_revision(),
         "environment": environment(),

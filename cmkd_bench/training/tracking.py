@@ -40,10 +40,12 @@ class HistoryCSV:
         self.path = Path(path)
 
     def rows(self) -> list[dict[str, str]]:
+        """The rows written so far; none from a file that cannot be read back (damaged, not UTF-8): the
+        record's history is the authority, history.csv a log rewritten from the epochs done again."""
         try:
             with open(self.path, newline="", encoding="utf-8") as handle:
                 return list(csv.DictReader(handle))
-        except (OSError, csv.Error):
+        except (OSError, csv.Error, UnicodeDecodeError):
             return []
 
     def add(self, phase: str, report: EpochReport) -> None:

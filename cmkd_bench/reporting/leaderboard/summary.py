@@ -97,7 +97,33 @@ def stale_runs(records: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
     stale: dict[str, list[str]] = {}
     for group in groups.values():
         stale.update(rec.environment_outliers(group))
+    for run_id, change in code_changes(records for group in groups.values() for records in group).items():
+        stale.setdefault(run_id, []).append(change)
     return stale
+
+
+def code_changes(records: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Records whose method's code (the digest the runner records, provenance.code_digest) differs from
+    that method's code here: run id -> what changed. Records from before code digests, and methods not
+    registered here (a plug-in not loaded), are not judged."""
+    made = [(record, ((record.get("code") or {}).get("method") or {}).get("digest")) for record in records]
+    made = [(record, digest) for record, digest in made if digest]
+    if not made:
+        return {}
+    from ...artefacts.provenance import code_digest
+    from ...catalog import load_all
+    from ...registry import METHODS
+
+    load_all()
+    current: dict[str, str | None] = {}
+    changes = {}
+    for record, digest in made:
+        name = str(record.get("method"))
+        if name not in current:
+            current[name] = code_digest(METHODS.get(name).factory)["digest"] if name in METHODS.names() else None
+        if current[name] is not None and current[name] != digest:
+            changes[str(record["run_id"])] = f"method code {digest}, now {current[name]}"
+    return changes
 
 
 def check_view(view: str) -> None:
