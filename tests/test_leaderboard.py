@@ -445,27 +445,72 @@ def test_table_formats_match_their_golden_files(runs_dir: Path, fmt: str, layout
     assert text == golden.read_text(encoding="utf-8")
 
 
-def test_welch_p_values_and_marks_follow_scipy(tables: list[TableData]) -> None:
+def test_paired_holm_p_values_follow_scipy_and_mark_only_after_correction(tables: list[TableData]) -> None:
+    from scipy.stats import ttest_rel
+
+    from cmkd_bench.reporting.leaderboard import BETTER_MARK, significance_mark
+
+    va = table_titled(tables, "synth-av · visual → audio")
+    kd, tuned = row_labelled(va, "kd"), row_labelled(va, "kd (T=2, alpha=0.9)")
+    p_kd = ttest_rel(seed_tests(KD_VA), seed_tests(NO_KD_VA)).pvalue  # seed i pairs with seed i
+    p_tuned = ttest_rel(seed_tests(KD_TUNED_VA), seed_tests(NO_KD_VA)).pvalue
+    assert (kd.p_value, tuned.p_value) == (pytest.approx(p_kd), pytest.approx(p_tuned))
+    # Holm over the family of 2 tested rows (ftkd has one seed): the smaller p doubled, the larger kept
+    # unless the doubled smaller one is above it
+    low, high = sorted([p_kd, p_tuned])
+    expected = {low: min(1, 2 * low), high: max(min(1, 2 * low), high)}
+    assert (kd.p_holm, tuned.p_holm) == (pytest.approx(expected[p_kd]), pytest.approx(expected[p_tuned]))
+    assert kd.paired.mean == pytest.approx(statistics.mean(seed_tests(KD_VA)) - statistics.mean(seed_tests(NO_KD_VA)))
+    assert significance_mark(kd) == (BETTER_MARK if kd.p_holm < 0.05 else "")
+    ftkd = row_labelled(va, "ftkd")  # seed 0 only: a difference, but no CI, no test, no mark
+    assert ftkd.paired.n == 1 and ftkd.paired.mean == pytest.approx(FINETUNE_VA[0] - NO_KD_VA[0][0])
+    assert (ftkd.p_value, ftkd.p_holm, ftkd.paired.ci_low, significance_mark(ftkd)) == (None, None, None, "")
+    assert row_labelled(va, "no-kd").p_value is None and row_labelled(va, "no-kd").paired is None
+
+
+def _column(no_kd: list[float], **methods: list[float]) -> TableData:
+    records = [make_record("no-kd", seed, value, value) for seed, value in enumerate(no_kd)]
+    for method, values in methods.items():
+        records += [make_record(method, seed, value, value) for seed, value in enumerate(values)]
+    return summarize(records)[0]
+
+
+def test_seeds_pair_up_where_welch_sees_only_the_spread_between_seeds() -> None:
     from scipy.stats import ttest_ind
 
     from cmkd_bench.reporting.leaderboard import BETTER_MARK, WORSE_MARK, significance_mark
 
-    va = table_titled(tables, "synth-av · visual → audio")
-    kd = row_labelled(va, "kd")
-    expected = ttest_ind(seed_tests(KD_VA), seed_tests(NO_KD_VA), equal_var=False).pvalue
-    assert kd.p_value == pytest.approx(expected) and kd.p_value < 0.05
-    assert significance_mark(kd) == BETTER_MARK
-    assert row_labelled(va, "ftkd").p_value is None  # one seed: no test
-    assert row_labelled(va, "no-kd").p_value is None
-    worse = summarize([make_record("no-kd", s, 60.0 + s, 59.0) for s in range(3)]
-                      + [make_record("kd", s, 50.0 + s, 49.0) for s in range(3)])[0]
+    # seeds differ by 10 points, kd beats no-kd by 0.8-1.5 on every seed: Welch's p is about 0.9
+    better = _column([60.0, 70.0, 80.0], kd=[61.0, 71.5, 80.8])
+    kd = row_labelled(better, "kd")
+    assert ttest_ind([61.0, 71.5, 80.8], [60.0, 70.0, 80.0], equal_var=False).pvalue > 0.8
+    assert kd.p_holm < 0.05 and significance_mark(kd) == BETTER_MARK
+    worse = _column([60.0, 70.0, 80.0], kd=[59.0, 68.5, 79.2])
     assert significance_mark(row_labelled(worse, "kd")) == WORSE_MARK
-    close = summarize([make_record("no-kd", s, 60.0 + s, 59.0) for s in range(3)]
-                      + [make_record("kd", s, 60.5 + s, 59.0) for s in range(3)])[0]
-    assert significance_mark(row_labelled(close, "kd")) == ""
 
 
-def test_average_rank_shares_ties_and_counts_columns() -> None:
+def test_a_mark_that_holm_takes_away_and_pairs_only_on_shared_seeds() -> None:
+    from cmkd_bench.reporting.leaderboard import BETTER_MARK, significance_mark
+
+    alone = _column([60.0, 70.0, 80.0], kd=[61.0, 71.5, 80.8])
+    two = _column([60.0, 70.0, 80.0], kd=[61.0, 71.5, 80.8], fd=[61.0, 71.5, 80.8])
+    kd_alone, kd, fd = row_labelled(alone, "kd"), row_labelled(two, "kd"), row_labelled(two, "fd")
+    assert kd.p_value == pytest.approx(kd_alone.p_value) and 0.025 < kd.p_value < 0.05  # about 0.034
+    assert kd.p_holm == fd.p_holm == pytest.approx(2 * kd.p_value)  # above 0.05 for both
+    assert significance_mark(kd_alone) == BETTER_MARK and significance_mark(kd) == significance_mark(fd) == ""
+    shared = _column([60.0, 70.0], kd=[61.0, 71.5, 20.0])  # kd's seed 2 has no no-kd partner
+    assert row_labelled(shared, "kd").paired.differences == (1.0, 1.5)
+
+
+def test_the_notes_say_which_test_and_what_holds_after_correction() -> None:
+    text = render([make_record("no-kd", s, v, v) for s, v in enumerate([60.0, 70.0, 80.0])]
+                  + [make_record("kd", s, v, v) for s, v in enumerate([61.0, 71.5, 80.8])], "md", layout="wide")
+    assert "paired t-test over seeds against no-kd, Holm-adjusted within the column, p < 0.05" in text
+    assert "After correction, 1 of the 1 tested rows are better than no-kd and 0 worse" in text
+    assert "Welch" not in text
+
+
+def test_average_rank_is_over_the_common_columns_only() -> None:
     from cmkd_bench.reporting.leaderboard import average_ranks, tied_ranks
 
     assert tied_ranks([50.0, 70.0, 60.0, 70.0]) == [4.0, 1.5, 3.0, 1.5]
@@ -474,7 +519,12 @@ def test_average_rank_shares_ties_and_counts_columns() -> None:
                make_record("no-kd", 0, 40.0, 39.0, direction=("audio", "visual")),
                make_record("kd", 0, 45.0, 44.0, direction=("audio", "visual"))]
     ranks = average_ranks(summarize(records))
-    assert ranks == {"no-kd": (2.5, 2), "kd": (1.25, 2), "fd": (1.5, 1)}
+    # both columns: no-kd and kd (2 x 2 cells) beat one column with fd (3 x 1); fd gets no rank
+    assert ranks == {"no-kd": (2.0, 2), "kd": (1.0, 2)}
+    text = render(records, "md", layout="wide")
+    fd_line = next(line for line in text.splitlines() if line.startswith("| fd "))
+    assert "— (1/2)" in fd_line
+    assert "Common columns (2 of 2)" in text and "Friedman's test needs 3 or more ranked methods" in text
 
 
 def test_filters_keep_the_no_kd_baseline_and_reject_unknown_names(runs_dir: Path) -> None:
@@ -563,7 +613,7 @@ def test_titles_name_only_the_settings_that_differ_among_their_own_datasets_tabl
         "recipe epochs=15", "recipe epochs=30"]
 
 
-def test_the_wide_layout_puts_methods_with_fewer_columns_after_those_with_all() -> None:
+def test_the_wide_layout_puts_methods_without_a_rank_after_the_ranked_ones() -> None:
     from cmkd_bench.reporting.leaderboard import average_ranks
     from cmkd_bench.reporting.leaderboard.grid import wide_row_order
 
@@ -573,10 +623,10 @@ def test_the_wide_layout_puts_methods_with_fewer_columns_after_those_with_all() 
                make_record("fd", 0, 90.0, 89.0)]  # best rank, but in one column of two
     tables = summarize(records)
     ranks = average_ranks(tables)
-    assert ranks["fd"] == (1.0, 1) and ranks["kd"] == (1.5, 2)  # fd ranks higher, over fewer columns
+    assert "fd" not in ranks and ranks["kd"] == (1.0, 2)  # fd lacks a common column: no rank
     assert wide_row_order(tables, ranks) == ["no-kd", "kd", "fd"]
     text = render(records, "md", layout="wide")
-    assert "come after those measured in more" in text
+    assert "unranked methods come after the ranked ones" in text
 
 
 def test_runs_whose_teacher_had_its_own_epochs_get_a_table_of_their_own() -> None:

@@ -1,21 +1,22 @@
 """The grid model: summarised tables laid out as grids of cells, which every format renders.
 
 Two layouts: "long" (a grid per table, a row per method) and "wide" (one grid, a column per
-table and a row per method, with the average rank across columns, like Table 1 of the CMKD
-papers). A grid carries its notes (significance, tuned selections, ranks, published sources);
+table and a row per method, with the average rank over the common columns and each method's
+aggregate gain over no-kd, like Table 1 of the CMKD papers). The statistics are those of
+`reporting.statistics`. A grid carries its notes (significance, tuned selections, ranks, published sources);
 published numbers, when given, come in columns of their own, labelled, beside ours.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ...artefacts import records as rec
 from .published import TEACHER_METHOD, PublishedIndex, PublishedValue
-from .summary import NO_KD, RowData, TableData, hparams_text
+from .. import statistics as stats
+from .summary import NO_KD, RowData, TableData, _no_kd_baseline, hparams_text
 
 HEADERS = ("Method", "test", "test@last", "seeds (n)", "Δ vs no-KD")
 LATEX_HEADERS = ("Method", "test", "test@last", "seeds ($n$)", r"$\Delta$ vs no-KD")  # the plain long grid's
@@ -24,8 +25,9 @@ MISSING = "—"
 BETTER_MARK, WORSE_MARK = "†", "‡"
 SIGNIFICANCE_LEVEL = 0.05
 SIGNIFICANCE_NOTE = (f"{BETTER_MARK} / {WORSE_MARK}: significantly better / worse than no-kd in the same table "
-                     f"(Welch's t-test over seeds, two-sided p < {SIGNIFICANCE_LEVEL}; needs 2 or more seeds "
-                     "on each side).")
+                     "(paired t-test over seeds against no-kd, Holm-adjusted within the column, "
+                     f"p < {SIGNIFICANCE_LEVEL}; pairs are the seeds both rows have, and a row with fewer than 2 "
+                     "has no test and no mark).")
 PUBLISHED_NOTE = ("published: a number reported in the paper cited, not measured by this suite, with its source's "
                   "standing; gap = our mean - published. Published and measured numbers are not the same statistic: "
                   "this suite selects the epoch on validation and reports the student's main head, while, for "
@@ -41,9 +43,17 @@ STALE_PAPER_NOTE = (f"{STALE_MARK}: some of the row's records were made under an
 STALE_NOTE = (STALE_PAPER_NOTE + " Rerun them with `cmkd-bench suite SUITE.yaml --rerun-stale`, SUITE.yaml being "
               "the suite file that made them (the committed leaderboard's: `python leaderboard/regenerate.py "
               "--rerun-stale`):")
-RANK_NOTE = ("avg rank: the rank of the method's mean among the methods of each column (1 = best, ties "
-             "share the mean rank), averaged over the columns it has; (k/K) when it has k of K columns; "
-             "methods measured in fewer columns come after those measured in more. Bold: the best mean of a column.")
+RANK_NOTE = ("avg rank: the rank of the method's mean among the ranked methods of each common column (1 = best, "
+             "ties share the mean rank), averaged over the common columns only: the columns every ranked method "
+             "has (of the methods' column sets, the one shared by the largest block of methods x columns). A "
+             "method lacking a common column has no rank (—) and shows the k of K columns it has (k/K); "
+             "unranked methods come after the ranked ones. Bold: the best mean of a column.")
+AGGREGATE_HEADERS = ("IQM Δ (95% CI)", "P(> no-kd)")  # no "[": LaTeX reads one after a line break as \\[length]
+AGGREGATE_NOTE = ("IQM Δ: the interquartile mean of the method's per-seed differences to no-kd (paired by seed), "
+                  "pooled over its columns, with a 95% stratified bootstrap CI (seeds resampled within each column, "
+                  f"{stats.BOOTSTRAP_REPS} resamples, fixed seed); P(> no-kd): per column, the probability that a "
+                  "seed of the method beats a seed of no-kd (ties count half), averaged over its columns "
+                  "(rliable's definitions, Agarwal et al. 2021).")
 
 
 @dataclass
@@ -82,9 +92,21 @@ class Sources:
 
 
 def significance_mark(row: RowData) -> str:
-    if row.p_value is None or row.p_value >= SIGNIFICANCE_LEVEL or row.delta is None:
+    """The mark of the Holm-adjusted paired test; its direction is the mean paired difference's sign."""
+    if row.p_holm is None or row.p_holm >= SIGNIFICANCE_LEVEL or row.paired is None or not row.paired.mean:
         return ""
-    return BETTER_MARK if row.delta > 0 else WORSE_MARK
+    return BETTER_MARK if row.paired.mean > 0 else WORSE_MARK
+
+
+def significance_notes(rows: Sequence[RowData]) -> list[str]:
+    """SIGNIFICANCE_NOTE and, in words, what holds after correction (DESIGN.md, Protocol)."""
+    tested = [row for row in rows if row.p_holm is not None]
+    if not tested:
+        return []
+    marks = [significance_mark(row) for row in tested]
+    better, worse = marks.count(BETTER_MARK), marks.count(WORSE_MARK)
+    return [SIGNIFICANCE_NOTE + f" After correction, {better} of the {len(tested)} tested rows are better than "
+            f"no-kd and {worse} worse; the others do not differ from it at this level."]
 
 
 def grids(tables: list[TableData], layout: str, published: PublishedIndex | None, *,
@@ -119,7 +141,7 @@ def grid_notes(rows: Iterable[RowData], sources: Sources, published: PublishedIn
                tables: Sequence[TableData] = (), *, paper: bool = False) -> list[str]:
     """The notes under a grid; `paper`: as a paper prints them (see `stale_notes`, `tuned_notes`)."""
     rows = list(rows)
-    notes = [SIGNIFICANCE_NOTE] if any(row.p_value is not None for row in rows) else []
+    notes = significance_notes(rows)
     notes += tuned_notes(tables, paper=paper)
     notes += stale_notes(rows, paper=paper)
     if published is not None:
@@ -228,16 +250,18 @@ def wide_grid(tables: list[TableData], published: PublishedIndex | None) -> Grid
     headers = ["Method"]
     for label, extra in zip(labels, with_published):
         headers += [label] + ([f"{label} published", f"{label} gap"] if extra else [])
-    headers.append("avg rank")
-    ranks = average_ranks(tables)
+    headers += ["avg rank", *AGGREGATE_HEADERS]
+    ranking = rank_summary(tables)
+    ranks = average_ranks(tables, ranking)
     sources = Sources()
     rows = [_wide_teacher_cells(tables, with_published, published, sources)]
     rows += [_wide_method_cells(label, tables, with_published, published, sources, ranks.get(label))
-             for label in wide_row_order(tables, ranks)]
+             + aggregate_cells(label, tables) for label in wide_row_order(tables, ranks)]
     all_rows = [row for table in tables for row in table.rows]
     shown = published if any(with_published) else None
-    notes = [RANK_NOTE] + grid_notes(all_rows, sources, shown, tables)
-    paper_notes = [RANK_NOTE] + grid_notes(all_rows, sources, shown, tables, paper=True)
+    head = [rank_note(ranking, labels), AGGREGATE_NOTE]
+    notes = head + grid_notes(all_rows, sources, shown, tables)
+    paper_notes = head + grid_notes(all_rows, sources, shown, tables, paper=True)
     return Grid(title=_wide_title(tables), headers=headers, rows=rows,
                 align=["l"] + ["r"] * (len(headers) - 1), pinned=1, notes=notes, paper_notes=paper_notes)
 
@@ -269,10 +293,10 @@ def method_rows(table: TableData) -> dict[str, RowData]:
 def wide_row_order(tables: list[TableData], ranks: dict[str, tuple[float, int]]) -> list[str]:
     labels = sorted({label for table in tables for label in method_rows(table)})
     no_kd = [label for label in labels if any(method_rows(t).get(label, NO_ROW).method == NO_KD for t in tables)]
-    # a rank over fewer columns does not compare with one over all of them: more columns come first
+    # ranked methods by rank; the unranked ones (lacking a common column) after them, by coverage
+    count = coverage(tables)
     others = sorted((label for label in labels if label not in no_kd),
-                    key=lambda label: (-ranks.get(label, (math.inf, 0))[1], ranks.get(label, (math.inf, 0))[0],
-                                       label))
+                    key=lambda label: (label not in ranks, ranks.get(label, (0.0, 0))[0], -count[label], label))
     return no_kd + others
 
 
@@ -285,7 +309,7 @@ def _wide_teacher_cells(tables: list[TableData], with_published: list[bool], pub
         if extra:
             value = published.lookup(table, teacher) if (published and teacher) else None
             cells += published_cells(value, teacher.mean if teacher else None, sources)
-    return cells + [Cell("")]
+    return cells + [Cell("")] * (1 + len(AGGREGATE_HEADERS))
 
 
 def _wide_method_cells(label: str, tables: list[TableData], with_published: list[bool],
@@ -303,25 +327,87 @@ def _wide_method_cells(label: str, tables: list[TableData], with_published: list
         if extra:
             value = published.lookup(table, row) if (published and row) else None
             cells += published_cells(value, row.mean if row else None, sources)
-    cells.append(_rank_cell(rank, len(tables)))
+    cells.append(_rank_cell(rank, coverage(tables)[label], len(tables)))
     return cells
 
 
-def _rank_cell(rank: tuple[float, int] | None, columns: int) -> Cell:
-    if rank is None:
-        return Cell(MISSING)
-    mean_rank, count = rank
-    return Cell(f"{mean_rank:.2f}" + (f" ({count}/{columns})" if count < columns else ""), mean_rank)
+def _rank_cell(rank: tuple[float, int] | None, count: int, columns: int) -> Cell:
+    if rank is None:  # lacks a common column: no rank, and how many columns it has instead
+        return Cell(f"{MISSING} ({count}/{columns})")
+    return Cell(f"{rank[0]:.2f}", rank[0])
 
 
-def average_ranks(tables: Sequence[TableData]) -> dict[str, tuple[float, int]]:
-    """Per method row label: (mean rank over the tables it is in, how many tables)."""
-    per_label: dict[str, list[float]] = {}
+def rank_summary(tables: Sequence[TableData]) -> stats.RankResult:
+    """Ranks of the method rows' means over the common columns (column = index in `tables`), and Friedman's test."""
+    scores: dict[str, dict[int, float]] = {}
+    for index, table in enumerate(tables):
+        for row in table.rows:
+            if row.kind == "method" and row.mean is not None:
+                scores.setdefault(row.label, {})[index] = row.mean
+    return stats.ranks_over_common_columns(scores)
+
+
+def average_ranks(tables: Sequence[TableData], ranking: stats.RankResult | None = None
+                  ) -> dict[str, tuple[float, int]]:
+    """Per ranked method row label: (mean rank over the common columns, how many common columns)."""
+    ranking = ranking or rank_summary(tables)
+    return {label: (rank, len(ranking.columns)) for label, rank in ranking.ranks.items()}
+
+
+def coverage(tables: Sequence[TableData]) -> dict[str, int]:
+    """Per method row label, how many of the tables have it with a mean."""
+    count: dict[str, int] = {}
     for table in tables:
-        rows = [row for row in table.rows if row.kind == "method" and row.mean is not None]
-        for row, rank in zip(rows, tied_ranks([row.mean for row in rows])):
-            per_label.setdefault(row.label, []).append(rank)
-    return {label: (statistics.mean(ranks), len(ranks)) for label, ranks in per_label.items()}
+        for label, row in method_rows(table).items():
+            count[label] = count.get(label, 0) + (row.mean is not None)
+    return count
+
+
+def rank_note(ranking: stats.RankResult, labels: Sequence[str]) -> str:
+    """RANK_NOTE, the common columns by name, and Friedman's test over them in words."""
+    if not ranking.columns:
+        return RANK_NOTE + " No two methods share a column here: no ranks."
+    common = ", ".join(labels[index] for index in ranking.columns)
+    text = f"{RANK_NOTE} Common columns ({len(ranking.columns)} of {len(labels)}): {common}."
+    if ranking.friedman_p is None:
+        return text + " Friedman's test needs 3 or more ranked methods and 2 or more common columns: none here."
+    return (text + f" Friedman's test over the {len(ranking.ranks)} ranked methods on them: "
+            f"chi-square = {ranking.friedman_statistic:.2f}, p = {ranking.friedman_p:.3g}.")
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    iqm: float | None  # IQM of the pooled per-seed differences to no-kd
+    ci_low: float | None
+    ci_high: float | None
+    p_improvement: float | None  # P(method > no-kd), rliable's probability of improvement
+
+
+def aggregate(label: str, tables: Sequence[TableData]) -> Aggregate:
+    """The method's gain over no-kd across the columns it has (see AGGREGATE_NOTE)."""
+    differences, pairs = [], []
+    for table in tables:
+        row, baseline = method_rows(table).get(label), _no_kd_baseline(list(method_rows(table).values()))
+        if row is None or baseline is None or row is baseline:
+            continue
+        if row.paired is not None and row.paired.n:
+            differences.append(row.paired.differences)
+        pairs.append((row.values, baseline.values))
+    if not differences:
+        return Aggregate(None, None, None, stats.probability_of_improvement(pairs))
+    return Aggregate(*stats.stratified_bootstrap_iqm(differences), stats.probability_of_improvement(pairs))
+
+
+def aggregate_cells(label: str, tables: Sequence[TableData]) -> list[Cell]:
+    result = aggregate(label, tables)
+    if result.iqm is None:
+        iqm = Cell("")
+    elif result.ci_low is None:  # no column has 2 paired seeds: no interval
+        iqm = Cell(f"{result.iqm:+.2f}", result.iqm)
+    else:
+        iqm = Cell(f"{result.iqm:+.2f} [{result.ci_low:+.2f}, {result.ci_high:+.2f}]", result.iqm)
+    improvement = result.p_improvement
+    return [iqm, Cell("" if improvement is None else f"{improvement:.2f}", improvement)]
 
 
 def tied_ranks(values: Sequence[float]) -> list[float]:

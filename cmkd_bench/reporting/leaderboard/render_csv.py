@@ -9,7 +9,8 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from ...artefacts import records as rec
-from .grid import NO_ROW, average_ranks, column_labels, method_rows, wide_row_order, wide_tables
+from .grid import (NO_ROW, aggregate, average_ranks, column_labels, coverage, method_rows, rank_summary,
+                   wide_row_order, wide_tables)
 from .summary import RowData, TableData, canonical
 
 if TYPE_CHECKING:
@@ -21,10 +22,13 @@ CSV_COLUMNS = (
     # Beyond the summary columns: without these, two tables that differ only in recipe or data
     # options would give CSV rows that cannot be told apart.
     "data_options", "recipe",
-    "p_vs_nokd",  # Welch's t-test against no-KD over seeds; empty with fewer than 2 seeds on a side
+    # Against no-KD, paired by seed (the seeds both rows have): the mean difference, its 95% CI, the paired
+    # t-test's p and that p Holm-adjusted within the table (what the marks read); empty below 2 pairs
+    "delta", "delta_ci_low", "delta_ci_high", "p_paired", "p_holm",
     "selection",  # default, or tuned (the configuration the tuning protocol selected on val)
 )
 PUBLISHED_CSV_COLUMNS = ("published", "published_source", "gap_vs_published")
+AGGREGATE_FIELDS = ("iqm_delta", "iqm_delta_ci_low", "iqm_delta_ci_high", "p_improvement")  # grid.AGGREGATE_NOTE
 
 
 def long_csv(tables: list[TableData], published: PublishedIndex | None = None) -> str:
@@ -59,9 +63,17 @@ def _csv_row(table: TableData, row: RowData) -> dict[str, str]:
         "mean_last": _number(row.mean_last), "std_last": _number(row.std_last),
         "delta_vs_nokd": _number(row.delta), "is_best": "true" if row.is_best else "false",
         "kind": row.kind, "data_options": canonical(table.data_options),
-        "recipe": canonical(table.recipe), "p_vs_nokd": _number(row.p_value, digits=6),
+        "recipe": canonical(table.recipe), **_paired_cells(row),
         "selection": "" if row.kind == "teacher" else row.selection,
     }
+
+
+def _paired_cells(row: RowData) -> dict[str, str]:
+    paired = row.paired
+    return {"delta": _number(paired.mean if paired else None),
+            "delta_ci_low": _number(paired.ci_low if paired else None),
+            "delta_ci_high": _number(paired.ci_high if paired else None),
+            "p_paired": _number(row.p_value, digits=6), "p_holm": _number(row.p_holm, digits=6)}
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -71,10 +83,11 @@ def _number(value: float | None, digits: int = 4) -> str:
 def wide_csv(tables: list[TableData], published: PublishedIndex | None) -> str:
     tables = wide_tables(tables)
     labels = [label.replace(rec.ARROW, rec.ASCII_ARROW) for label in column_labels(tables)]
-    ranks = average_ranks(tables)
-    fields = ["method", "hparams", "kind", "selection", "avg_rank", "ranked_columns"]
+    ranks = average_ranks(tables, rank_summary(tables))
+    # avg_rank is over the common columns (ranked_columns of them); columns: how many the method has
+    fields = ["method", "hparams", "kind", "selection", "avg_rank", "ranked_columns", "columns", *AGGREGATE_FIELDS]
     for label in labels:
-        fields += [f"{label} {part}" for part in ("mean", "std", "n", "p_vs_nokd")]
+        fields += [f"{label} {part}" for part in ("mean", "std", "n", "delta", "p_holm")]
         if published is not None:
             fields += [f"{label} {part}" for part in PUBLISHED_CSV_COLUMNS]
     buffer = io.StringIO()
@@ -86,7 +99,8 @@ def wide_csv(tables: list[TableData], published: PublishedIndex | None) -> str:
         rows = [method_rows(table).get(label) for table in tables]
         first = next(row for row in rows if row is not None)
         line = _wide_csv_line(first.method, first.hparams, "method", ranks.get(label), tables, labels, rows, published)
-        writer.writerow({**line, "selection": first.selection})
+        writer.writerow({**line, "selection": first.selection, "columns": str(coverage(tables)[label]),
+                         **_aggregate_cells(label, tables)})
     return buffer.getvalue()
 
 
@@ -94,13 +108,21 @@ def _wide_csv_line(method: str, hparams: dict[str, Any], kind: str, rank: tuple[
                    tables: list[TableData], labels: list[str], rows: list[RowData | None],
                    published: PublishedIndex | None) -> dict[str, str]:
     line = {"method": method, "hparams": "" if kind == "teacher" else canonical(hparams), "kind": kind, "selection": "",
-            "avg_rank": _number(rank[0] if rank else None), "ranked_columns": str(rank[1]) if rank else ""}
+            "avg_rank": _number(rank[0] if rank else None), "ranked_columns": str(rank[1]) if rank else "",
+            "columns": "", **dict.fromkeys(AGGREGATE_FIELDS, "")}
     for table, label, row in zip(tables, labels, rows):
         line.update({f"{label} mean": _number(row.mean if row else None),
                      f"{label} std": _number(row.std if row else None),
                      f"{label} n": str(row.n) if row else "",
-                     f"{label} p_vs_nokd": _number(row.p_value if row else None, digits=6)})
+                     f"{label} delta": _number(row.paired.mean if row and row.paired else None),
+                     f"{label} p_holm": _number(row.p_holm if row else None, digits=6)})
         if published is not None:
             cells = _published_csv_cells(published.lookup(table, row) if row else None, row or NO_ROW)
             line.update({f"{label} {name}": value for name, value in cells.items()})
     return line
+
+
+def _aggregate_cells(label: str, tables: list[TableData]) -> dict[str, str]:
+    result = aggregate(label, tables)
+    values = (result.iqm, result.ci_low, result.ci_high, result.p_improvement)
+    return {name: _number(value) for name, value in zip(AGGREGATE_FIELDS, values)}

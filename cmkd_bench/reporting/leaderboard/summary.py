@@ -1,4 +1,4 @@
-"""Records summarised: tables of rows (mean ± std over seeds), views, tuned rows, Welch's t-test.
+"""Records summarised: tables of rows (mean ± std over seeds), views, tuned rows, paired tests against no-kd.
 
 A table holds only records that share dataset, task, direction, backbones, data options and
 recipe, so that no number is ever averaged with one trained under a different protocol. The
@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 
 from ...artefacts import records as rec
 from ...errors import UserError
+from ..statistics import PairedResult, holm, pair_by_seed, paired_difference
 
 VIEWS = ("all", "default", "tuned")  # which rows: every row, the defaults only, or tuned ones in their place
 TUNED = "\0tuned"  # the row key of a method's tuned configuration
@@ -39,7 +40,10 @@ class RowData:
     std_last: float | None
     delta: float | None = None
     is_best: bool = False
-    p_value: float | None = None  # Welch's t-test against the table's no-KD row (two-sided)
+    p_value: float | None = None  # paired t-test against the table's no-KD row over shared seeds (two-sided)
+    p_holm: float | None = None  # p_value Holm-adjusted over the table's rows: what the marks read
+    paired: PairedResult | None = None  # the per-seed differences to no-KD, their mean and 95% CI
+    seeds: list[str] = field(default_factory=list)  # per value, its seed (canonical): what pairs rows up
     selection: str = "default"  # "tuned": the configuration the tuning protocol selected on val
     tuning: dict[str, Any] | None = None  # the record's tuning entry (space, budget, scores) for tuned rows
     # run id -> what differs, for the row's records made under another environment or code revision
@@ -265,6 +269,7 @@ def _method_row(key: tuple[str, str], records: list[dict[str, Any]]) -> RowData:
         last_values=[v for v in (rec.metric(r, "test_last") for r in records) if rec.is_number(v)],
         sources=[str(r["run_id"]) for r in records],
     )
+    row.seeds = [canonical(r["seed"]) for r in records]
     if tuned:
         row.selection = "tuned"
         row.tuning = next(e for e in reversed(rec.tuning_entries(first)) if e.get("role") == "selected")
@@ -330,16 +335,22 @@ def _no_kd_baseline(rows: list[RowData]) -> RowData | None:
 
 
 def _set_significance(rows: list[RowData]) -> None:
+    """Each row against no-kd, paired by seed (same seed: same teacher and data order), and the p-values
+    Holm-adjusted over the table's rows, the family a reader scans for marks."""
     baseline = _no_kd_baseline(rows)
     if baseline is None:
         return
-    for row in rows:
-        if row is not baseline:
-            row.p_value = welch_p_value(row.values, baseline.values)
+    tested = [row for row in rows if row is not baseline and row.values]
+    for row in tested:
+        row.paired = paired_difference(*pair_by_seed(row.values, row.seeds, baseline.values, baseline.seeds))
+        row.p_value = row.paired.p_value
+    for row, adjusted in zip(tested, holm([row.p_value for row in tested])):
+        row.p_holm = adjusted
 
 
 def welch_p_value(values: Sequence[float], baseline: Sequence[float]) -> float | None:
-    """Two-sided p of Welch's t-test (unequal variances); None where it is undefined."""
+    """Two-sided p of Welch's t-test (unequal variances); None where it is undefined. No table reads it
+    any more (seeds pair up: `_set_significance`); kept for callers comparing the two tests."""
     if len(values) < 2 or len(baseline) < 2:
         return None
     from scipy.stats import ttest_ind  # scipy is slow to import; only tables need it
