@@ -42,6 +42,13 @@ def resized_like(x: Tensor, reference: Tensor) -> Tensor:
     return F.interpolate(x, size=reference.shape[2:], mode="bilinear", align_corners=False)
 
 
+def head_logits(out) -> Tensor:
+    """A `ModelOutput`'s logits at the segmentation head's own resolution, before the model resizes
+    them to the input's size (`logits_native`, what dense distillation reads); `logits` when the
+    output has none (a classifier, or an output built by hand)."""
+    return out.logits_native if getattr(out, "logits_native", None) is not None else out.logits
+
+
 def non_target(z: Tensor, labels: Tensor) -> Tensor:
     """B x (C-1) [x H x W]: every class but the label, in order (a gather: no host sync, unlike a boolean mask)."""
     others = torch.arange(z.shape[1] - 1, device=z.device).view(1, -1, *[1] * (z.dim() - 2))

@@ -21,10 +21,14 @@ Stages. The official code transfers every residual group (cifar.py: group0..grou
 feats[1:]; RepDistiller: feat_s[1:-1], i.e. all residual stages, never the stem or the pooled
 vector). Here the default is `stages=last`, a deliberate difference: early stages are the most
 modality-specific, and across modalities their attention rarely corresponds. The official choice
-is the preset `at-all-stages` (the same as `--set stages=all`): every stage, paired from the
-deepest one back when the two models have different numbers of stages. For backbones whose first
-stage is a stem (timm ResNets list `act1` first) the official residual groups are
-`--set stages=1,2,3,4`.
+is the preset `at-all-stages` (the same as `--set stages=all`): every stage but the stem, paired
+from the deepest one back when the two models have different numbers of stages. No official code
+transfers the stem, so `all` leaves it out where a backbone lists it as a stage: the first stage
+when its name is of another family than the next one's (digits aside: timm ResNets' `act1`
+before `layer1`..`layer4`, RegNets' `stem`, MobileNetV3's `bn1`, DenseNets' `features.norm0`),
+and an smp encoder's stride-2 output `encoder[1]` (the conv-BN-ReLU stem of its ResNet
+encoders). Backbones whose stages are all of one family (small-cnn, ConvNeXt's `stages.*`) keep
+every stage. A stage list such as `--set stages=0,1,2` is taken as given, stem included.
 
 Deliberate differences, all for cross-modal pairs:
 - Sizes: the official cifar.py assumes equal sizes; mdistiller / RepDistiller pool the larger
@@ -34,6 +38,13 @@ Deliberate differences, all for cross-modal pairs:
   averages cells when shrinking and repeats them when growing. With equal sizes this is the
   official computation exactly.
 - |A|^p rather than A^p: the paper's definition; identical to the official code for even p.
+- Which tensor: a stage is the output of the backbone's stage module, which for ResNets is after
+  the block's final ReLU (timm `layer*`, small-cnn `stages.*`); attention-transfer's groups
+  (cifar.py `group0..2`, WRN blocks with pre-activation) are residual sums before any activation,
+  and mdistiller's `feats` are the ReLU outputs too (mdistiller/models/cifar/resnet.py: `f1 = x`
+  after each block's `F.relu`, the sums before it in `preact_feats`, which AT.py does not read).
+  The post-activation output is kept: it is what mdistiller transfers, and what every other
+  stage-reading method here reads.
 - Maps are computed in at least float32 (bf16 autocast would round the normalised maps).
 Text models (cmkd_bench.models.text_backbones) have no positions that correspond to an image's: their
 stages are D x 1 x 1 token means, whose attention map is the constant 1, so `at` declines them in
@@ -62,20 +73,33 @@ def attention_map(stage: Tensor, p: float, size: tuple[int, ...] | None = None) 
     return F.normalize(energy.flatten(1), dim=1)
 
 
+def family(name: str) -> str:
+    return "".join(ch for ch in name if not ch.isdigit())
+
+
+def without_stem(names: list[str]) -> list[str]:
+    """The stages `all` transfers: every stage but a stem (see the module docstring)."""
+    names = [n for n in names if not n.endswith("encoder[1]")]  # smp: the stride-2 stem output
+    if len(names) > 1 and family(names[0]) != family(names[1]):
+        names = names[1:]
+    return names
+
+
 def stage_pairs(student: ModelInfo, teacher: ModelInfo, stages: str) -> list[tuple[str, str]]:
     """Resolve each comma-separated stage reference on both models; pairs go by position.
 
-    `all` pairs every stage, from the deepest back when the two models have different numbers of
-    stages (the official code pairs its residual groups one by one, on same-depth networks).
+    `all` pairs every stage but the stem, from the deepest back when the two models have different
+    numbers of stages (the official code pairs its residual groups one by one, on same-depth networks).
     """
     refs = [ref.strip() for ref in stages.split(",") if ref.strip()]
     if not refs:
         raise ValueError(f"stages must name at least one stage (e.g. 'last', 'all' or '1,2'), got {stages!r}")
     if refs == ["all"]:
-        n = min(len(student.stage_names), len(teacher.stage_names))
+        s_names, t_names = without_stem(student.stage_names), without_stem(teacher.stage_names)
+        n = min(len(s_names), len(t_names))
         if n == 0:
             student.stage("last"), teacher.stage("last")  # the one-line error naming the model without stages
-        pairs = list(zip(student.stage_names[-n:], teacher.stage_names[-n:]))
+        pairs = list(zip(s_names[-n:], t_names[-n:]))
     else:
         pairs = [(student.stage(ref), teacher.stage(ref)) for ref in refs]
     for s, t in pairs:
@@ -115,6 +139,6 @@ class AttentionTransfer(Method):
         return {"ce": self.task_loss(student.logits, batch["label"]), "at": self.beta * at}
 
 
-# The official choice of stages: every residual group (szagoruyko/attention-transfer cifar.py).
+# The official choice of stages: every residual group, not the stem (attention-transfer cifar.py).
 METHODS.register_preset("at-all-stages", "at", stages="all",
                         description="attention transfer on every stage, the official code's choice (beta = 1000)")

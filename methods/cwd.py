@@ -11,6 +11,13 @@ Checked against the authors' code, irfanICMLL/TorchDistiller: SemSeg-distill/uti
 KLDivLoss(reduction="sum") / (n c) * T^2), applied in SemSeg-distill/networks/kd_model.py to the
 logits, preds_S[0], times --lambda-cwd; and against open-mmlab/mmrazor's port,
 mmrazor/models/losses/cwd.py (ChannelWiseDivergence, the same sum / (C N) * tau^2 * loss_weight).
+Which logits: the segmentation head's output at its own resolution, `ModelOutput.logits_native`
+(small-seg: half the input's size; DeepLabV3+: a quarter), not the logits the model then
+upsamples to the input's size. TorchDistiller distils preds_S[0], the head's output before the
+criterion upsamples it for CE, and mmrazor hooks decode_head.conv_seg; upsampling first changes
+the loss's value (bilinear interpolation smooths each channel's spatial distribution), so the
+official weight would not mean what it meant. Labels are not needed at that resolution (CE reads
+the upsampled logits, as in both references).
 Defaults are the authors' logits setting for segmentation, SemSeg-distill/README.md's
 `bash exp_cwd.sh channel kl 3 4 ...`: weight (lambda-cwd) 3, T 4, on the logits.
 mmrazor's configs/distill/mmseg/cwd/cwd_logits_pspnet_r101-d8_pspnet_r18-d8_*.py uses tau 1,
@@ -30,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmkd_bench.losses import resized_like
+from cmkd_bench.losses import head_logits, resized_like
 from cmkd_bench.method import Method
 from cmkd_bench.registry import METHODS
 
@@ -68,13 +75,13 @@ class CWD(Method):
 
     def maps(self, student, teacher) -> tuple[Tensor, Tensor]:
         if self.feature == "logits":
-            s, t = student.logits, teacher.logits.detach()
+            s, t = head_logits(student), head_logits(teacher).detach()
         else:
             s, t = self.align(student.stages[self.s_map]), teacher.stages[self.t_map].detach()
         return resized_like(s, t), t
 
     def teacher_reads(self):
-        return frozenset({"logits" if self.feature == "logits" else f"stage:{self.t_map}"})
+        return frozenset({"logits_native"}) if self.feature == "logits" else frozenset({f"stage:{self.t_map}"})
 
     def forward(self, student, teacher, batch):
         s, t = self.maps(student, teacher)

@@ -21,7 +21,11 @@ denominator.
 For segmentation every pixel is a sample, as in the official segmentation code
 (hunto/DIST_KD, segmentation/losses/dist_kd.py): B x C x H x W predictions become (B H W) x C
 rows, so `inter` correlates each pixel's class scores and `intra` each class's scores over all
-pixels of the batch. Like the official code, it uses no labels (ignored pixels included); that
+pixels of the batch, at the segmentation head's own resolution (`ModelOutput.logits_native`,
+before the model upsamples them to the input's size: the official segmentation code distils the
+head's output, and upsampling first would change the loss's value). Like
+the official code, it uses no labels (ignored pixels included), so none are needed at that
+resolution; that
 code has no temperature (tau = 1, our default). Deliberate difference: DIST_KD's segmentation
 script (segmentation/train_kd.py) weighs the term with `--lambda-kd`, default 1, while one default
 serves both tasks here (the registry reads a single default per hyper-parameter, and the tuning
@@ -34,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cmkd_bench.losses import resized_like
+from cmkd_bench.losses import head_logits, resized_like
 from cmkd_bench.method import Method
 from cmkd_bench.registry import METHODS
 
@@ -63,10 +67,14 @@ class DIST(Method):
         self.beta, self.gamma, self.tau, self.weight = beta, gamma, tau, weight
 
     def teacher_reads(self):
-        return frozenset({"logits"})
+        return frozenset({"logits_native"}) if self.task == "segmentation" else frozenset({"logits"})
 
     def forward(self, student, teacher, batch):
-        logits = (student.logits, resized_like(teacher.logits.detach(), student.logits))
+        if self.task == "segmentation":
+            z_s = head_logits(student)
+            logits = (z_s, resized_like(head_logits(teacher).detach(), z_s))
+        else:
+            logits = (student.logits, teacher.logits.detach())
         z_s, z_t = (rows(z if z.dtype == torch.float64 else z.float()) for z in logits)
         y_s, y_t = (z_s / self.tau).softmax(dim=1), (z_t / self.tau).softmax(dim=1)
         inter = 1 - pearson_rows(y_s, y_t).mean()

@@ -38,6 +38,11 @@ included. The aligned vectors have unit norm, so each MSE is at most 4 / D, smal
 the grid mostly raises the low band's weight and keeps the high band's at or below it (the
 paper's strong low / relaxed high alignment).
 
+Without the split (`freq_split=False`, the `fd-no-freq` ablation) the one aligned band is the
+whole feature less its DC component, i.e. the feature minus its mean over dim 1 (= the sum of
+fd's two bands, rfft bins 1..D//2), aligned with MSE at w_low: the ablation removes the split
+and nothing else, since fd's bands never carry the DC either.
+
 Other band bases: `use_band_bases(low, high)` replaces the DFT split by orthogonal projections
 onto two given orthonormal bases (cmkd_bench.losses.subspace_bands). `fd-random-split`
 (methods/fd_random_split.py, a control the reference does not have) uses it; it is a method
@@ -124,8 +129,9 @@ class FDCMKD(Method):
 
     def bands(self, feature: Tensor) -> dict[str, Tensor]:
         """Split along dim 1: the feature dimension of vectors, the channels of maps (per position)."""
-        if not self.freq_split:
-            return {"full": at_least_float32(feature)}
+        if not self.freq_split:  # every frequency but the DC, which fd's bands leave out too
+            feature = at_least_float32(feature)
+            return {"full": feature - feature.mean(dim=1, keepdim=True)}
         if self.low_basis is not None:
             low, high = subspace_bands(feature, self.low_basis, self.high_basis, dim=1)
         else:

@@ -1,5 +1,9 @@
 """FD-CMKD ablations as presets of `fd`: each switches off one component, all else at fd's defaults.
 
+`fd-no-freq` aligns the whole feature with MSE, less its DC component (its mean over the feature
+dimension), which fd's DFT bands leave out too (bins 1..D//2 only): the ablation changes one thing,
+the split, and keeps what fd discards discarded.
+
 `fd-no-log` (alias `fd-mse-both`) replaces the high band's logMSE by plain MSE: "no log" and
 "MSE on both bands" are the same setting, so one preset carries both names.
 
@@ -25,7 +29,8 @@ from cmkd_bench.registry import METHODS  # `fd` is registered first: methods/__i
 HIGH_BAND_LOG_TO_MSE = 0.85
 
 METHODS.register_preset("fd-no-freq", "fd", freq_split=False,
-                        description="FD-CMKD ablation: no frequency split (the whole feature aligned with MSE)")
+                        description="FD-CMKD ablation: no frequency split (the whole feature, DC dropped as in fd, "
+                                    "aligned with MSE)")
 # On segmentation fd has no shared heads, so these two would repeat no-kd and fd: classification only.
 METHODS.register_preset("fd-no-align", "fd", w_low=0.0, w_high=0.0, tasks=("classification",),
                         description="FD-CMKD ablation: no feature alignment (shared and task heads only)")

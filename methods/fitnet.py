@@ -33,8 +33,10 @@ is the classification default.
 Also here: `feat`, the feature-KD baseline ("Feat") of FD-CMKD's results table. The reproduction
 repository zxn0710/re-FD-CMKD-main (main_fd_cmkd.py, models/basic_model.py, utils/utils.py)
 holds FD-CMKD itself and no Feat baseline, so it is built on what FD-CMKD distils there: the
-pooled pre-activation last-stage features (basic_model.py returns `pre_a`), compared with
-nn.MSELoss after a learned linear projection of the student's, at FD-CMKD's unit loss weight.
+pooled post-activation last-stage features (`ModelOutput.feature_post`, what `fd` reads by
+default: basic_model.py pools backbone.py's `pre_out`, but that tensor is the one the block's
+in-place ReLU then overwrites, see methods/fd.py), compared with nn.MSELoss after a learned linear
+projection of the student's, at FD-CMKD's unit loss weight.
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ class FitNet(Method):
                   reference="Liu et al. Distilling Cross-Modal Knowledge via Feature Disentanglement. AAAI 2026",
                   search_space={"weight": [0.1, 1.0, 10.0, 100.0]})
 class FeatureKD(Method):
-    """loss = CE + weight * MSE(project(pooled student feature), pooled teacher feature)."""
+    """loss = CE + weight * MSE(project(student feature_post), teacher feature_post): the pooled
+    post-activation features, the ones fd distils (see the module docstring)."""
 
     def __init__(self, student, teacher, spec, weight: float = 1.0):
         super().__init__(student, teacher, spec)
@@ -120,8 +123,9 @@ class FeatureKD(Method):
         self.weight = weight
 
     def teacher_reads(self):
-        return frozenset({"feature"})
+        return frozenset({"feature_post"})
 
     def forward(self, student, teacher, batch):
+        target = teacher.feature_post.detach()
         return {"ce": self.task_loss(student.logits, batch["label"]),
-                "feat": self.weight * F.mse_loss(self.project(student.feature), teacher.feature.detach())}
+                "feat": self.weight * F.mse_loss(self.project(student.feature_post), target)}

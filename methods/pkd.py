@@ -19,7 +19,13 @@ backbones: one stage pair (by default the last stage of each) instead of the fou
 P, a learned 1x1 convolution (a linear map for vectors) when the channel counts differ, identity
 otherwise (mmrazor's FPNs share 256 channels, so it has none); the student is resized whenever
 its spatial size differs (mmrazor compares the heights only); vector stages (MLPs) are
-standardised over the batch only.
+standardised over the batch only; which tensor: a stage is the output of the backbone's stage
+module, after its final activation (a ResNet stage ends in a ReLU), where mmrazor's FPN outputs
+are convolutions with no activation after them (a segmentation model's `decoder` map is the head's
+input, which small-seg's decoder ends with a ReLU). The post-activation map is kept: a backbone
+stage is what a cross-modal pair has in common (no FPN), and it is what every other
+stage-reading method here reads; the standardisation removes each channel's offset either way,
+but not the clipping of negative values.
 """
 
 from __future__ import annotations

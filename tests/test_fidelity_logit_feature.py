@@ -137,6 +137,28 @@ def test_at_default_is_the_last_stage_and_all_pairs_from_the_deepest_back():
     assert build("at-all-stages", s_info, info(9, AT_T)).pairs == [("g0", "g0"), ("g1", "g1"), ("g2", "g2")]
 
 
+def test_at_all_stages_on_a_resnet_transfers_the_residual_stages_not_the_stem():
+    # attention-transfer's groups g0..g2, mdistiller feats[1:], RepDistiller feat_s[1:-1]: never the stem
+    from cmkd_bench.registry import BACKBONES
+
+    torch.manual_seed(0)
+    student, teacher = (BACKBONES.build("resnet18", (3, 64, 64), C).double() for _ in range(2))  # layer4: 2 x 2
+    assert student.info.stage_names[0] == "act1"  # timm lists the stem first
+    s, t = (model(torch.randn(B, 3, 64, 64, dtype=torch.float64)) for model in (student, teacher))
+    method = build("at-all-stages", student.info, teacher.info)
+    losses = method(s, t, {"label": LABELS})
+    groups = ("layer1", "layer2", "layer3", "layer4")  # the residual stages
+    loss_groups = [official_at_loss(s.stages[g], t.stages[g].detach()) for g in groups]
+    assert losses["at"].item() == pytest.approx((1e3 * sum(loss_groups)).item(), rel=REL)
+    with_stem = loss_groups + [official_at_loss(s.stages["act1"], t.stages["act1"].detach())]
+    assert losses["at"].item() != pytest.approx((1e3 * sum(with_stem)).item(), rel=1e-6)
+    seg = BACKBONES.build("deeplabv3plus:resnet18", (3, 32, 32), C)  # smp: encoder[1] is the conv-BN-ReLU stem
+    seg_method = build("at-all-stages", seg.info, seg.info, spec(task="segmentation"))
+    assert [a for a, _ in seg_method.pairs] == ["encoder[2]", "encoder[3]", "encoder[4]", "encoder[5]", "decoder"]
+    cnn = BACKBONES.build("small-cnn", (3, 16, 16), C)  # no stem: every stage
+    assert [a for a, _ in build("at-all-stages", cnn.info, cnn.info).pairs] == cnn.info.stage_names
+
+
 def test_at_resizes_the_student_attention_not_its_features():
     """The deliberate cross-modal difference: the student's energy map is pooled to the teacher's size."""
     s_stages, t_stages = {"a": (3, 6, 4)}, {"x": (5, 3, 2)}
@@ -313,19 +335,27 @@ def test_dist_is_kdloss_with_the_official_kd_loss_weight(kd, hparams):
 
 
 def test_dist_segmentation_with_weight_1_is_the_official_segmentation_loss():
+    # the official segmentation code distils the head's output at its own resolution (here 3 x 4);
+    # the model then upsamples the logits 4x to the input's size, which CE reads
     g = torch.Generator().manual_seed(11)
     z_s, z_t = (torch.randn(2, C, 3, 4, generator=g, dtype=torch.float64) for _ in range(2))
-    labels = torch.randint(0, C, (2, 3, 4), generator=g)
+    labels = torch.randint(0, C, (2, 12, 16), generator=g)
     labels[0, 0, 0] = 255  # ignored for CE only: the official DIST uses no labels
     dense = ModelInfo(name="d", num_classes=C, feature_dim=4, stage_shapes={"decoder": (4, 3, 4)},
                       decoder_shape=(4, 3, 4))
     method = build("dist", dense, dense, spec(task="segmentation"), weight=1.0)
     feat = torch.zeros(2, 4, dtype=torch.float64)
-    out = lambda z: ModelOutput(logits=z, feature=feat, feature_post=feat, stages={}, decoder=None)  # noqa: E731
+    up = lambda z: F.interpolate(z, scale_factor=4, mode="bilinear", align_corners=True)  # noqa: E731
+    out = lambda z: ModelOutput(logits=up(z), feature=feat, feature_post=feat, stages={}, decoder=None,  # noqa: E731
+                                logits_native=z)
     losses = method(out(z_s), out(z_t), {"label": labels})
     lambda_kd = 1.0  # train_kd.py --lambda-kd default
     expected = lambda_kd * official_dist_segmentation(z_s, z_t)
     assert (losses["inter"] + losses["intra"]).item() == pytest.approx(expected.item(), rel=REL)
+    upsampled = lambda_kd * official_dist_segmentation(up(z_s), up(z_t))
+    assert (losses["inter"] + losses["intra"]).item() != pytest.approx(upsampled.item(), rel=1e-3)
+    assert losses["ce"].item() == pytest.approx(F.cross_entropy(up(z_s), labels, ignore_index=255).item(), rel=REL)
+    assert method.teacher_reads() == {"logits_native"}  # what the teacher-output cache serves it
 
 
 # -- FitNet: mdistiller FitNet.py + _common.py ConvReg (= RepDistiller models/util.py ConvReg) --------
@@ -406,16 +436,29 @@ def test_fitnet_segmentation_hints_the_decoder_without_relu():
 
 
 # -- Feat: FD-CMKD's feature-KD baseline -------------------------------------------------------------
-def test_feat_is_mse_of_projected_pooled_features():
+def test_feat_is_mse_of_projected_post_activation_pooled_features():
+    # FD-CMKD's distilled feature is the post-activation one: re-FD-CMKD's backbone.py sets
+    # `pre_out = out` and then applies nn.ReLU(inplace=True) to that same tensor, so the pooled
+    # `pre_out` basic_model.py returns is relu(pre-activation). Built here from the pre-activation
+    # feature exactly as the reference computes it, and handed to the method as feature_post.
     s, t = output(31, 6), output(32, 4)
+    for out in (s, t):
+        out.feature_post = out.feature.detach().clone().relu_().requires_grad_(True)
     method = build("feat", info(6), info(4))
+    assert method.teacher_reads() == frozenset({"feature_post"})
     losses = method(s, t, {"label": LABELS})
     w, b = method.project.weight, method.project.bias
-    projected = torch.stack([w @ s.feature[i] + b for i in range(B)])
+    pre_out_s = s.feature.detach().clone()
+    torch.relu_(pre_out_s)  # the in-place ReLU overwrites pre_out
+    pre_out_t = t.feature.detach().clone()
+    torch.relu_(pre_out_t)
+    projected = torch.stack([w @ pre_out_s[i] + b for i in range(B)])
     criterion2 = nn.MSELoss()  # main_fd_cmkd.py
-    assert losses["feat"].item() == pytest.approx(criterion2(t.feature.detach(), projected).item(), rel=REL)
+    assert losses["feat"].item() == pytest.approx(criterion2(pre_out_t, projected).item(), rel=REL)
+    wrong = torch.stack([w @ s.feature[i] + b for i in range(B)])  # the pre-activation feature differs
+    assert losses["feat"].item() != pytest.approx(criterion2(t.feature, wrong).item(), rel=1e-3)
     sum(losses.values()).backward()
-    assert s.feature.grad.abs().sum() > 0 and w.grad.abs().sum() > 0 and s.feature_post.grad is None
+    assert s.feature_post.grad.abs().sum() > 0 and w.grad.abs().sum() > 0 and s.feature.grad is None
     assert teacher_untouched(t)
 
 

@@ -224,6 +224,62 @@ def test_cwd_matches_the_authors_criterion_and_mmrazor(hparams, T, weight):
     close(losses["cwd"], channel_wise_divergence(s.logits, t.logits.detach(), T, weight))
 
 
+def cwd_formula(s_map, t_map, T):
+    """CWD written out: per (sample, channel), softmax over the H x W positions at temperature T,
+    KL(teacher || student), summed, divided by N C, times T^2 (TorchDistiller's normalisation)."""
+    n, c = s_map.shape[:2]
+    total = 0.0
+    for i in range(n):
+        for k in range(c):
+            p_t = torch.softmax(t_map[i, k].flatten() / T, dim=0)
+            log_p_s = torch.log_softmax(s_map[i, k].flatten() / T, dim=0)
+            total = total + (p_t * (p_t.log() - log_p_s)).sum()
+    return T**2 * total / (n * c)
+
+
+def test_cwd_reads_the_heads_native_resolution_logits_not_the_upsampled_ones():
+    # TorchDistiller distils preds_S[0] and mmrazor decode_head.conv_seg: the head's output at 1/4 of
+    # the input (DeepLabV3+), before any upsampling to the input's size. Defaults: exp_cwd.sh (3, 4).
+    assert {k: METHODS.get("cwd").hparams[k] for k in ("T", "weight", "feature")} == {"T": 4.0, "weight": 3.0,
+                                                                                     "feature": "logits"}
+    g = torch.Generator().manual_seed(21)
+    native_s, native_t = (torch.randn(B, C, 4, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+                          for _ in range(2))
+    up = lambda z: F.interpolate(z, scale_factor=4, mode="bilinear", align_corners=True)  # noqa: E731  smp's head
+    feat = torch.zeros(B, 8, dtype=torch.float64)
+    s = ModelOutput(logits=up(native_s), feature=feat, feature_post=feat, stages={}, logits_native=native_s)
+    t = ModelOutput(logits=up(native_t), feature=feat, feature_post=feat, stages={}, logits_native=native_t)
+    dense = ModelInfo(name="d", num_classes=C, feature_dim=8, stage_shapes={"decoder": (8, 4, 4)},
+                      decoder_shape=(8, 4, 4))
+    labels = torch.randint(0, C, (B, 16, 16), generator=g)
+    losses = build("cwd", dense, dense, task="segmentation")(s, t, {"label": labels})
+    close(losses["cwd"], 3.0 * cwd_formula(native_s, native_t, 4.0))
+    on_upsampled = 3.0 * cwd_formula(s.logits, t.logits, 4.0)
+    assert abs(losses["cwd"].item() - on_upsampled.item()) > 0.1 * on_upsampled.item()
+    close(losses["ce"], F.cross_entropy(s.logits, labels, ignore_index=255))  # CE on the upsampled logits
+    sum(losses.values()).backward()
+    assert native_s.grad.abs().sum() > 0 and native_t.grad is None
+
+
+def test_cwd_on_a_deeplabv3plus_student_and_teacher_uses_the_quarter_resolution_logits():
+    from cmkd_bench.registry import BACKBONES
+
+    torch.manual_seed(0)
+    student, teacher = (BACKBONES.build("deeplabv3plus:resnet18", (3, 32, 32), C).double().eval() for _ in range(2))
+    x_s, x_t = (torch.randn(2, 3, 32, 32, dtype=torch.float64) for _ in range(2))
+    s, t = student(x_s), teacher(x_t)
+    with torch.no_grad():  # the head's conv, run by hand on the map it reads
+        native_t = teacher.net.segmentation_head[0](t.decoder)
+    assert s.logits.shape[-2:] == (32, 32) and s.logits_native.shape[-2:] == (8, 8)
+    torch.testing.assert_close(t.logits_native, native_t)
+    method = METHODS.build("cwd", student.info, teacher.info, spec("segmentation"))
+    losses = method(s, t, {"label": torch.zeros(2, 32, 32, dtype=torch.long)})
+    expected = 3.0 * cwd_formula(s.logits_native, native_t, 4.0)
+    assert losses["cwd"].item() == pytest.approx(expected.item(), rel=1e-9)
+    on_upsampled = 3.0 * cwd_formula(s.logits, t.logits, 4.0)
+    assert losses["cwd"].item() != pytest.approx(on_upsampled.item(), rel=0.05)
+
+
 # -- FD-CMKD: zxn0710/re-FD-CMKD-main train_epoch at D = 512 ---------------------------------------
 class FDFilter(nn.Module):
     def __init__(self):
@@ -302,6 +358,30 @@ def test_fd_pre_feature_is_an_option():
     close(pre["align_low"], F.mse_loss(norm_feat(low_s), norm_feat(low_t)))
     with pytest.raises(ValueError):
         build("fd", info(D), info(D), feature="logits")
+
+
+def test_fd_no_freq_aligns_every_frequency_but_the_dc_as_fd_drops_it():
+    # FDFilter keeps bins 1..128 and 129..256: the DC (bin 0) is in neither band. fd-no-freq keeps
+    # all of fd's frequencies in one band, so it drops the DC too: only the split is removed.
+    D = 64
+    s, t = output(15, D), output(16, D)
+    method = build("fd-no-freq", info(D), info(D))
+    losses = method(s, t, {"label": LABELS})
+    mask = torch.ones(D // 2 + 1, dtype=torch.float64)
+    mask[0] = 0  # the DC bin
+    full_s = torch.fft.irfft(torch.fft.rfft(s.feature_post.detach(), dim=1) * mask, n=D, dim=1)
+    full_t = torch.fft.irfft(torch.fft.rfft(t.feature_post.detach(), dim=1) * mask, n=D, dim=1)
+    close(losses["align_full"], F.mse_loss(norm_feat(full_s), norm_feat(full_t)))
+    # like fd's alignment, invariant to a constant added to every channel of both features
+    for name in ("fd", "fd-no-freq"):
+        shifted = [output(15, D), output(16, D)]
+        for out, c in zip(shifted, (3.0, -2.0)):
+            out.feature_post = (out.feature_post.detach() + c).requires_grad_(True)
+        base = build(name, info(D), info(D))(output(15, D), output(16, D), {"label": LABELS})
+        moved = build(name, info(D), info(D))(*shifted, {"label": LABELS})
+        for key in base:
+            if key.startswith("align_"):
+                close(moved[key], base[key])
 
 
 def test_the_reference_pre_out_is_the_post_relu_tensor():

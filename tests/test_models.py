@@ -55,3 +55,21 @@ def test_gradients_flow_through_hooked_features():
     out.feature.pow(2).sum().backward()
     assert model.net.stages[0].conv1.weight.grad.abs().sum() > 0
     assert model.net.fc.weight.grad is None  # the pre-activation feature does not touch the head
+
+
+def test_dense_models_expose_the_heads_native_resolution_logits():
+    import torch.nn.functional as F
+
+    seg = BACKBONES.build("small-seg", (3, 16, 16), 4).eval()
+    out = seg(torch.randn(2, 3, 16, 16))
+    with torch.no_grad():
+        head = seg.net.head(out.decoder)  # the 1x1 head on the map it reads: half the input's size
+    assert out.logits.shape == (2, 4, 16, 16) and out.logits_native.shape == (2, 4, 8, 8)
+    torch.testing.assert_close(out.logits_native, head)
+    torch.testing.assert_close(out.logits, F.interpolate(head, size=(16, 16), mode="bilinear", align_corners=False))
+    unet = BACKBONES.build("unet:resnet18", (3, 32, 32), 4).eval()  # its head outputs at the input's size
+    out = unet(torch.randn(2, 3, 32, 32))
+    assert out.logits_native is out.logits or torch.equal(out.logits_native, out.logits)
+    cnn = BACKBONES.build("small-cnn", (3, 16, 16), 4)
+    out = cnn(torch.randn(2, 3, 16, 16))
+    assert out.logits_native is out.logits

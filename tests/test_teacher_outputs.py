@@ -143,3 +143,21 @@ def test_video_readers_declare_which_modalities_are_decoded_the_same_every_epoch
     assert clip_reader(True, "start", "first").fixed_modalities == {"audio"}
     assert clip_reader(False, "start", "segments").fixed_modalities == {"audio"}
     assert clip_reader(True, "random", "first").fixed_modalities == frozenset()
+
+
+def test_the_cache_serves_a_dense_teachers_native_resolution_logits_as_the_live_forward_gives_them():
+    """cwd and segmentation dist read `logits_native` (the head's own resolution); the cache holds them."""
+    from cmkd_bench.models.backbones import build_backbone
+    from cmkd_bench.training.teacher_outputs import TeacherOutputs
+
+    data = DATASETS.build("synth-rgbd", None, train=8, val=4, test=4)
+    spec = data.spec
+    torch.manual_seed(0)
+    teacher = build_backbone("small-seg", spec, spec.teacher_modality).eval()
+    cached = TeacherOutputs.compute(teacher, data, "train", spec.teacher_modality, frozenset({"logits_native"}), CPU)
+    batch = next(data.batches("train", 4, shuffle=True, seed=3))
+    with torch.no_grad():
+        live = teacher(batch[spec.teacher_modality]).logits_native
+    served = cached.gather(batch["index"]).logits_native
+    assert live.shape[-1] < spec.modality(spec.teacher_modality).shape[-1]  # below the input's size
+    assert torch.equal(served, live)

@@ -208,7 +208,7 @@ def small_seg(input_shape: tuple[int, ...], num_classes: int, width: int = 16, s
     net = SmallSegNet(chans, num_classes, tuple(width * 2**i for i in range(stages)), decoder_width)
     names = [f"stages.{i}" for i in range(stages)] + ["decoder"]
     model = FeatureModel(net, "small-seg", num_classes, names, head_module="head", preact_module="decoder.fuse.act",
-                         dense=True)
+                         dense=True, native_logits_module="head")  # the head's output, before the resize
     return _described(model, input_shape)
 
 
@@ -217,7 +217,9 @@ def smp_backbone(name: str, input_shape: tuple[int, ...], num_classes: int) -> F
 
     Stages are the encoder's feature maps (item i of the encoder's output list; item 0 is the
     input itself and some encoders return zero-channel placeholders, both skipped), then the
-    decoder's output, which is what the segmentation head reads.
+    decoder's output, which is what the segmentation head reads. The native-resolution logits are
+    the output of the head's last convolution to the classes, before the head's own upsampling
+    (e.g. 4x in DeepLabV3+, 8x in DeepLabV3; none in U-Net, whose head outputs at the input's size).
     """
     import segmentation_models_pytorch as smp
 
@@ -225,12 +227,21 @@ def smp_backbone(name: str, input_shape: tuple[int, ...], num_classes: int) -> F
     chans, height, width = _image_shape(name, input_shape)
     net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=chans, classes=num_classes)
     stages = [f"encoder[{i}]" for i, c in enumerate(net.encoder.out_channels) if i > 0 and c > 0] + ["decoder"]
-    model = FeatureModel(net, name, num_classes, stages, head_module="segmentation_head", dense=True)
+    model = FeatureModel(net, name, num_classes, stages, head_module="segmentation_head", dense=True,
+                         native_logits_module=_class_conv(net, "segmentation_head", num_classes))
     try:
         return _described(model, input_shape)
     except RuntimeError as exc:  # smp checks the input size (multiples of the output stride)
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"backbone {name!r} cannot take {height} x {width} inputs: {first}") from exc
+
+
+def _class_conv(net: nn.Module, head: str, num_classes: int) -> str | None:
+    """The last convolution to `num_classes` channels inside the head: it outputs the logits at the
+    head's resolution, before any upsampling the head does after it (None: no such layer)."""
+    convs = [name for name, m in net.get_submodule(head).named_modules()
+             if isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
+    return f"{head}.{convs[-1]}" if convs else None
 
 
 @lru_cache(maxsize=1)

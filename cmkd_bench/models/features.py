@@ -3,9 +3,10 @@
 Every backbone, ours, timm's or segmentation-models-pytorch's, is wrapped by `FeatureModel`,
 which hooks modules by name: the stage modules (their outputs are the stage maps; `name[i]`
 takes item i of a module that returns a list of maps, such as an smp encoder), the final
-activation of the last stage (its input is the pre-activation map) and the head (its input is
-the pooled feature of a classifier, or the decoder map of a dense model). No model code is
-copied or rewritten.
+activation of the last stage (its input is the pre-activation map), the head (its input is
+the pooled feature of a classifier, or the decoder map of a dense model) and, for dense models,
+the layer that outputs the logits at the head's own resolution (before the model resizes them
+to the input's size). No model code is copied or rewritten.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ class ModelOutput:
 
     Classification: logits B x C; `feature` / `feature_post` pooled pre- / post-activation
     features of the last stage (B x D); `stages` the stage maps; `decoder` None.
-    Segmentation (dense models): logits B x C x H x W at the input's size; `decoder` the map the
+    Segmentation (dense models): logits B x C x H x W at the input's size; `logits_native` the
+    same logits at the segmentation head's own resolution, before the model upsamples them (what
+    dense distillation such as CWD reads; equal to `logits` where the head outputs at the input's
+    size, and on classifiers); `decoder` the map the
     segmentation head reads, B x D x h x w, kept as a map (not pooled); `stages` the encoder
     stages followed by "decoder" (the same map), so a stage reference `last` means the decoder;
     `feature` / `feature_post` the decoder map pooled (pre- / post-activation), B x D.
@@ -33,6 +37,7 @@ class ModelOutput:
     feature_post: Tensor  # pooled post-activation feature (what the classifier sees), B x D
     stages: dict[str, Tensor] = field(default_factory=dict)  # stage name -> map, in order
     decoder: Tensor | None = None  # dense models: the segmentation head's input map, B x D x h x w
+    logits_native: Tensor | None = None  # logits before the model's final resizing (None: not read)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class FeatureModel(nn.Module):
     activations are often in-place) its input. Without one, the pre-activation feature is the
     pooled feature itself (models whose last stage ends in a norm, or linear models).
     `dense=True` (segmentation) keeps the head's input as the decoder map instead of a vector.
+    `native_logits_module` names the layer whose output is the logits at the head's own
+    resolution (a forward hook reads it); without one, `logits_native` is `logits`.
     """
 
     def __init__(
@@ -101,6 +108,7 @@ class FeatureModel(nn.Module):
         head_module: str,
         preact_module: str | None = None,
         dense: bool = False,
+        native_logits_module: str | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -110,6 +118,7 @@ class FeatureModel(nn.Module):
         self.head_module = head_module
         self.preact_module = preact_module
         self.dense = dense
+        self.native_logits_module = native_logits_module
         self._captured: dict[str, Tensor] = {}
         for stage in self.stage_modules:
             module, item = split_item(stage)
@@ -117,6 +126,8 @@ class FeatureModel(nn.Module):
         net.get_submodule(head_module).register_forward_pre_hook(self._keep_input("__pooled__", clone=False))
         if preact_module is not None:
             net.get_submodule(preact_module).register_forward_pre_hook(self._keep_input("__preact__", clone=True))
+        if native_logits_module is not None:
+            net.get_submodule(native_logits_module).register_forward_hook(self._keep_output("__native__"))
         self.info: ModelInfo | None = None
 
     def _keep_output(self, key: str, item: int | None = None):
@@ -141,7 +152,9 @@ class FeatureModel(nn.Module):
         preact = captured.get("__preact__")
         feature = global_pool(preact).flatten(1) if preact is not None else pooled
         stages = {name: captured[name] for name in self.stage_modules}
-        return ModelOutput(logits=logits, feature=feature, feature_post=pooled, stages=stages, decoder=decoder)
+        native = captured.get("__native__", logits)
+        return ModelOutput(logits=logits, feature=feature, feature_post=pooled, stages=stages, decoder=decoder,
+                           logits_native=native)
 
     @torch.no_grad()
     def describe(self, input_shape: tuple[int, ...]) -> ModelInfo:

@@ -29,7 +29,7 @@ from ..models.features import FeatureModel, ModelOutput
 from ..recipes import autocast  # the run's precision: what the live forward would give
 
 MAX_BYTES = 4 << 30  # the largest cache kept on the device; beyond it the teacher runs every step
-FIELDS = ("logits", "feature", "feature_post", "decoder")  # and "stage:<name>" for stage maps
+FIELDS = ("logits", "logits_native", "feature", "feature_post", "decoder")  # and "stage:<name>" for stage maps
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ class TeacherOutputs:
         got = {name: t.index_select(0, index) for name, t in self.fields.items()}
         stages = {name.removeprefix("stage:"): t for name, t in got.items() if name.startswith("stage:")}
         return ModelOutput(logits=got.get("logits"), feature=got.get("feature"), feature_post=got.get("feature_post"),
-                           stages=stages, decoder=got.get("decoder"))  # type: ignore[arg-type]
+                           stages=stages, decoder=got.get("decoder"),
+                           logits_native=got.get("logits_native"))  # type: ignore[arg-type]
 
 
 def select(out: ModelOutput, name: str) -> Tensor:
