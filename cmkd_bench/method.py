@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,10 @@ class Method(nn.Module):
     # with trains_teacher: the weight decay of the teacher's parameter group (None: the recipe's)
     teacher_weight_decay: ClassVar[float | None] = None
     needs: ClassVar[frozenset[str]] = frozenset()  # extra batch keys, e.g. {"index"} for memory banks
+    # Hyper-parameters a method gained after records of it existed, with the value that computes what
+    # those records computed: at that value a key stays out of the run's configuration, so earlier
+    # runs keep their run ids (training.config.resolve); any other value is part of the run id.
+    added_hparams: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, student: ModelInfo, teacher: ModelInfo, spec: DatasetSpec) -> None:
         super().__init__()

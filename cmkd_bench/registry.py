@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterator
 from .errors import UserError
 
 PLUGIN_GROUP = "cmkd_bench.plugins"
+PLUGINS_VARIABLE = "CMKD_BENCH_PLUGINS"  # plug-in files every command loads, os.pathsep-separated
+PLUGIN_HINT = "--plugin FILE.py or CMKD_BENCH_PLUGINS=FILE.py"
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class Registry:
                 if close:
                     break
         hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"see `cmkd-bench list {self.kind}s`"
-        return f"unknown {self.kind} {name!r}; {hint}"
+        return f"unknown {self.kind} {name!r}; {hint} (a plug-in's {self.kind} needs {PLUGIN_HINT})"
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self.get(name).factory(*args, **kwargs)
@@ -178,11 +180,13 @@ DATASETS = Registry("dataset", fixed_args=1)
 BACKBONES = Registry("backbone", fixed_args=2)
 
 
-def load_plugin_file(path: str | Path) -> None:
-    """Import a user's Python file so that its registrations apply to this command."""
+def load_plugin_file(path: str | Path, source: str = "--plugin") -> None:
+    """Import a user's Python file so that its registrations apply to this command; `source` says where
+    the path was given (--plugin, CMKD_BENCH_PLUGINS, a suite file), for the error."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"plugin file {str(path)!r} does not exist; pass the path of a .py file")
+        given = "" if source == "--plugin" else f" (in {source})"
+        raise UserError(f"plugin file {str(path)!r}{given} does not exist; pass the path of a .py file")
     module_name = f"cmkd_bench_plugin_{abs(hash(str(path.resolve())))}"
     if module_name in sys.modules:
         return

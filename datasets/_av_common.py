@@ -303,7 +303,6 @@ def build_clip_dataset(name: str, root: Path | None, *, num_classes: int, teache
     from cmkd_bench.datasets._av_packed import packed_readers  # the packed store's readers, where it serves
 
     packed = packed_readers(name, clips, positions, readers, protocol.name, audio, store)
-    bins, width = audio.shape()
     held_out = not (clips.splits == "val").any()  # val_fraction and split_seed matter only without a val split
     recorded = {"protocol": protocol.name, "image_size": image_size, "frames": frames, "augment": augment,
                 "standardize": audio.standardize, **({"segment": audio.segment} if segment is not None or audio.segment else {}),
@@ -311,9 +310,7 @@ def build_clip_dataset(name: str, root: Path | None, *, num_classes: int, teache
                 "prepared": clips_fingerprint(clips.root), "store": "packed" if packed else "files"}
     spec = DatasetSpec(
         name=name, task="classification", num_classes=num_classes,
-        modalities={"visual": Modality((3 * frames, image_size, image_size), "resnet18",
-                                       f"{frames} RGB frame(s) stacked on channels, ImageNet-normalised ({protocol.name})"),
-                    "audio": Modality((1, bins, width), "resnet18", f"{audio.describe()} ({protocol.name})")},
+        modalities=clip_modalities(protocol.name, audio, frames, image_size),
         teacher_modality=teacher, student_modality=student, recipe=VIDEO_RECIPE,
         split_sizes={split: len(rows) for split, rows in positions.items()},
         recipe_source=VIDEO_RECIPE_SOURCE, options=recorded,
@@ -323,6 +320,39 @@ def build_clip_dataset(name: str, root: Path | None, *, num_classes: int, teache
 
         return PackedPairs(spec, packed, num_workers)
     return DecodedPairs(spec, readers, num_workers)
+
+
+def clip_modalities(protocol: str, audio: AudioRecipe, frames: int, image_size: int) -> dict[str, Modality]:
+    """The two modalities a protocol serves, with their shapes and default backbones."""
+    bins, width = audio.shape()
+    return {"visual": Modality((3 * frames, image_size, image_size), "resnet18",
+                               f"{frames} RGB frame(s) stacked on channels, ImageNet-normalised ({protocol})"),
+            "audio": Modality((1, bins, width), "resnet18", f"{audio.describe()} ({protocol})")}
+
+
+def protocol_specs(name: str, protocols: dict[str, Protocol], *, num_classes: int, teacher: str, student: str,
+                   split_rows: dict[str, int] | None = None):
+    """What `cmkd-bench list datasets NAME` shows without --data-root (the registry's `specs_without_data`):
+    a function of the dataset's options giving, for each protocol, its source and the spec a run would
+    get, from the declarations alone; no file is read. Its split_sizes are the rows of the published
+    split files (`split_rows`; none where the dataset declares none), before the suite's split rule
+    and, where there is no val file, before `val_fraction` of train is held out (options: val_fraction)."""
+    def specs(options: dict) -> dict[str, tuple[str, DatasetSpec]]:
+        shown = {}
+        for key, protocol in protocols.items():
+            audio = protocol.audio
+            if options.get("standardize") is not None:
+                audio = _replace(audio, standardize=options["standardize"])
+            rows = dict(split_rows or {})
+            held = {"val_fraction": options["val_fraction"]} if rows and "val" not in rows and "val_fraction" in options else {}
+            spec = DatasetSpec(name=name, task="classification", num_classes=num_classes,
+                               modalities=clip_modalities(key, audio, options.get("frames") or protocol.visual.frames,
+                                                          options["image_size"]),
+                               teacher_modality=teacher, student_modality=student, recipe=VIDEO_RECIPE,
+                               split_sizes=rows, recipe_source=VIDEO_RECIPE_SOURCE, options={"protocol": key, **held})
+            shown[key] = (protocol.source, spec)
+        return shown
+    return specs
 
 
 def _replace(recipe: AudioRecipe, **changes) -> AudioRecipe:

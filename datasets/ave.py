@@ -53,10 +53,11 @@ from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
 
 from ._av_common import (AudioRecipe, Listed, Protocol, VisualRecipe, build_clip_dataset,
-                         choose_protocol, index_files, one_row_per_clip, read_text)
+                         choose_protocol, index_files, one_row_per_clip, protocol_specs, read_text)
 
 NUM_CLASSES = 28
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
+SPLIT_ROWS = {"train": 3339, "val": 402, "test": 402}  # the official files' rows, before the split rule (see above)
 WHERE = ("put the official trainSet.txt, valSet.txt and testSet.txt of the AVE_Dataset folder "
          "(github.com/YapengTian/AVE-ECCV18) in --src")
 STORED_RATE = 16000
@@ -128,6 +129,8 @@ PREPARER = ClipPreparer("ave", plan, STORED_RATE, FrameSampling(mode="fps", fps=
 
 
 @DATASETS.register("ave", tasks=("classification",), prepare=PREPARER,
+                   specs_without_data=protocol_specs("ave", PROTOCOLS, num_classes=NUM_CLASSES, teacher="audio",
+                                                     student="visual", split_rows=SPLIT_ROWS),
                    description="AVE events (28 classes): frame + spectrogram of the annotated segment; official split, "
                                "one row per VideoID; protocol c2kd",
                    reference="Tian et al., Audio-Visual Event Localization in Unconstrained Videos, ECCV 2018; "

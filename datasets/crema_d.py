@@ -55,10 +55,11 @@ from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
 
 from ._av_common import (AudioRecipe, Listed, Protocol, VisualRecipe, build_clip_dataset,
-                         choose_protocol, one_row_per_clip, read_csv_rows)
+                         choose_protocol, one_row_per_clip, protocol_specs, read_csv_rows)
 
 CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # the references' class_dict order
 SPLIT_FILES = {"train": "train.csv", "test": "test.csv"}
+SPLIT_ROWS = {"train": 6698, "test": 744}  # the rows of OGM-GE's train.csv and test.csv (see above)
 WHERE = "copy train.csv and test.csv from OGM-GE (github.com/GeWu-Lab/OGM-GE_CVPR2022, data/CREMAD/) into --src"
 STORED_RATE = 16000  # CREMA-D's wavs are 16 kHz: stored sample for sample
 
@@ -116,6 +117,8 @@ PREPARER = ClipPreparer("crema-d", plan, STORED_RATE, FrameSampling(mode="fps", 
 
 
 @DATASETS.register("crema-d", aliases=("cremad",), tasks=("classification",), prepare=PREPARER,
+                   specs_without_data=protocol_specs("crema-d", PROTOCOLS, num_classes=len(CLASSES), teacher="audio",
+                                                     student="visual", split_rows=SPLIT_ROWS),
                    description="CREMA-D emotions (6 classes): face frame + spectrogram; OGM-GE split; "
                                "protocol fd-cmkd (default), c2kd or ogm-ge",
                    reference="Cao et al., CREMA-D, IEEE TAC 2014; split of OGM-GE (CVPR 2022); protocols from the "

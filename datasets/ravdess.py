@@ -44,10 +44,12 @@ from cmkd_bench.datasets._av_packed import Packer
 from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
 
-from ._av_common import AudioRecipe, Protocol, VisualRecipe, build_clip_dataset, choose_protocol
+from ._av_common import AudioRecipe, Protocol, VisualRecipe, build_clip_dataset, choose_protocol, protocol_specs
 
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 SPLIT_ACTORS = {"train": range(1, 17), "val": range(17, 21), "test": range(21, 25)}
+CLIPS_PER_ACTOR = 60  # speech: 7 emotions x 2 intensities + neutral at one, x 2 statements x 2 repetitions
+SPLIT_ROWS = {split: CLIPS_PER_ACTOR * len(actors) for split, actors in SPLIT_ACTORS.items()}  # 960, 240, 240
 NAME = re.compile(r"^(0[123])-(0[12])-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d\d)$")
 STORED_RATE = 16000
 PROTOCOLS = {
@@ -100,6 +102,8 @@ PREPARER = ClipPreparer("ravdess", plan, STORED_RATE, FrameSampling(mode="middle
 
 
 @DATASETS.register("ravdess", tasks=("classification",), prepare=PREPARER,
+                   specs_without_data=protocol_specs("ravdess", PROTOCOLS, num_classes=len(EMOTIONS), teacher="audio",
+                                                     student="visual", split_rows=SPLIT_ROWS),
                    description="RAVDESS speech emotions (8 classes): middle face frame + 4 s log-mel; actors 1-16/17-20/21-24; "
                                "protocol suite (no paper's)",
                    reference="Livingstone & Russo, RAVDESS, PLoS ONE 2018; the suite's split and protocol (MFH and "

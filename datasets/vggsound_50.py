@@ -53,10 +53,11 @@ from cmkd_bench.errors import UserError
 from cmkd_bench.registry import DATASETS
 
 from ._av_common import (AudioRecipe, Listed, Protocol, VisualRecipe, build_clip_dataset,
-                         choose_protocol, index_files, one_row_per_clip, read_csv_rows)
+                         choose_protocol, index_files, one_row_per_clip, protocol_specs, read_csv_rows)
 
 NUM_CLASSES = 50
 TINY_FILES = {"train": "train_tiny.csv", "test": "test_tiny.csv"}
+SPLIT_ROWS = {"train": 25835, "test": 2500}  # the rows of C2KD's train_tiny.csv and test_tiny.csv (see above)
 LIST_FILE = "vggsound.csv"
 WHERE = (f"put C2KD's train_tiny.csv and test_tiny.csv (vggsound/datasplit.zip of github.com/huofushuo/C2KD) in --src, "
          f"or VGGSound's {LIST_FILE} (www.robots.ox.ac.uk/~vgg/data/vggsound/)")
@@ -156,6 +157,8 @@ PREPARER = ClipPreparer("vggsound-50", plan, STORED_RATE, FrameSampling(mode="fp
 
 
 @DATASETS.register("vggsound-50", aliases=("vggsound50",), tasks=("classification",), prepare=PREPARER,
+                   specs_without_data=protocol_specs("vggsound-50", PROTOCOLS, num_classes=NUM_CLASSES, teacher="audio",
+                                                     student="visual", split_rows=SPLIT_ROWS),
                    description="VGGSound 50-class subset (C2KD's train_tiny/test_tiny): 3 frames + 5 s log STFT "
                                "(129 x 626); protocol c2kd",
                    reference="Chen et al., VGGSound, ICASSP 2020; 50-class subset and protocol from the code of C2KD "

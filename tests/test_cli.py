@@ -85,9 +85,33 @@ def test_list_is_one_line_per_entry_and_never_splits_words(tmp_path):
                      "recipe: epochs=12", "recipe from: chosen for synth-av", "files: none"):
         assert fragment in detail.stdout, (fragment, detail.stdout)
     assert all(len(line) <= 80 for line in detail.stdout.splitlines())
+    assert "steps: 31 per epoch (2,000 train samples; batch 64), 372 in 12 epochs" in detail.stdout  # 2000 // 64
     method = cli("list", "methods", "fd", env={"COLUMNS": "80"})
     assert "reference: Liu et al." in method.stdout and "search space (cmkd-bench tune):" in method.stdout
     assert_one_line_error(cli("list", "methods", "kdd"), "unknown method 'kdd'")
+
+
+def test_a_real_dataset_shows_each_protocols_inputs_backbones_recipe_and_cost_without_data(tmp_path):
+    from cmkd_bench.datasets.crema_d import SPLIT_ROWS
+
+    result = cli("list", "datasets", "crema-d", cwd=tmp_path, env={"COLUMNS": "200"})  # no --data-root
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    for protocol, audio in (("fd-cmkd (default)", "1x257x299"), ("c2kd", "1x257x188"), ("ogm-ge", "1x257x188")):
+        at = lines.index(f"{protocol}:")
+        assert lines[at + 1].startswith("reproduces: ")
+        assert lines[at + 3].startswith(f"visual: 3x224x224, resnet18") and lines[at + 4].startswith(f"audio: {audio}, resnet18")
+        # resnet18 with a 1-channel stem and 6 classes: 11,173,318 parameters; with 3 channels, 11,179,590
+        assert lines[at + 5] == (f"cost: teacher resnet18 on {audio}: 11.2 M parameters; student resnet18 on "
+                                 f"3x224x224: 11.2 M parameters")
+        steps = (SPLIT_ROWS["train"] - round(SPLIT_ROWS["train"] * 0.1)) // 64  # val_fraction 0.1 held out, batch 64
+        assert lines[at + 6] == (f"steps: about {steps} per epoch (the published split's 6,698 train clips less 10% "
+                                 f"held out for val; batch 64), about {steps * 100:,} in 100 epochs")
+    assert "recipe: epochs=100, batch_size=64, lr=0.01, optimizer='sgd', momentum=0.9, weight_decay=0.0001, " \
+           "schedule='poly', warmup_epochs=0" in lines
+    assert "default direction: audio (teacher) → visual (student); --teacher-modality / --student-modality change it" \
+        in lines and "classes: 6" in lines
+    assert list(tmp_path.iterdir()) == []  # nothing read, nothing written
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -96,6 +120,9 @@ def test_list_is_one_line_per_entry_and_never_splits_words(tmp_path):
     (("run", "--method", "kd", "--dataset", "synth-av", "--student", "resnet181"), ("unknown backbone 'resnet181'", "resnet18")),
     (("run", "--method", "kd", "--dataset", "synth-av", "--set", "T=hot"), ("T expects a number",)),
     (("run", "--method", "kd", "--dataset", "synth-av", "--set", "temperature=2"), ("no such setting",)),
+    (("run", "--method", "fd", "--dataset", "synth-av", "--set", "w_lo=2"),
+     ("--set w_lo: no such setting for method 'fd'", "did you mean 'w_low'? settings are ")),
+    (("run", "--method", "fd", "--dataset", "synth-av", "--set", "method.w_hi=2"), ("did you mean 'w_high'?",)),
     (("run", "--method", "kd", "--dataset", "synth-av", "--set", "T"), ("not KEY=VALUE",)),
     (("run", "--method", "kd", "--dataset", "synth-av", "--epochs", "0"), ("epochs must be at least 1",)),
     (("run", "--method", "kd", "--dataset", "synth-av", "--student-modality", "smell"), ("no modality 'smell'",)),

@@ -140,7 +140,7 @@ def test_dry_run_prints_the_run_id_and_writes_nothing_and_teacher_epochs_shape_t
     run_id = next(line.split(": ")[1] for line in dry.stdout.splitlines() if line.startswith("run id: "))
     done = cli(*args)
     assert done.returncode == 0, done.stderr
-    assert run_id in done.stdout and "(1 epochs; the student's recipe with --teacher-epochs 1)" in done.stdout
+    assert run_id in done.stdout and "(1 epoch; the student's recipe with --teacher-epochs 1)" in done.stdout
     record = json.loads((out / run_id / "result.json").read_text())
     assert record["teacher"]["recipe"]["epochs"] == 1 and record["config"]["recipe"]["epochs"] == 2
     teacher = json.loads((out / "teachers" / record["teacher"]["key"] / "teacher.json").read_text())

@@ -70,7 +70,7 @@ def test_a_suite_completes_through_submitit_resumes_a_killed_run_and_then_runs_n
     env = {"KILL_MARKER": str(marker)}
     first = suite(out, plugin, "no-kd,kill-once-kd", env=env)
     assert first.returncode == 1, first.stdout + first.stderr  # the killed run failed, the other completed
-    assert "submitted 1 runs that train their teacher" in first.stdout  # the teacher's wave first
+    assert "submitted 1 run that trains its teacher" in first.stdout  # the teacher's wave first
     assert "killed by signal 9" in first.stdout and not marker.exists()
     status = cli("suite", "--status", str(out))
     assert status.stdout.splitlines()[0] == f"{out}: 1 completed, 1 running or interrupted, 0 failed, 0 pending"

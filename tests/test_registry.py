@@ -44,7 +44,7 @@ def test_unknown_names_suggest_close_matches():
 
 def test_presets_inherit_and_override_defaults():
     entry = METHODS.register_preset("kd-hot-test", "kd", description="kd at T=8", T=8.0)
-    assert entry.hparams == {"T": 8.0, "alpha": METHODS.get("kd").hparams["alpha"]} and entry.meta["preset_of"] == "kd"
+    assert entry.hparams == {**METHODS.get("kd").hparams, "T": 8.0} and entry.meta["preset_of"] == "kd"
     with pytest.raises(ValueError, match="no hyper-parameter"):
         METHODS.register_preset("kd-bad-test", "kd", description="x", temperature=8.0)
 

@@ -19,7 +19,7 @@ import pytest
 from cmkd_bench.cli import main
 from cmkd_bench.cli.run import RUN_ONLY_OPTIONS, run_command
 from cmkd_bench.cli.suite import run_command_line
-from cmkd_bench.experiments.plan import expand, suite_from_mapping
+from cmkd_bench.experiments.plan import expand, load_suite, suite_from_mapping
 from cmkd_bench.training.runner import RunRequest, resolve_run
 
 from conftest import REPO, cli
@@ -137,6 +137,25 @@ def test_a_bad_suite_is_one_line_and_exit_2_before_anything_runs(tmp_path, capsy
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert all(fragment in lines[0] for fragment in fragments), lines[0]
     assert not (tmp_path / "runs").exists() and stdout == ""
+
+
+def test_every_path_in_a_suite_file_is_relative_to_the_file(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "project" / "suites"
+    folder.mkdir(parents=True)
+    (folder / "s.yaml").write_text(
+        "datasets: [mfh-gauss, {name: paired-npz, data_root: ../data/pairs.npz}]\nmethods: [kd]\n"
+        "out: ../runs\ndata_root: ../data\nteacher_cache: cache\nplugins: [../plugins/mine.py]\n")
+    monkeypatch.chdir(tmp_path)  # anywhere but the file's folder
+    suite = load_suite("project/suites/s.yaml")
+    project = Path("project")
+    assert suite.out == str(project / "runs") and suite.data_root == str(project / "data")
+    assert suite.teacher_cache == str(project / "suites" / "cache")
+    assert suite.plugins == (str(project / "plugins" / "mine.py"),)
+    assert suite.datasets[1].data_root == str(project / "data" / "pairs.npz") and suite.datasets[0].data_root is None
+    (folder / "t.yaml").write_text(f"datasets: [mfh-gauss]\nmethods: [kd]\nout: {tmp_path / 'abs'}\n")
+    assert load_suite(folder / "t.yaml").out == str(tmp_path / "abs")  # an absolute path stays as it is
+    (folder / "u.yaml").write_text("datasets: [mfh-gauss]\nmethods: [kd]\n")
+    assert load_suite(folder / "u.yaml").out == "runs"  # no out: ./runs, as with `run`
 
 
 # --- each run's command line

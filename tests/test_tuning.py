@@ -131,6 +131,10 @@ def test_tune_end_to_end_selects_on_val_records_it_and_resumes(tmp_path):
     for config in summary["configurations"]:  # what the summary says is what the records hold
         record = json.loads((out / config["run_id"] / "result.json").read_text())
         assert record["metrics"]["val_best"] == config["val"] and record["seed"] == 0
+        # and each candidate's progress line shows what selects it: validation, never test
+        [line] = [line for line in first.stdout.splitlines() if f"] completed {config['run_id']}" in line]
+        assert f"  val top1 {config['val']:.2f}  " in line and "test" not in line, line
+    assert "tune: 1 study, 2 candidate runs on seed 0" in first.stdout
     records = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/result.json")}
     selected = [r for r in records.values() if any(e["role"] == "selected" for e in r["tuning"])]
     assert sorted(r["seed"] for r in selected) == [0, 1]

@@ -17,11 +17,13 @@ import sys
 import click
 
 from .. import __version__
+from ..catalog import load_all
 from ..distributed import world
 from ..errors import RunFailed, UserError
 from .analyze import analyze_group
 from .leaderboard import leaderboard_command
 from .listing import list_command
+from .options import PLUGIN_HELP
 from .plots import plot_group
 from .prepare import prepare_command, verify_command
 from .run import run_command
@@ -34,8 +36,12 @@ INTERRUPTED = "interrupted; run the same command again to resume from the last f
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cmkd-bench")
-def cli() -> None:
+@click.option("--plugin", "plugins", multiple=True, metavar="PATH.py", help=PLUGIN_HELP + " Before the command: "
+              "for any command (`cmkd-bench --plugin my_method.py list methods`).")
+def cli(plugins: tuple[str, ...]) -> None:
     """Cross-modal knowledge distillation benchmark: every baseline under one fair protocol."""
+    if plugins:  # for every command, also those without a --plugin of their own (leaderboard, prepare)
+        load_all(plugins)
 
 
 for _command in (list_command, run_command, leaderboard_command, suite_command, tune_command, prepare_command,

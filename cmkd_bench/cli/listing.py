@@ -10,9 +10,12 @@ from __future__ import annotations
 import shutil
 import textwrap
 from pathlib import Path
+
 import click
 
 from ..catalog import BACKBONES, DATASETS, METHODS, load_all
+from ..data.spec import DatasetSpec
+from ..experiments.plan import counted
 from ..experiments.search import declared_space
 from ..registry import Entry, Registry
 from ..training.runner import reads_data_root
@@ -25,7 +28,6 @@ OPEN_BACKBONES = ("Also any timm model by name (e.g. resnet18, convnext_atto), p
                   "deeplabv3plus:resnet18, unet:tu-convnext_atto), encoder_weights=None, in_channels from the modality; "
                   "for text any Hugging Face transformers encoder as hf:TYPE (e.g. hf:bert) or hf:FOLDER (its "
                   "config.json), randomly initialised (weights: --student-init FOLDER), with the text extra.")
-SMALL_SPLITS = {"train": 8, "val": 4, "test": 4}  # enough to read a dataset's spec without building all of it
 
 
 def _width() -> int:
@@ -109,24 +111,99 @@ def dataset_detail(entry: Entry, width: int, data_root: str | None) -> list[str]
     lines += _wrapped("files", files, width)
     lines += _hparam_lines("options (defaults; --set KEY=VALUE)", entry, width)
     if reads and data_root is None:
+        declared = entry.meta.get("specs_without_data")
+        if declared is not None:
+            return lines + _protocol_lines(entry, declared(dict(entry.hparams)), width)
         lines += _wrapped("modalities, direction, backbones, recipe",
                           f"read from the files: cmkd-bench list datasets {entry.name} --data-root PATH", width)
         return lines
-    small = {key: size for key, size in SMALL_SPLITS.items() if key in entry.hparams}
-    spec = DATASETS.build(entry.name, Path(data_root) if data_root else None, **small).spec
-    lines.append("  modalities (default backbone):")
+    # at its defaults, as a run builds it (the generated sets take a second at most)
+    spec = DATASETS.build(entry.name, Path(data_root) if data_root else None).spec
+    return lines + _modality_lines(spec, width) + _recipe_lines(spec, width) + _cost_lines(spec, width)
+
+
+def _protocol_lines(entry: Entry, specs: dict, width: int) -> list[str]:
+    """Each protocol as the dataset declares it (no file read): source, modalities, cost; then what they share."""
+    lines = _wrapped("protocols", "as declared, nothing read (--set protocol=NAME; the prepared files' own "
+                                  f"numbers: cmkd-bench list datasets {entry.name} --data-root PATH)", width)
+    for name, (source, spec) in specs.items():
+        lines.append(f"  {name}" + (" (default)" if name == entry.hparams.get("protocol") else "") + ":")
+        lines += _wrapped("reproduces", source, width, indent=4)
+        lines += _modality_lines(spec, width, indent=4)
+        lines += _cost_lines(spec, width, indent=4)
+    recipes = {str(spec.recipe.as_dict()) + spec.recipe_source for _, spec in specs.values()}
+    first = next(iter(specs.values()))[1]
+    shared = _recipe_lines(first, width) if len(recipes) == 1 else []
+    return lines + _wrapped("default direction", _direction(first), width) + _wrapped("classes", str(first.num_classes),
+                                                                                    width) + shared
+
+
+def _modality_lines(spec: DatasetSpec, width: int, indent: int = 2) -> list[str]:
+    lines = [" " * indent + "modalities (default backbone):"]
     for name, modality in spec.modalities.items():
         shape = "x".join(map(str, modality.shape))
         lines += _wrapped(name, f"{shape}, {modality.backbone}" + (f"; {modality.description}"
-                                                                     if modality.description else ""), width, indent=4)
-    lines += _wrapped("default direction", f"{spec.teacher_modality} (teacher) → {spec.student_modality} (student); "
-                      "--teacher-modality / --student-modality change it", width)
-    lines += _wrapped("classes", str(spec.num_classes), width)
+                                                                     if modality.description else ""), width,
+                          indent=indent + 2)
+    if indent > 2:
+        return lines
+    return (lines + _wrapped("default direction", _direction(spec), width)
+            + _wrapped("classes", str(spec.num_classes), width))
+
+
+def _direction(spec: DatasetSpec) -> str:
+    return (f"{spec.teacher_modality} (teacher) → {spec.student_modality} (student); "
+            "--teacher-modality / --student-modality change it")
+
+
+def _recipe_lines(spec: DatasetSpec, width: int) -> list[str]:
     recipe = ", ".join(f"{key}={_value(value)}" for key, value in spec.recipe.as_dict().items())
-    lines += _wrapped("recipe", recipe, width)
+    lines = _wrapped("recipe", recipe, width)
     if spec.recipe_source:
         lines += _wrapped("recipe from", spec.recipe_source, width)
     return lines
+
+
+def _cost_lines(spec: DatasetSpec, width: int, indent: int = 2) -> list[str]:
+    """What a run costs, from the spec alone: each default backbone's parameters on its input, and the
+    training steps per epoch from the train split's size."""
+    models = []
+    for role, name in (("teacher", spec.teacher_modality), ("student", spec.student_modality)):
+        modality = spec.modalities[name]
+        models.append(f"{role} {modality.backbone} on {'x'.join(map(str, modality.shape))}: "
+                      f"{_parameters(modality.backbone, spec, name)} parameters")
+    lines = _wrapped("cost", "; ".join(models), width, indent=indent)
+    steps = _steps_text(spec)
+    return lines + (_wrapped("steps", steps, width, indent=indent) if steps else [])
+
+
+def _parameters(backbone: str, spec: DatasetSpec, modality: str) -> str:
+    import torch
+
+    from ..models.backbones import build_backbone  # as a run builds it, on the modality's shape and classes
+
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation (a resnet18 in 0.1 s, not 0.8)
+            model = build_backbone(backbone, spec, modality)
+    except (RuntimeError, NotImplementedError):  # a backbone that computes on real tensors while it is built
+        model = build_backbone(backbone, spec, modality)
+    count = sum(p.numel() for p in model.parameters())
+    return f"{count / 1e6:.1f} M" if count >= 100_000 else f"{count:,}"
+
+
+def _steps_text(spec: DatasetSpec) -> str:
+    """Steps per epoch (a run drops the train split's last partial batch) and in the recipe's epochs."""
+    train, batch, epochs = spec.split_sizes.get("train"), spec.recipe.batch_size, spec.recipe.epochs
+    if not train:
+        return ""
+    held = spec.options.get("val_fraction")
+    kept = train - round(train * held) if held else train
+    per_epoch = max(1, kept // batch)
+    about = "about " if held or spec.options.get("protocol") else ""
+    source = (f"the published split's {train:,} train clips" + (f" less {held:.0%} held out for val" if held else "")
+              if about else f"{train:,} train samples")
+    return (f"{about}{per_epoch:,} per epoch ({source}; batch {batch}), {about}{per_epoch * epochs:,} in "
+            f"{counted(epochs, 'epoch')}")
 
 
 def backbone_detail(entry: Entry, width: int) -> list[str]:

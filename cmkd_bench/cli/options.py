@@ -6,8 +6,20 @@ from typing import Callable
 
 import click
 
-plugin_option = click.option("--plugin", "plugins", multiple=True, metavar="PATH.py",
-                             help="Load a Python file that registers methods, datasets or backbones (repeatable).")
+PLUGIN_HELP = ("Load a Python file that registers methods, datasets or backbones (repeatable; "
+               "CMKD_BENCH_PLUGINS=FILE.py[:FILE2.py] loads files for every command).")
+
+
+def _with_group_plugins(context: click.Context, parameter: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """A command's --plugin files after those given before the command (`cmkd-bench --plugin F COMMAND`),
+    so a command that passes its plug-ins on (a suite to its runs) passes both."""
+    root = context.find_root()
+    given = root.params.get("plugins", ()) if root is not context else ()
+    return (*given, *value)
+
+
+plugin_option = click.option("--plugin", "plugins", multiple=True, metavar="PATH.py", help=PLUGIN_HELP,
+                             callback=_with_group_plugins)
 
 
 # The settings `suite` and `tune` give every run they plan (each is `run`'s option of the same name).

@@ -18,6 +18,7 @@ from rich.text import Text
 
 from .. import distributed
 from ..catalog import load_all
+from ..experiments.plan import counted
 from ..experiments.scheduler import apply_thread_share
 from ..training.engine import EpochReport
 from ..training.runner import RunCallbacks, RunRequest, execute, resolve_run
@@ -57,7 +58,7 @@ class RichProgress:
 
     def phase(self, label: str, epochs: int, steps: int) -> None:
         self.label, self.steps, self.seconds = label, steps, []
-        self.console.print(f"[bold]{label}[/bold]: {epochs} epochs x {steps} steps")
+        self.console.print(f"[bold]{label}[/bold]: {counted(epochs, 'epoch')} x {counted(steps, 'step')}")
 
     def step(self, step: int, steps: int) -> None:
         if self.quiet or not self.console.is_terminal:
@@ -80,7 +81,7 @@ class RichProgress:
         self.console.print(epoch_line(report, self.seconds), soft_wrap=True)
 
     def message(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, soft_wrap=True)  # one line, whatever the terminal's width: paths stay whole
 
     def close(self) -> None:
         if self.bar is not None:
@@ -121,8 +122,8 @@ def teacher_recipe_text(record: dict[str, Any]) -> str:
     epochs = (teacher.get("recipe") or {}).get("epochs", student_epochs)
     if epochs is None:
         return "student's recipe"
-    return f"{epochs} epochs" + (", the student's recipe" if epochs == student_epochs else
-                                 f"; the student's recipe with --teacher-epochs {epochs}")
+    return counted(epochs, "epoch") + (", the student's recipe" if epochs == student_epochs else
+                                       f"; the student's recipe with --teacher-epochs {epochs}")
 
 
 def dry_run_text(resolved: Any) -> str:
@@ -141,7 +142,7 @@ def dry_run_text(resolved: Any) -> str:
     epochs = config.teacher_recipe["epochs"]
     cached = (teacher_folder(resolved) / "teacher.pt").exists()
     teacher = (f"given checkpoint {resolved.teacher_checkpoint}" if resolved.teacher_checkpoint is not None
-               else f"{teacher_folder(resolved)} ({epochs} epoch{'s' if epochs != 1 else ''}; "
+               else f"{teacher_folder(resolved)} ({counted(epochs, 'epoch')}; "
                     + ("cached)" if cached else "would be trained)"))
     lines = [f"run id: {config.run_id}", f"run folder: {resolved.run_dir} ({state})", f"teacher: {teacher}",
              f"device: {resolved.device}", "configuration:",

@@ -53,6 +53,10 @@ def run_command_line(request: RunRequest, device: str, plugins: Sequence[str]) -
 @click.option("--cpus-per-run", type=int, help="--executor slurm: CPUs of each run's job, also its threads (default 8).")
 @click.option("--time", "time_limit", help="--executor slurm: each job's time limit, HH:MM:SS (default 04:00:00).")
 @click.option("--array-parallelism", type=int, help="--executor slurm: jobs of the array running at once (default 64).")
+@click.option("--slurm", "slurm_flags", multiple=True, metavar="KEY=VALUE",
+              help="--executor slurm: another sbatch option of each job (repeatable), as sbatch spells it: "
+                   "account=myproject, qos=high, mem=32G, constraint=a100, requeue, setup='module load cuda'; "
+                   "also the suite file's slurm: {KEY: VALUE}.")
 @click.option("--status", "status_dir", type=click.Path(), metavar="DIR",
               help="Print how the runs in DIR stand (completed, running, failed, pending) from their files; run nothing.")
 @click.option("--rerun-stale", is_flag=True,
@@ -62,17 +66,20 @@ def run_command_line(request: RunRequest, device: str, plugins: Sequence[str]) -
 def suite_command(suite_file: str | None, jobs: int | None, device: str | None, devices: str | None,
                   dry_run: bool, rerun_stale: bool, executor: str, partition: str | None, gpus_per_run: int | None,
                   cpus_per_run: int | None, time_limit: str | None, array_parallelism: int | None,
-                  status_dir: str | None, **flags: Any) -> None:
+                  slurm_flags: tuple[str, ...], status_dir: str | None, **flags: Any) -> None:
     """Run a grid of runs (SUITE_FILE and/or flags); finished runs are skipped, interrupted ones resume.
+
+    With --executor slurm this command submits the runs as job arrays and waits for them: keep it
+    running (tmux, screen, or a job of its own; see docs/scaling.md). --dry-run shows the job arrays.
 
     Exit code 0 when no run failed, 1 when one did, 2 for bad input (nothing runs).
     """
     if status_dir is not None:
         click.echo(status_text(status_dir))
         return
-    cluster = cluster_settings(executor, partition, gpus_per_run, cpus_per_run, time_limit, array_parallelism)
     suite = suite_with_flags(suite_file, flags)
-    suite.cluster = cluster
+    suite.cluster = cluster_settings(executor, partition, gpus_per_run, cpus_per_run, time_limit, array_parallelism,
+                                     slurm_flags, suite.slurm, f"suite file {suite_file!r}")
     if device is not None:
         suite.device = device
     device_names, jobs = job_devices(None if devices else suite.device, devices, jobs)

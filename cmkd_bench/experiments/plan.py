@@ -10,10 +10,12 @@ so that a crash or a kill takes down one run, not the suite; runs that need one 
 once, the others waiting on the runner's teacher lock (cmkd_bench.experiments.scheduler runs them). The
 command line of each run comes from the caller: the CLI builds it from `run`'s own options.
 
-Suite file (YAML; every key optional except methods and datasets). A relative `out:` is relative
-to the suite file's folder (so `out: ../runs` in leaderboard/suites/ is leaderboard/runs wherever
-the command runs from); the other relative paths (data_root, teacher_cache, plugins) and `--out`
-on the command line are relative to the directory the command runs from:
+Suite file (YAML; every key optional except methods and datasets). Every relative path in a suite
+file (out, data_root, a dataset's data_root, teacher_cache, plugins) is relative to the file's
+folder, so `out: ../runs` in leaderboard/suites/ is leaderboard/runs wherever the command runs
+from, and a suite file works from any folder; `~` is the home folder. Paths given on the command
+line (--out, --data-root, --teacher-cache, --plugin) are relative to the folder the command runs
+from, as everywhere else:
 
     datasets: [synth-av]          # names, or {name: NAME, sets: {KEY: VALUE}, data_root: PATH}
     methods: all                  # every method for the dataset's task, or a list of names,
@@ -26,6 +28,7 @@ on the command line are relative to the directory the command runs from:
                                   # without out:, ./runs)
     epochs: / teacher_epochs: / batch_size: / lr: / student: / teacher: / device: / teacher_cache: / data_root: / plugins: [...]
     threads_per_run: 1            # CPU threads of each run (default: the cores // --jobs)
+    slurm: {account: myproject}   # sbatch options of --executor slurm, as `--slurm KEY=VALUE` (executors.py)
     tune: {budget: 8}             # also tune every method with a search space (see cmkd_bench.experiments.tuning):
                                   # true, or {budget: N, sample_seed: S, spaces: {METHOD: {KEY: [VALUES]}}}
 """
@@ -43,7 +46,7 @@ import yaml
 
 from ..artefacts.files import check_writable_dir
 from ..artefacts.records import direction_label, find_record
-from ..catalog import load_all
+from ..catalog import all_plugin_files, load_all
 from ..data.spec import DatasetSpec
 from ..errors import UserError
 from ..registry import METHODS
@@ -56,7 +59,7 @@ DEFAULT_SEEDS = (0, 1, 2)  # the protocol: mean ± std over 3 seeds, both direct
 DEFAULT_DIRECTIONS = "both"
 SUITE_KEYS = ("datasets", "methods", "directions", "seeds", "sets", "grid", "out", "epochs", "teacher_epochs",
               "batch_size", "lr", "student", "teacher", "device", "teacher_cache", "data_root", "plugins", "tune",
-              "threads_per_run")
+              "threads_per_run", "slurm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,6 +102,7 @@ class Suite:
     tune: TuneSettings | None = None  # after the default runs, tune every method with a search space
     threads_per_run: int | None = None  # CPU threads of each local run (default: cores // jobs, scheduler.py)
     cluster: Any = None  # executors.ClusterSettings: `--executor slurm` submits the runs through submitit
+    slurm: dict[str, Any] = field(default_factory=dict)  # the file's sbatch options, checked by executors.cluster_settings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,9 +123,23 @@ def load_suite(path: str | Path) -> Suite:
     if not isinstance(raw, dict):
         raise UserError(f"suite file {str(path)!r} must be a mapping of keys ({', '.join(SUITE_KEYS)})")
     suite = suite_from_mapping(raw, where=str(path))
-    if "out" in raw and not Path(suite.out).is_absolute():  # relative to the file, not to where it runs
-        suite.out = os.path.normpath(path.parent / suite.out)
+    _paths_from(suite, raw, path.parent)
     return suite
+
+
+def _paths_from(suite: Suite, raw: dict[str, Any], folder: Path) -> None:
+    """The file's relative paths made relative to its folder, not to where the command runs."""
+    def place(text: str | None) -> str | None:
+        if text is None:
+            return None
+        expanded = os.path.expanduser(text)
+        return expanded if os.path.isabs(expanded) else os.path.normpath(folder / expanded)
+
+    for key in ("out", "data_root", "teacher_cache"):
+        if raw.get(key) is not None:  # without out:, ./runs as with `run`
+            setattr(suite, key, place(getattr(suite, key)))
+    suite.plugins = tuple(place(plugin) for plugin in suite.plugins)
+    suite.datasets = [DatasetEntry(entry.name, entry.sets, place(entry.data_root)) for entry in suite.datasets]
 
 
 def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
@@ -148,7 +166,16 @@ def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
         plugins=tuple(str(p) for p in _as_list(raw["plugins"], "plugins", where)) if raw.get("plugins") else (),
         tune=_tune(raw.get("tune"), where),
         threads_per_run=_optional(raw, "threads_per_run", int, where),
+        slurm=_slurm(raw.get("slurm"), where),
     )
+
+
+def _slurm(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: slurm must map sbatch options to values, e.g. slurm: {{account: myproject}}")
+    return dict(value)
 
 
 def _tune(value: Any, where: str) -> TuneSettings | None:
@@ -287,7 +314,8 @@ def suite_with_flags(suite_file: str | None, flags: dict[str, Any]) -> Suite:
                                        else _comma_list(flags["directions"]), "--directions")
     suite.sets = (*suite.sets, *flags["sets"])
     suite.grid = merge_grid(suite.grid, [parse_grid_flag(text) for text in flags["grid"]])
-    suite.plugins = (*suite.plugins, *flags["plugins"])
+    # every plug-in file, absolute: each run's process gets them on its command line (cli/suite.py), from any folder
+    suite.plugins = all_plugin_files((*suite.plugins, *flags["plugins"]))
     for key in ("out", "epochs", "teacher_epochs", "batch_size", "lr", "student", "teacher", "teacher_cache",
                 "data_root", "threads_per_run"):
         if flags.get(key) is not None:
@@ -446,5 +474,10 @@ def plan_text(planned: list[PlannedRun]) -> str:
 def counts_line(planned: list[PlannedRun]) -> str:
     done = sum(run.state == "done" for run in planned)
     resume = sum(run.state == "resume" for run in planned)
-    return (f"{len(planned)} runs: {done} already completed (skipped), {resume} to resume, "
+    return (f"{counted(len(planned), 'run')}: {done} already completed (skipped), {resume} to resume, "
             f"{len(planned) - done - resume} to run")
+
+
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """'1 epoch', '2 epochs': a count with its noun, singular for one."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"

@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..registry import METHODS
 from ..training.runner import resolve_run
 from .executors import start_runs
-from .plan import DatasetEntry, MethodEntry, Suite, _direction_pairs, _planned, _probe_spec, _request
+from .plan import DatasetEntry, MethodEntry, Suite, _direction_pairs, _planned, _probe_spec, _request, counted
 from .scheduler import CommandBuilder, PlannedRun
 from .search import (SearchSpace, TuneSettings, changed_settings, configurations, declared_space, search_space,
                      setting_text)
@@ -154,9 +154,10 @@ def run_studies(suite: Suite, studies: list[Study], jobs: int, devices: Sequence
     """Candidates, selection on val, the selected configuration on every seed; returns the exit code."""
     failed = False
     candidates = _unique(run for study in studies for run in study.candidate_runs)
-    echo(f"tune: {len(studies)} studies, {len(candidates)} candidate runs on seed {suite.seeds[0]} "
+    echo(f"tune: {counted(len(studies), 'study', 'studies')}, {counted(len(candidates), 'candidate run')} on seed "
+         f"{suite.seeds[0]} "
          f"({sum(run.state == 'done' for run in candidates)} already completed)")
-    failed |= _run(suite, candidates, jobs, devices, command, echo)
+    failed |= _run(suite, candidates, jobs, devices, command, echo, score="val")  # their lines: what selects
     for study in studies:
         records = [find_record(run.run_dir / "result.json") for run in study.candidate_runs]
         study.scores = [_val(record) for record in records]
@@ -167,7 +168,7 @@ def run_studies(suite: Suite, studies: list[Study], jobs: int, devices: Sequence
             continue
         study.final_runs = [_with_direction(suite, study, seed) for seed in study.seeds]
     finals = _unique(run for study in studies for run in study.final_runs)
-    echo(f"tune: {len(finals)} runs of the selected configurations on seeds {', '.join(map(str, suite.seeds))} "
+    echo(f"tune: {counted(len(finals), 'run')} of the selected configurations on seeds {', '.join(map(str, suite.seeds))} "
          f"({sum(run.state == 'done' for run in finals)} already completed)")
     failed |= _run(suite, finals, jobs, devices, command, echo)
     for study in studies:
@@ -201,11 +202,11 @@ def _unique(runs) -> list[PlannedRun]:
 
 
 def _run(suite: Suite, runs: list[PlannedRun], jobs: int, devices: Sequence[str], command: CommandBuilder,
-         echo: Callable[[str], None]) -> bool:
+         echo: Callable[[str], None], score: str = "test") -> bool:
     todo = [run for run in runs if run.state != "done"]
     if not todo:
         return False
-    outcomes = start_runs(suite, todo, jobs, devices, command, echo)
+    outcomes = start_runs(suite, todo, jobs, devices, command, echo, score=score)
     return any(outcome.status == "failed" for outcome in outcomes)
 
 
@@ -259,7 +260,7 @@ def selection_line(study: Study) -> str:
 def plan_text(studies: list[Study]) -> str:
     lines = []
     for study in studies:
-        lines.append(f"{study.label}: {len(study.candidates)} of {study.space.size} configurations "
+        lines.append(f"{study.label}: {len(study.candidates)} of {counted(study.space.size, 'configuration')} "
                      f"(budget {study.budget}) on seed {study.seeds[0]}, then the best on seeds "
                      f"{', '.join(map(str, study.seeds))}")
         for candidate, run in zip(study.candidates, study.candidate_runs):

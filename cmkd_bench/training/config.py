@@ -8,6 +8,8 @@ always maps to the same record.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import json
 import math
@@ -67,6 +69,12 @@ class RunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def added_hparams(factory: Any) -> dict[str, Any]:
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return dict(getattr(factory, "added_hparams", {}) or {})
 
 
 def init_sha256(path: Path | None) -> str | None:
@@ -149,8 +157,11 @@ def split_sets(pairs: list[tuple[str, str]], method: Entry, dataset: Entry) -> t
             candidates = [s for s in scopes if name in scopes[s]]
         if not candidates:
             known = sorted(set(method.hparams) | set(dataset.hparams) | set(RECIPE_KEYS))
+            pool = sorted(scopes[scope]) if dot and scope in scopes else known  # method.w_lo: the method's keys
+            close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
             raise UserError(f"--set {key}: no such setting for method {method.name!r} or dataset {dataset.name!r}; "
-                            f"settings are {', '.join(known)}")
+                            f"{hint}settings are {', '.join(known)}")
         if len(candidates) > 1:
             raise UserError(f"--set {key} is ambiguous ({' and '.join(candidates)} both have it); "
                             f"write {candidates[0]}.{name}=... or {candidates[1]}.{name}=...")
@@ -192,6 +203,8 @@ def resolve(
         recipe.updated(epochs=teacher_epochs)  # the teacher's recipe must be valid too (warm-up < epochs)
     hparams = {**method.hparams, **method_sets}
     changed = {k: v for k, v in hparams.items() if v != method.hparams.get(k)}
+    added = added_hparams(method.factory)  # at the value earlier records had: out of the run id (Method.added_hparams)
+    hparams = {k: v for k, v in hparams.items() if not (k in added and v == added[k])}
     return RunConfig(
         method=method.name,
         dataset=spec.name,
