@@ -126,3 +126,12 @@ def subspace_bands(x: Tensor, low_basis: Tensor, high_basis: Tensor, dim: int = 
         low = (x @ low_basis) @ low_basis.T
         high = (x @ high_basis) @ high_basis.T
     return low.movedim(-1, dim), high.movedim(-1, dim)
+
+
+def standardized(z: Tensor, eps: float = 1e-7) -> Tensor:
+    """Logit standardisation (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR
+    2024): the Z-score of each sample's logits over the classes (dim 1), (z - mean) / (eps + std)
+    with the unbiased std, as `normalize` in sunshangquan/logit-standardization-KD
+    (mdistiller/distillers/KD.py and DKD.py there); in at least float32 (bf16 would round the std)."""
+    z = z if z.dtype == torch.float64 else z.float()
+    return (z - z.mean(dim=1, keepdim=True)) / (eps + z.std(dim=1, keepdim=True))

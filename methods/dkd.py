@@ -36,6 +36,13 @@ per-epoch value. warmup = 0 turns the ramp off.
 
 Segmentation (no official setting): every labelled pixel is a sample; the batch means become
 means over the pixels whose label is not ignored, the same extension as pixel-wise KD.
+
+Logit standardisation (Sun et al., CVPR 2024; sunshangquan/logit-standardization-KD,
+mdistiller/distillers/DKD.py `dkd_loss(..., logit_stand)`): `logit_stand=true` Z-scores both
+models' logits over the classes (cmkd_bench.losses.standardized) before the temperature and the
+target / non-target split; CE keeps the raw logits. The authors' command line
+(`--logit-stand --base-temp 2 --kd-weight 9`, tools/train.py) multiplies ALPHA and BETA by 9 and
+sets T = 2: the preset `dkd-ls` (alpha 9, beta 72, T 2).
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cmkd_bench.losses import kl_per_position, masked_mean, non_target, resized_like, safe_labels, valid_positions
+from cmkd_bench.losses import (kl_per_position, masked_mean, non_target, resized_like, safe_labels, standardized,
+                               valid_positions)
 from cmkd_bench.method import Method
 from cmkd_bench.registry import METHODS
 
@@ -67,14 +75,17 @@ def decoupled_log_probs(logits: Tensor, labels: Tensor, T: float) -> tuple[Tenso
                   reference="Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022",
                   search_space={"beta": [0.5, 1.0, 2.0, 8.0], "T": [1.0, 4.0]})
 class DKD(Method):
+    added_hparams = {"logit_stand": False}  # records before it computed this value
+
     def __init__(self, student, teacher, spec, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0,
-                 warmup: float = 20 / 240, w_ce: float = 1.0):
+                 warmup: float = 20 / 240, w_ce: float = 1.0, logit_stand: bool = False):
         super().__init__(student, teacher, spec)
         if T <= 0 or alpha < 0 or beta < 0 or w_ce < 0:
             raise ValueError(f"need T > 0 and non-negative weights, got T={T}, alpha={alpha}, beta={beta}, w_ce={w_ce}")
         if not 0 <= warmup < 1:
             raise ValueError(f"warmup is a fraction of training in [0, 1), got {warmup}")
         self.alpha, self.beta, self.T, self.warmup, self.w_ce = alpha, beta, T, warmup, w_ce
+        self.logit_stand = logit_stand
 
     def progress(self) -> float:
         """Fraction of training done once the current step is taken (see the module docstring)."""
@@ -93,10 +104,19 @@ class DKD(Method):
         labels = batch["label"]
         valid = valid_positions(labels, self.ignore_index)
         safe = safe_labels(labels, valid)
-        s_bin, s_nt = decoupled_log_probs(student.logits, safe, self.T)
-        t_bin, t_nt = decoupled_log_probs(resized_like(teacher.logits.detach(), student.logits), safe, self.T)
+        z_s, z_t = student.logits, resized_like(teacher.logits.detach(), student.logits)
+        if self.logit_stand:
+            z_s, z_t = standardized(z_s), standardized(z_t)
+        s_bin, s_nt = decoupled_log_probs(z_s, safe, self.T)
+        t_bin, t_nt = decoupled_log_probs(z_t, safe, self.T)
         scale = self.warmup_factor() * self.T**2
         tckd = masked_mean(kl_per_position(s_bin, t_bin), valid)
         nckd = masked_mean(kl_per_position(s_nt, t_nt), valid)
         return {"ce": self.w_ce * self.task_loss(student.logits, labels),
                 "tckd": scale * self.alpha * tckd, "nckd": scale * self.beta * nckd}
+
+
+# The authors' setting: `--logit-stand --base-temp 2 --kd-weight 9` (ALPHA and BETA times 9, T 2).
+METHODS.register_preset("dkd-ls", "dkd", logit_stand=True, alpha=9.0, beta=72.0, T=2.0, tasks=("classification",),
+                        description="DKD with logit standardisation (Sun et al. CVPR 2024) at the authors' "
+                                    "settings: Z-scored logits, T 2, alpha and beta times 9")

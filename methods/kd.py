@@ -17,13 +17,21 @@ serves both tasks.
 Deliberate extensions (neither reference has them): that segmentation form, and the teacher's
 logits resized bilinearly to the student's when their spatial sizes differ (cross-modal
 backbones). On classification the loss is exactly the references'.
+
+Logit standardisation (Sun et al., CVPR 2024; sunshangquan/logit-standardization-KD,
+mdistiller/distillers/KD.py `kd_loss(..., logit_stand)`): `logit_stand=true` replaces both models'
+logits by their Z-score over the classes (cmkd_bench.losses.standardized: (z - mean) / (1e-7 + std),
+unbiased std) before the temperature; CE keeps the raw logits, as there. The authors run it with
+`--logit-stand --base-temp 2 --kd-weight 9` (README, tools/train.py), i.e. T = 2, CE weight 0.1 and
+KD weight 9: the preset `kd-ls`, where `kd_weight` (default: alpha) sets the KD term's weight apart
+from the CE weight 1 - alpha.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from cmkd_bench.losses import kl_per_position, masked_mean, resized_like, valid_positions
+from cmkd_bench.losses import kl_per_position, masked_mean, resized_like, standardized, valid_positions
 from cmkd_bench.method import Method
 from cmkd_bench.registry import METHODS
 
@@ -39,19 +47,33 @@ class KD(Method):
     `-r 0.1 -a 0.9` (see the module docstring).
     """
 
-    def __init__(self, student, teacher, spec, T: float = 4.0, alpha: float = 0.9):
+    added_hparams = {"logit_stand": False, "kd_weight": None}  # records before them computed these values
+
+    def __init__(self, student, teacher, spec, T: float = 4.0, alpha: float = 0.9, logit_stand: bool = False,
+                 kd_weight: float | None = None):
         super().__init__(student, teacher, spec)
-        if T <= 0 or not 0 <= alpha <= 1:
-            raise ValueError(f"need T > 0 and 0 <= alpha <= 1, got T={T}, alpha={alpha}")
-        self.T, self.alpha = T, alpha
+        if T <= 0 or not 0 <= alpha <= 1 or (kd_weight is not None and kd_weight < 0):
+            raise ValueError(f"need T > 0, 0 <= alpha <= 1 and kd_weight >= 0, got T={T}, alpha={alpha}, "
+                             f"kd_weight={kd_weight}")
+        self.T, self.alpha, self.logit_stand = T, alpha, logit_stand
+        self.kd_weight = alpha if kd_weight is None else kd_weight
 
     def teacher_reads(self):
         return frozenset({"logits"})
 
     def forward(self, student, teacher, batch):
         labels = batch["label"]
-        log_p_s = F.log_softmax(student.logits / self.T, dim=1)
-        log_p_t = F.log_softmax(resized_like(teacher.logits.detach(), student.logits) / self.T, dim=1)
+        z_s, z_t = student.logits, resized_like(teacher.logits.detach(), student.logits)
+        if self.logit_stand:
+            z_s, z_t = standardized(z_s), standardized(z_t)
+        log_p_s = F.log_softmax(z_s / self.T, dim=1)
+        log_p_t = F.log_softmax(z_t / self.T, dim=1)
         kl = masked_mean(kl_per_position(log_p_s, log_p_t), valid_positions(labels, self.ignore_index))
         return {"ce": (1 - self.alpha) * self.task_loss(student.logits, labels),
-                "kd": self.alpha * self.T**2 * kl}
+                "kd": self.kd_weight * self.T**2 * kl}
+
+
+# The authors' setting: `--logit-stand --base-temp 2 --kd-weight 9` with KD's CE weight 0.1.
+METHODS.register_preset("kd-ls", "kd", logit_stand=True, T=2.0, alpha=0.9, kd_weight=9.0, tasks=("classification",),
+                        description="KD with logit standardisation (Sun et al. CVPR 2024) at the authors' "
+                                    "settings: Z-scored logits, T 2, CE 0.1, KD 9")
