@@ -118,10 +118,19 @@ class Registry:
         return entry
 
     def add(self, entry: Entry) -> None:
+        """Register `entry`. A name (or alias) another registration holds is refused: a plug-in that
+        registers `kd` would otherwise replace the built-in under the built-in's run ids. A plug-in
+        that means it says so with `replace=True` (`@METHODS.register("kd", replace=True)`); its runs
+        then carry its code in their run id (training.config), so they never pass for the built-in's."""
         for key in (entry.name, *entry.aliases):
             owner = self._aliases.get(key, key if key in self._entries else None)
             if owner is not None and owner != entry.name:
                 raise ValueError(f"{self.kind} name {key!r} is already taken by {owner!r}")
+        current = self._entries.get(entry.name)
+        if current is not None and current.factory is not entry.factory and not entry.meta.get("replace"):
+            where = getattr(current.factory, "__module__", None) or "another registration"
+            raise ValueError(f"{self.kind} name {entry.name!r} is already registered (by {where}); choose another "
+                             f"name, or pass replace=True to register() to replace it on purpose")
         self._entries[entry.name] = entry
         for alias in entry.aliases:
             self._aliases[alias] = entry.name

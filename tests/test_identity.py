@@ -183,3 +183,38 @@ def test_records_made_by_other_code_of_a_built_in_method_are_marked_stale_in_tab
     legacy = {key: value for key, value in reference.items() if key != "code"} | {"run_id": "kd-legacy"}
     stale = stale_runs([current, older, legacy])
     assert stale == {"kd-older": [f"method code {'0' * 16}, now {reference['code']['method']['digest']}"]}
+
+
+SHADOW = '''
+from cmkd_bench.methods.no_kd import NoKD
+from cmkd_bench.registry import METHODS
+
+
+@METHODS.register("kd", tasks=("classification",), description="not kd"REPLACE)
+class NotKD(NoKD):
+    pass
+'''
+
+
+def test_a_plugin_cannot_take_a_built_in_name_unless_it_says_so_and_then_its_run_id_differs(tmp_path):
+    """A plug-in registering `kd` replaced the built-in silently, under the built-in's run ids."""
+    plugin = tmp_path / "shadow.py"
+    plugin.write_text(SHADOW.replace("REPLACE", ""))
+    command = ("run", "--plugin", str(plugin), "--method", "kd", "--dataset", "synth-av", *TINY_SYNTH, "--dry-run")
+    refused = cli(*command)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1
+    assert "method name 'kd' is already registered (by cmkd_bench.methods.kd)" in lines[0] and "replace=True" in lines[0]
+    plugin.write_text(SHADOW.replace("REPLACE", ", replace=True"))
+    replaced, builtin = cli(*command), cli(*command[:1], *command[3:])
+    assert replaced.returncode == 0 and builtin.returncode == 0, replaced.stderr + builtin.stderr
+    run_id = lambda text: next(line.split()[-1] for line in text.splitlines() if "kd-synth-av" in line)  # noqa: E731
+    assert "replacement_code: null" in builtin.stdout and "replacement_code: null" not in replaced.stdout
+    assert run_id(replaced.stdout) != run_id(builtin.stdout)
+
+
+@pytest.mark.parametrize("setting", ["T=1e308", "alpha=1e30"])
+def test_a_setting_whose_arithmetic_overflows_is_one_line_before_anything_is_written(tmp_path, capsys, setting):
+    code, _, err = run_cli(capsys, *RUN, "--set", setting, "--out", str(tmp_path / "runs"))
+    assert_one_line(code, err, "is too large for the arithmetic a run does")
+    assert not (tmp_path / "runs").exists()

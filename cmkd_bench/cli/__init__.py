@@ -12,7 +12,9 @@ a non-finite loss) exits 1 after writing its failed record.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import click
 
@@ -32,6 +34,16 @@ from .suite import suite_command, tune_command
 __all__ = ["cli", "main"]
 
 INTERRUPTED = "interrupted; run the same command again to resume from the last finished epoch"
+TERMINATED = "terminated (SIGTERM); run the same command again to resume from the last finished epoch"
+
+
+class Terminated(Exception):
+    """SIGTERM (a scheduler's kill, `kill PID`) as an exception, so the run unwinds as for Ctrl-C: locks
+    released, nothing half-written (files are renamed into place), and one line saying how to resume."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -50,6 +62,9 @@ for _command in (list_command, run_command, leaderboard_command, suite_command, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    # only where nothing else handles SIGTERM (submitit installs its own in a cluster job's process)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         cli.main(args=argv, prog_name="cmkd-bench", standalone_mode=False)
     except click.exceptions.Abort as exc:
@@ -73,4 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    except Terminated:
+        if world().rank == 0:
+            click.echo(TERMINATED, err=True)
+        sys.exit(143)  # 128 + SIGTERM, what the shell reports for a process SIGTERM ended
     sys.exit(0)

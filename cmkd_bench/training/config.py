@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..artefacts.files import file_sha256, slug
+from ..artefacts.provenance import code_digest
 from ..data.spec import DatasetSpec, Recipe
 from ..errors import UserError
 from ..registry import Entry
@@ -46,6 +47,9 @@ class RunConfig:
     student_init_sha256: str | None = None  # --student-init / --teacher-init: the weights file's content hash
     teacher_init_sha256: str | None = None
     teacher_epochs: int | None = None  # --teacher-epochs: the teacher's recipe is `recipe` with these epochs
+    # a method registered with replace=True (a plug-in in a built-in's place): its code's digest, so
+    # its runs never share a run id with the method it replaced
+    replacement_code: str | None = None
 
     @property
     def teacher_recipe(self) -> dict[str, Any]:
@@ -55,7 +59,8 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         identity = asdict(self)
         identity.pop("hparams_changed")
-        for key in ("student_init_sha256", "teacher_init_sha256", "teacher_epochs"):  # absent when unset: run ids stay as they were
+        for key in ("student_init_sha256", "teacher_init_sha256", "teacher_epochs",
+                    "replacement_code"):  # absent when unset: run ids stay as they were
             if identity[key] is None:
                 identity.pop(key)
         identity["version"] = CONFIG_VERSION
@@ -135,12 +140,23 @@ def check_seed(seed: Any) -> None:
         raise UserError(f"seed {seed!r} is out of range; pass an integer from 0 to {SEED_LIMIT - 1}")
 
 
+# A setting's square stays finite in float32, where the losses are computed: the methods square
+# temperatures and weights (kd's T ** 2) and the tensors they scale are float32 (3.4e38).
+LARGEST_SETTING = 1.8e19
+
+
 def check_finite(scope: str, values: dict[str, Any]) -> None:
-    """Refuse a NaN or infinite setting before anything trains (it would only fail once the run diverges)."""
+    """Refuse, before anything trains or is written, a NaN or infinite setting (it would only fail once
+    the run diverges) and one whose square overflows float32 (kd's T ** 2 with T=1e308 raised
+    OverflowError mid-run, after the run's folder existed)."""
     for key, value in values.items():
         items = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+        numbers = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
             raise UserError(f"{scope} setting {key}={value!r} is not a finite number; pass a finite value")
+        if any(abs(v) > LARGEST_SETTING for v in numbers):
+            raise UserError(f"{scope} setting {key}={value!r} is too large for the arithmetic a run does "
+                            f"(its square overflows float32); pass a value of at most {LARGEST_SETTING:g}")
 
 
 def split_sets(pairs: list[tuple[str, str]], method: Entry, dataset: Entry) -> tuple[dict, dict, dict]:
@@ -222,4 +238,5 @@ def resolve(
         student_init_sha256=init_sha256(student_init),
         teacher_init_sha256=init_sha256(teacher_init),
         teacher_epochs=teacher_epochs,
+        replacement_code=code_digest(method.factory)["digest"] if method.meta.get("replace") else None,
     )

@@ -37,7 +37,7 @@ from ..method import Method
 from ..models.backbones import build_backbone, init_from_weights, init_summary
 from ..models.features import FeatureModel
 from ..registry import BACKBONES, DATASETS, METHODS
-from .config import RunConfig, parse_sets, resolve, split_sets
+from .config import RunConfig, check_finite, parse_sets, resolve, split_sets
 from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
 from .execution import Execution, apply_device_policy, check_execution, device_policy, prepare_models
 from .tracking import HISTORY_FILE, ExperimentLogger, HistoryCSV, with_epoch_logging
@@ -168,6 +168,7 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
         raise UserError(f"--teacher-epochs must be at least 1, got {request.teacher_epochs}")
     check_method_contract(method.name)
     device = resolve_device(request.device)
+    check_finite("dataset", data_sets)  # before the dataset is built: its generators take them
     data = build_data(dataset.name, request.data_root, data_sets)
     config = resolve(
         method=method, dataset=dataset, spec=data.spec, method_sets=method_sets, recipe_sets=recipe_sets,
