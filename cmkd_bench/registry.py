@@ -195,7 +195,8 @@ def load_plugin_file(path: str | Path, source: str = "--plugin") -> None:
     path = Path(path)
     if not path.is_file():
         given = "" if source == "--plugin" else f" (in {source})"
-        raise UserError(f"plugin file {str(path)!r}{given} does not exist; pass the path of a .py file")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"plugin file {str(path)!r}{given} {what}; pass the path of a .py file")
     module_name = f"cmkd_bench_plugin_{abs(hash(str(path.resolve())))}"
     if module_name in sys.modules:
         return
