@@ -1,5 +1,6 @@
-"""Parallel local runs share the cores: each run's CPU threads follow from the suite's settings
-(--threads-per-run, else cores // jobs), reach the run's process, and are kept in its record."""
+"""A run's CPU threads are a setting of the run: `run --threads` and the suite's --threads-per-run,
+default 1 for both (never the machine's cores), part of the run id where not the default, applied by
+the run itself, and kept in its record; a run id computes alike whether `run` or `suite` started it."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from cmkd_bench.experiments import scheduler
 from conftest import cli
 
 
-def test_each_job_gets_the_cores_divided_by_the_jobs_and_an_override_wins(monkeypatch) -> None:
+def test_each_run_gets_the_default_or_the_requested_threads_whatever_the_cores(monkeypatch) -> None:
     monkeypatch.setattr(scheduler, "available_cores", lambda: 16)
-    assert [scheduler.threads_per_run(jobs) for jobs in (1, 2, 3, 16, 40)] == [16, 8, 5, 1, 1]
+    assert [scheduler.threads_per_run(jobs) for jobs in (1, 2, 3, 16, 40)] == [1, 1, 1, 1, 1]
     assert scheduler.threads_per_run(4, requested=3) == 3
     with pytest.raises(UserError, match="--threads-per-run must be at least 1"):
         scheduler.threads_per_run(2, requested=0)
@@ -48,3 +49,24 @@ def test_threads_per_run_below_one_is_one_line_and_exit_2(tmp_path) -> None:
                "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "runs"), "--threads-per-run", "0")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: --threads-per-run must be at least 1, got 0"]
+
+
+def test_run_and_suite_give_one_run_id_the_same_threads_and_the_same_record(tmp_path) -> None:
+    """`suite` set cores // jobs threads while `run` kept the environment's: one run id, two results."""
+    sets = ("--set", "train=32", "--set", "val=16", "--set", "test=16")
+    suite = cli("suite", "--methods", "kd", "--datasets", "mfh-gauss", "--seeds", "0", "--directions", "default",
+                "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "suite"), "--jobs", "1", *sets)
+    run = cli("run", "--method", "kd", "--dataset", "mfh-gauss", "--epochs", "2", "--device", "cpu", "--quiet",
+              "--out", str(tmp_path / "run"), *sets, env={"OMP_NUM_THREADS": "2"})
+    assert suite.returncode == 0 and run.returncode == 0, suite.stderr + run.stderr
+    (from_suite,), (from_run,) = ([json.loads(p.read_text()) for p in (tmp_path / d).glob("kd-*/result.json")]
+                                  for d in ("suite", "run"))
+    assert from_suite["run_id"] == from_run["run_id"]
+    assert from_suite["environment"]["threads"] == from_run["environment"]["threads"] == 1
+    assert from_suite["metrics"] == from_run["metrics"] and from_suite["history"] == from_run["history"]
+    two = cli("run", "--method", "kd", "--dataset", "mfh-gauss", "--epochs", "2", "--device", "cpu", "--quiet",
+              "--threads", "2", "--out", str(tmp_path / "run"), *sets)
+    assert two.returncode == 0, two.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "run").glob("kd-*/result.json")]
+    assert len({record["run_id"] for record in records}) == 2  # another count, another run
+    assert sorted(record["environment"]["threads"] for record in records) == [1, 2]

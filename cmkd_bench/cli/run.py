@@ -19,7 +19,6 @@ from rich.text import Text
 from .. import distributed
 from ..catalog import load_all
 from ..experiments.plan import counted
-from ..experiments.scheduler import apply_thread_share
 from ..training.engine import EpochReport
 from ..training.runner import RunCallbacks, RunRequest, execute, resolve_run
 from ..training.tracking import LOGGERS, logger_factory
@@ -164,6 +163,8 @@ def dry_run_text(resolved: Any) -> str:
 @click.option("--batch-size", type=int, help="Default: the dataset's recipe.")
 @click.option("--lr", type=float, help="Default: the dataset's recipe.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, help="CPU threads of the run (they change CPU results: a count other than the "
+              "default 1 is part of the run id). Default: 1, as in a suite.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-root", type=click.Path(), help="Where a real or bring-your-own dataset lives.")
 @click.option("--out", default="runs", show_default=True, type=click.Path(), help="Runs go to OUT/<run_id>/.")
@@ -198,7 +199,6 @@ def run_command(plugins: tuple[str, ...], quiet: bool, logger: str | None, dry_r
 
     Under `torchrun --nproc-per-node N -m cmkd_bench run ...` the run trains on N processes (DDP);
     rank 0 alone prints and writes (cmkd_bench.distributed)."""
-    apply_thread_share()  # a suite's run: its share of the CPU threads (cmkd_bench.experiments.scheduler)
     load_all(plugins)
     open_logger = logger_factory(logger or "none")  # a missing package is a one-line error before anything runs
     request = RunRequest(**request_options)

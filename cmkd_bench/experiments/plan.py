@@ -27,7 +27,7 @@ from, as everywhere else:
     out: runs                     # runs go to OUT/<run_id>/ (relative to this file's folder;
                                   # without out:, ./runs)
     epochs: / teacher_epochs: / batch_size: / lr: / student: / teacher: / device: / teacher_cache: / data_root: / plugins: [...]
-    threads_per_run: 1            # CPU threads of each run (default: the cores // --jobs)
+    threads_per_run: 1            # CPU threads of each run (default 1, as for `run`; in the run id otherwise)
     slurm: {account: myproject}   # sbatch options of --executor slurm, as `--slurm KEY=VALUE` (executors.py)
     tune: {budget: 8}             # also tune every method with a search space (see cmkd_bench.experiments.tuning):
                                   # true, or {budget: N, sample_seed: S, spaces: {METHOD: {KEY: [VALUES]}}}
@@ -100,7 +100,7 @@ class Suite:
     data_root: str | None = None
     plugins: tuple[str, ...] = ()
     tune: TuneSettings | None = None  # after the default runs, tune every method with a search space
-    threads_per_run: int | None = None  # CPU threads of each local run (default: cores // jobs, scheduler.py)
+    threads_per_run: int | None = None  # CPU threads of each run (default: run's, 1; on SLURM, the task's CPUs)
     cluster: Any = None  # executors.ClusterSettings: `--executor slurm` submits the runs through submitit
     slurm: dict[str, Any] = field(default_factory=dict)  # the file's sbatch options, checked by executors.cluster_settings
 
@@ -411,7 +411,20 @@ def _request(suite: Suite, dataset: DatasetEntry, method: MethodEntry, seed: int
         # a suite-wide data_root is for the datasets that read one (not synth-av, synth-rgbd, mfh-gauss)
         data_root=dataset.data_root or (suite.data_root if reads_data_root(dataset.name) else None), out=suite.out,
         sets=(*dataset.sets, *suite.sets, *method.sets, *point), teacher_cache=suite.teacher_cache,
+        threads=run_threads(suite),
     )
+
+
+def run_threads(suite: Suite) -> int | None:
+    """Each run's CPU threads, in its request (so in its run id where not the default): the suite's
+    threads_per_run; on a cluster, each task's CPUs; else None, `run`'s default (1)."""
+    if suite.threads_per_run is not None:
+        if suite.threads_per_run < 1:
+            raise UserError(f"--threads-per-run must be at least 1, got {suite.threads_per_run}")
+        return suite.threads_per_run
+    if suite.cluster is not None and suite.cluster.submits:
+        return suite.cluster.cpus
+    return None
 
 
 def _resolve(request: RunRequest) -> ResolvedRun:

@@ -4,12 +4,13 @@ Each run is its own `python -m cmkd_bench run` process, so that a crash or a kil
 run, not the suite; its output goes to `<run_dir>/run.log`. The command line comes from the caller
 (the CLI builds it from `run`'s own options, cmkd_bench.cli.suite), so no option is re-spelled here.
 
-Job slots share the machine's cores: each run's process gets `threads_per_run` CPU threads
-(CMKD_BENCH_THREADS, which `run` gives torch.set_num_threads, and OMP_NUM_THREADS / MKL_NUM_THREADS) and at most
-as many DataLoader workers (CMKD_BENCH_WORKERS, read by data.DecodedPairs). The number follows from
-the suite's settings alone (--threads-per-run, else the cores this process may use divided by the
-job slots), never from the load of the moment, since CPU threads change a run's numbers; the run
-record keeps it (`environment.threads`, and its `device` line).
+Each run's CPU threads are a setting of the run (`run --threads`, the suite's --threads-per-run;
+default 1, training.execution.DEFAULT_THREADS, for `run` and `suite` alike): the planned request
+carries them, so the run id names them where they are not the default, and the run sets them itself;
+the environment also gets OMP_NUM_THREADS / MKL_NUM_THREADS and at most as many DataLoader workers
+(CMKD_BENCH_WORKERS, read by the data loaders). The number follows from settings alone, never from
+the cores or the load of the moment, since CPU threads change a run's numbers; the record keeps it
+(`environment.threads`).
 
 A run's failure reason is the last line of its own stderr (an unnamed file of this process, appended
 to run.log when it ends), never of run.log, which another suite over the same OUT may be writing. A
@@ -34,6 +35,7 @@ from typing import IO, Callable, Sequence
 from ..artefacts.files import write_failed
 from ..artefacts.records import find_record, metric, record_metric_name
 from ..errors import UserError
+from ..training.execution import DEFAULT_THREADS
 from ..training.runner import ALREADY_RUNNING, RunRequest
 
 POLL_SECONDS = 0.05
@@ -84,27 +86,20 @@ def available_cores() -> int:
 
 
 def threads_per_run(jobs: int, requested: int | None = None) -> int:
-    """Each job slot's share of the cores: `requested` (--threads-per-run) or cores // jobs, at least 1."""
+    """Each run's CPU threads: `requested` (--threads-per-run) or the runs' default, DEFAULT_THREADS,
+    as `run` has it: the count is a setting of the run (its run id names a count other than the
+    default), never the cores divided by the jobs, so a run id computes alike however it is started."""
     if requested is not None:
         if requested < 1:
             raise UserError(f"--threads-per-run must be at least 1, got {requested}")
         return requested
-    return max(1, available_cores() // max(1, jobs))
+    return DEFAULT_THREADS
 
 
 def thread_environment(threads: int) -> dict[str, str]:
     """The environment variables that give a run's process `threads` CPU threads and workers."""
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), THREADS_VARIABLE: str(threads),
             WORKERS_VARIABLE: str(threads)}
-
-
-def apply_thread_share() -> None:
-    """In a suite's run process: torch.set_num_threads(CMKD_BENCH_THREADS) where the suite set it."""
-    value = os.environ.get(THREADS_VARIABLE, "")
-    if value.isdigit() and int(value) > 0:
-        import torch
-
-        torch.set_num_threads(int(value))
 
 
 @dataclass

@@ -50,6 +50,9 @@ class RunConfig:
     # a method registered with replace=True (a plug-in in a built-in's place): its code's digest, so
     # its runs never share a run id with the method it replaced
     replacement_code: str | None = None
+    # CPU threads when not execution.DEFAULT_THREADS (None): they change CPU results, so they are
+    # part of the run id; a run started by `run` or by a suite computes with the same count
+    threads: int | None = None
 
     @property
     def teacher_recipe(self) -> dict[str, Any]:
@@ -59,8 +62,8 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         identity = asdict(self)
         identity.pop("hparams_changed")
-        for key in ("student_init_sha256", "teacher_init_sha256", "teacher_epochs",
-                    "replacement_code"):  # absent when unset: run ids stay as they were
+        for key in ("student_init_sha256", "teacher_init_sha256", "teacher_epochs", "replacement_code",
+                    "threads"):  # absent when unset: run ids stay as they were
             if identity[key] is None:
                 identity.pop(key)
         identity["version"] = CONFIG_VERSION
@@ -202,6 +205,7 @@ def resolve(
     student_init: Path | None = None,
     teacher_init: Path | None = None,
     teacher_epochs: int | None = None,
+    threads: int | None = None,
 ) -> RunConfig:
     if not method.supports(spec.task):
         raise UserError(f"method {method.name!r} does not support {spec.task} (dataset {spec.name!r}); "
@@ -239,4 +243,5 @@ def resolve(
         teacher_init_sha256=init_sha256(teacher_init),
         teacher_epochs=teacher_epochs,
         replacement_code=code_digest(method.factory)["digest"] if method.meta.get("replace") else None,
+        threads=threads,
     )

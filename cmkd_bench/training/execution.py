@@ -59,6 +59,17 @@ def as_input(x: Tensor, execution: Execution | None) -> Tensor:
     return x
 
 
+# CPU threads of a run when nothing says otherwise, for `run` and `suite` alike: CPU results depend on
+# the thread count, so it is a setting of the run (part of its run id when not this default), never
+# the machine's core count (tests/test_scaling_threads.py; docs/scaling.md).
+DEFAULT_THREADS = 1
+
+
+def apply_threads(threads: int) -> None:
+    """The run's CPU threads (torch's intra-op pool), before any model is built."""
+    torch.set_num_threads(threads)
+
+
 def apply_device_policy(device: torch.device) -> None:
     """This process's device and speed settings, before any model or tensor is made.
 

@@ -39,7 +39,8 @@ from ..models.features import FeatureModel
 from ..registry import BACKBONES, DATASETS, METHODS
 from .config import RunConfig, check_finite, parse_sets, resolve, split_sets
 from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
-from .execution import Execution, apply_device_policy, check_execution, device_policy, prepare_models
+from .execution import (DEFAULT_THREADS, Execution, apply_device_policy, apply_threads, check_execution,
+                        device_policy, prepare_models)
 from .tracking import HISTORY_FILE, ExperimentLogger, HistoryCSV, with_epoch_logging
 
 
@@ -64,6 +65,7 @@ class RunRequest:
     student_init: str | None = None  # start the student / teacher from this weights file (what fits, by rule)
     teacher_init: str | None = None
     teacher_epochs: int | None = None  # the teacher's recipe: the student's with these epochs (default: the same)
+    threads: int | None = None  # CPU threads (default execution.DEFAULT_THREADS); part of the run id otherwise
     force: bool = False
     compile: bool = False  # how it executes (cmkd_bench/training/execution.py): recorded, not part of the run id
     channels_last: bool = False
@@ -164,6 +166,8 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
     if request.teacher_epochs is not None and teacher_checkpoint is not None:
         raise UserError("--teacher-epochs has no effect with --teacher-checkpoint (that teacher is not trained); "
                         "pass one of them")
+    if request.threads is not None and request.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {request.threads}")
     if request.teacher_epochs is not None and request.teacher_epochs < 1:
         raise UserError(f"--teacher-epochs must be at least 1, got {request.teacher_epochs}")
     check_method_contract(method.name)
@@ -176,6 +180,7 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
         student_backbone=request.student_backbone, teacher_backbone=request.teacher_backbone,
         seed=request.seed, teacher_checkpoint=teacher_checkpoint,
         student_init=inits["student"], teacher_init=inits["teacher"], teacher_epochs=request.teacher_epochs,
+        threads=None if request.threads in (None, DEFAULT_THREADS) else request.threads,
     )
     out = Path(request.out)
     check_writable_dir(out, "--out")  # before anything is trained
@@ -424,6 +429,7 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
     progress = progress or RunCallbacks()
     config, data, device = prepared.config, prepared.data, prepared.device
     apply_device_policy(device)  # before any model: the GPU of this run, cudnn's kernel choice
+    apply_threads(config.threads or DEFAULT_THREADS)  # the run's own count, however it was started
     force = force or prepared.rebuild_teacher  # a rebuilt teacher makes the record again
     if not force and (done := existing_record(prepared)) is not None and not leftovers(prepared.run_dir):
         return {**done, "skipped": True}
