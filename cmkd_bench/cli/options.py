@@ -37,8 +37,9 @@ _PER_RUN = (
                  help="Where teachers are cached. Default: OUT/teachers."),
     click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live."),
     click.option("--threads-per-run", "threads_per_run", type=int,
-                 help="CPU threads (and at most as many DataLoader workers) of each run. Default: the cores "
-                      "available divided by --jobs; part of each record, since threads change CPU results."),
+                 help="CPU threads (and at most as many DataLoader workers) of each run, as run --threads. Default: "
+                      "1, as for run (on SLURM, --cpus-per-run); part of the run id when not 1, since threads change "
+                      "CPU results."),
 )
 
 
