@@ -84,8 +84,10 @@ def test_a_heatmap_over_records_that_are_no_grid_is_refused(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
-def test_ctrl_c_shows_the_resume_hint_and_the_resumed_run_says_so(tmp_path):
-    out, plugin = tmp_path / "runs", gated_plugin(tmp_path)  # the run waits at epoch 1 until tmp_path/release exists
+def gated_run_signalled(tmp_path, signum: int):
+    """A real `cmkd-bench run` (gated-kd: waits at epoch 1 until tmp_path/release exists) sent `signum`
+    once its first checkpoint exists; returns (process, its stderr, checkpoints seen, args, env)."""
+    out, plugin = tmp_path / "runs", gated_plugin(tmp_path)
     args = [sys.executable, "-m", "cmkd_bench", "run", "--method", "gated-kd", "--dataset", "synth-av", "--epochs", "3",
             "--device", "cpu", "--quiet", "--out", str(out), "--plugin", str(plugin), "--set", "train=256",
             "--set", "val=32", "--set", "test=32", "--set", "image_size=16"]
@@ -100,10 +102,15 @@ def test_ctrl_c_shows_the_resume_hint_and_the_resumed_run_says_so(tmp_path):
         if checkpoints:
             break
         time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     (tmp_path / "release").touch()
     assert checkpoints, "the run finished or failed before its first checkpoint; nothing was interrupted"
+    return process, stderr, checkpoints, args, env
+
+
+def test_ctrl_c_shows_the_resume_hint_and_the_resumed_run_says_so(tmp_path):
+    process, stderr, _, args, env = gated_run_signalled(tmp_path, signal.SIGINT)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if line.strip()] == [
@@ -111,6 +118,17 @@ def test_ctrl_c_shows_the_resume_hint_and_the_resumed_run_says_so(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "resumed from epoch " in again.stdout
+
+
+def test_sigterm_is_one_line_with_the_resume_hint_and_exit_143(tmp_path):
+    """SIGTERM (a scheduler's kill, `kill PID`) ended the run with exit 143 and nothing said."""
+    process, stderr, _, args, env = gated_run_signalled(tmp_path, signal.SIGTERM)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [
+        "terminated (SIGTERM); run the same command again to resume from the last finished epoch"]
+    assert not list((tmp_path / "runs").rglob("*.tmp-*"))  # nothing half-written
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and "resumed from epoch " in again.stdout, again.stderr
 
 
 def test_a_suite_files_out_is_relative_to_its_folder(tmp_path, monkeypatch):
@@ -155,29 +173,3 @@ def test_dry_run_prints_the_run_id_and_writes_nothing_and_teacher_epochs_shape_t
     bad = cli("run", "--method", "kd", "--dataset", "synth-av", "--teacher-epochs", "0", "--out", str(tmp_path / "x"))
     assert_one_line_error(bad, "--teacher-epochs")
     assert not (tmp_path / "x").exists()
-
-
-def test_sigterm_is_one_line_with_the_resume_hint_and_exit_143(tmp_path):
-    """SIGTERM (a scheduler's kill, `kill PID`) ended the run with exit 143 and nothing said."""
-    out, plugin = tmp_path / "runs", gated_plugin(tmp_path)  # the run waits at epoch 1 until tmp_path/release exists
-    args = [sys.executable, "-m", "cmkd_bench", "run", "--method", "gated-kd", "--dataset", "synth-av", "--epochs", "3",
-            "--device", "cpu", "--quiet", "--out", str(out), "--plugin", str(plugin), "--set", "train=256",
-            "--set", "val=32", "--set", "test=32", "--set", "image_size=16"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline, checkpoints = time.time() + 240, []
-    while time.time() < deadline and process.poll() is None:
-        checkpoints = list(out.glob("gated-kd-*/checkpoint.pt"))
-        if checkpoints:
-            break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    (tmp_path / "release").touch()
-    assert checkpoints, "the run finished or failed before its first checkpoint; nothing was terminated"
-    assert process.returncode == 143 and "Traceback" not in stderr, stderr
-    assert [line for line in stderr.splitlines() if line.strip()] == [
-        "terminated (SIGTERM); run the same command again to resume from the last finished epoch"]
-    assert not list(out.rglob("*.tmp-*"))  # nothing half-written
-    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-    assert again.returncode == 0 and "resumed from epoch " in again.stdout, again.stderr

@@ -148,16 +148,18 @@ def check_seed(seed: Any) -> None:
 LARGEST_SETTING = 1.8e19
 
 
-def check_finite(scope: str, values: dict[str, Any]) -> None:
+def check_finite(scope: str, values: dict[str, Any], bounded: bool = True) -> None:
     """Refuse, before anything trains or is written, a NaN or infinite setting (it would only fail once
-    the run diverges) and one whose square overflows float32 (kd's T ** 2 with T=1e308 raised
-    OverflowError mid-run, after the run's folder existed)."""
+    the run diverges) and, where `bounded` (method and dataset settings, which methods square and
+    generators take), one whose square overflows float32 (kd's T ** 2 with T=1e308 raised
+    OverflowError mid-run, after the run's folder existed). A recipe's huge learning rate is left to
+    the divergence check, which names the term that went non-finite."""
     for key, value in values.items():
         items = value if isinstance(value, (list, tuple)) else [value]
         numbers = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
             raise UserError(f"{scope} setting {key}={value!r} is not a finite number; pass a finite value")
-        if any(abs(v) > LARGEST_SETTING for v in numbers):
+        if bounded and any(abs(v) > LARGEST_SETTING for v in numbers):
             raise UserError(f"{scope} setting {key}={value!r} is too large for the arithmetic a run does "
                             f"(its square overflows float32); pass a value of at most {LARGEST_SETTING:g}")
 
@@ -217,7 +219,7 @@ def resolve(
         raise UserError(f"student and teacher modality are both {s_mod!r}; cross-modal distillation needs two different modalities")
     check_seed(seed)
     for scope, values in (("recipe", recipe_sets), ("method", method_sets)):
-        check_finite(scope, values)
+        check_finite(scope, values, bounded=scope != "recipe")
     recipe = spec.recipe.updated(**recipe_sets)
     if teacher_epochs is not None:
         recipe.updated(epochs=teacher_epochs)  # the teacher's recipe must be valid too (warm-up < epochs)
