@@ -2,8 +2,8 @@
 
 The grid (synth-av at a small size, no-kd and kd, the default direction, `--seeds` seeds) runs twice
 as `python -m cmkd_bench suite ...` processes, into two fresh folders, so nothing is reused between
-the two: first with one job, then with N jobs, each run with the default share of the CPU threads
-(the cores available divided by the jobs; scheduler.py). Wall time includes the suite's start-up.
+the two: first with one job, then with N jobs, each run with the runs' default CPU threads (1, a
+setting of the run since it changes CPU results; scheduler.py). Wall time includes the suite's start-up.
 
     python benchmarks/suite_throughput.py [--jobs 2] [--seeds 2] [--epochs 2] [--size 64]
 

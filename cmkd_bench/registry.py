@@ -40,6 +40,15 @@ class Entry:
     def supports(self, task: str) -> bool:
         return task in self.tasks
 
+    @property
+    def implementation(self) -> Callable[..., Any]:
+        """The class or function behind the factory: a preset's factory is its base's with other
+        defaults (functools.partial), whose code is the base's."""
+        factory = self.factory
+        while isinstance(factory, functools.partial):
+            factory = factory.func
+        return factory
+
 
 def signature_hparams(factory: Callable[..., Any], skip: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Keyword parameters with defaults after the first `skip` positional ones, and their types."""

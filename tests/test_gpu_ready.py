@@ -5,7 +5,6 @@ DistributedDataParallel lacks `forward_sync_buffers`; --sync-bn on timm's BatchN
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import socket
 
@@ -129,11 +128,6 @@ class NewDDP(OldDDP):
 def test_the_buffer_keyword_follows_the_signature():
     assert distributed.no_forward_buffer_sync(OldDDP) == {"broadcast_buffers": False}
     assert distributed.no_forward_buffer_sync(NewDDP) == {"forward_sync_buffers": False}
-    from torch.nn.parallel import DistributedDataParallel
-
-    has_new = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
-    assert distributed.no_forward_buffer_sync(DistributedDataParallel) == (
-        {"forward_sync_buffers": False} if has_new else {"broadcast_buffers": False})
 
 
 @pytest.mark.parametrize("ddp, broadcasts", [(OldDDP, True), (NewDDP, False)])

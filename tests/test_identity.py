@@ -169,7 +169,7 @@ def test_the_code_digest_reads_code_not_its_text(tmp_path, monkeypatch):
 def test_built_in_methods_name_their_file(name):
     from cmkd_bench.registry import METHODS
 
-    code = code_digest(METHODS.get(name).factory)
+    code = code_digest(METHODS.get(name).implementation)
     assert code["files"] == [f"methods/{'kd' if name == 'kd' else 'fd'}.py"] and len(code["digest"]) == 16
 
 

@@ -141,7 +141,7 @@ def test_a_checkpoint_of_another_structure_is_one_line(tmp_path, capsys, referen
     from cmkd_bench.artefacts.provenance import code_digest
     from cmkd_bench.registry import METHODS
 
-    identity = {"run_id": reference["run_id"], "method_code": code_digest(METHODS.get("kd").factory)["digest"]}
+    identity = {"run_id": reference["run_id"], "method_code": code_digest(METHODS.get("kd").implementation)["digest"]}
     # a valid torch file, with its digest and this run's identity, and not a training state
     atomic_save({"epoch": 0, "weights": torch.zeros(2), "identity": identity}, run_dir / "checkpoint.pt")
     code, _, err = run_cli(capsys, *RUN, "--epochs", "2", "--out", str(tmp_path / "runs"))

@@ -21,8 +21,7 @@ def test_each_run_gets_the_default_or_the_requested_threads_whatever_the_cores(m
     assert scheduler.threads_per_run(4, requested=3) == 3
     with pytest.raises(UserError, match="--threads-per-run must be at least 1"):
         scheduler.threads_per_run(2, requested=0)
-    assert scheduler.thread_environment(2) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "CMKD_BENCH_THREADS": "2",
-                                               "CMKD_BENCH_WORKERS": "2"}
+    assert scheduler.thread_environment(2) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "CMKD_BENCH_WORKERS": "2"}
 
 
 def test_dataloader_workers_are_capped_by_the_runs_share(monkeypatch) -> None:

@@ -6,7 +6,6 @@ Records store these (runner.base_record) and records.environment_signature compa
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
 import inspect
 import platform
@@ -114,8 +113,6 @@ def code_digest(factory: Any) -> dict[str, Any]:
     formatting and import lines do not count, so a documentation edit does not make earlier records
     stale while a change of what the code computes does. Helpers the file imports (cmkd_bench.losses,
     the engine) are not covered; the record's git revision is."""
-    while isinstance(factory, functools.partial):  # a preset: its base's code with other defaults (the run id's)
-        factory = factory.func
     files = []
     for obj in (inspect.getmro(factory) if inspect.isclass(factory) else (factory,)):
         source = _source_file(obj)

@@ -74,7 +74,6 @@ def print_now(text: str) -> None:
 
 
 WORKERS_VARIABLE = "CMKD_BENCH_WORKERS"  # the most DataLoader workers a run of a suite starts
-THREADS_VARIABLE = "CMKD_BENCH_THREADS"  # its torch.set_num_threads (OMP_NUM_THREADS alone is capped at the cores)
 
 
 def available_cores() -> int:
@@ -98,8 +97,7 @@ def threads_per_run(jobs: int, requested: int | None = None) -> int:
 
 def thread_environment(threads: int) -> dict[str, str]:
     """The environment variables that give a run's process `threads` CPU threads and workers."""
-    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), THREADS_VARIABLE: str(threads),
-            WORKERS_VARIABLE: str(threads)}
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), WORKERS_VARIABLE: str(threads)}
 
 
 @dataclass

@@ -9,7 +9,6 @@ always maps to the same record.
 from __future__ import annotations
 
 import difflib
-import functools
 import hashlib
 import json
 import math
@@ -77,12 +76,6 @@ class RunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def added_hparams(factory: Any) -> dict[str, Any]:
-    while isinstance(factory, functools.partial):
-        factory = factory.func
-    return dict(getattr(factory, "added_hparams", {}) or {})
 
 
 def init_sha256(path: Path | None) -> str | None:
@@ -225,7 +218,8 @@ def resolve(
         recipe.updated(epochs=teacher_epochs)  # the teacher's recipe must be valid too (warm-up < epochs)
     hparams = {**method.hparams, **method_sets}
     changed = {k: v for k, v in hparams.items() if v != method.hparams.get(k)}
-    added = added_hparams(method.factory)  # at the value earlier records had: out of the run id (Method.added_hparams)
+    # a hyper-parameter added later, at the value earlier records computed: out of the run id (Method.added_hparams)
+    added = dict(getattr(method.implementation, "added_hparams", {}) or {})
     hparams = {k: v for k, v in hparams.items() if not (k in added and v == added[k])}
     return RunConfig(
         method=method.name,
@@ -244,6 +238,6 @@ def resolve(
         student_init_sha256=init_sha256(student_init),
         teacher_init_sha256=init_sha256(teacher_init),
         teacher_epochs=teacher_epochs,
-        replacement_code=code_digest(method.factory)["digest"] if method.meta.get("replace") else None,
+        replacement_code=code_digest(method.implementation)["digest"] if method.meta.get("replace") else None,
         threads=threads,
     )

@@ -7,7 +7,6 @@ written; a run that starts and fails leaves a record with status "failed" and th
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import inspect
 import json
@@ -200,9 +199,7 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
 def check_method_contract(name: str) -> None:
     """One line before any work (a teacher trains for minutes before the first step would fail) for a
     method class that does not implement the contract: `forward` returning its loss terms."""
-    factory = METHODS.get(name).factory
-    while isinstance(factory, functools.partial):
-        factory = factory.func
+    factory = METHODS.get(name).implementation
     if inspect.isclass(factory) and issubclass(factory, Method) and factory.forward is Method.forward:
         where = code_digest(factory)["files"]
         raise UserError(f"method {name!r} ({', '.join(where) or factory.__qualname__}) defines no "
@@ -393,7 +390,7 @@ def existing_record(prepared: ResolvedRun) -> dict[str, Any] | None:
 
 
 def method_code(config: RunConfig) -> dict[str, Any]:
-    return code_digest(METHODS.get(config.method).factory)
+    return code_digest(METHODS.get(config.method).implementation)
 
 
 def not_reusable(prepared: ResolvedRun, record: dict[str, Any]) -> str | None:

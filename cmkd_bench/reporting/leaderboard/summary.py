@@ -124,7 +124,7 @@ def code_changes(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     for record, digest in made:
         name = str(record.get("method"))
         if name not in current:
-            current[name] = code_digest(METHODS.get(name).factory)["digest"] if name in METHODS.names() else None
+            current[name] = code_digest(METHODS.get(name).implementation)["digest"] if name in METHODS.names() else None
         if current[name] is not None and current[name] != digest:
             changes[str(record["run_id"])] = f"method code {digest}, now {current[name]}"
     return changes
