@@ -110,10 +110,13 @@ class Registry:
         return decorator
 
     def register_preset(self, name: str, base: str, *, description: str, aliases: tuple[str, ...] = (),
-                        tasks: tuple[str, ...] | None = None, **overrides: Any) -> Entry:
+                        tasks: tuple[str, ...] | None = None, search_space: dict[str, list[Any]] | None = None,
+                        loss_weights: tuple[str, ...] | None = None, **overrides: Any) -> Entry:
         """Register `base` under another name with other defaults (an ablation, a paper's setting).
 
-        The preset's hyper-parameters stay settable with `--set`; records name the preset.
+        The preset's hyper-parameters stay settable with `--set`; records name the preset. It tunes
+        its base's search space less the keys it fixes, unless it declares its own `search_space`
+        (with the `loss_weights` among its keys), as a preset whose free keys are not its base's must.
         """
         parent = self.get(base)
         unknown = set(overrides) - set(parent.hparams)
@@ -122,7 +125,9 @@ class Registry:
         entry = Entry(name=name, factory=functools.partial(parent.factory, **overrides), aliases=tuple(aliases),
                       tasks=tuple(tasks) if tasks else parent.tasks, description=description, reference=parent.reference,
                       hparams={**parent.hparams, **overrides}, hparam_types=parent.hparam_types,
-                      meta={**parent.meta, "preset_of": parent.name})
+                      meta={**parent.meta, "preset_of": parent.name,
+                            **({"search_space": search_space, "own_search_space": True,
+                                "loss_weights": tuple(loss_weights or ())} if search_space is not None else {})})
         self.add(entry)
         return entry
 

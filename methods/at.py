@@ -117,7 +117,8 @@ def stage_pairs(student: ModelInfo, teacher: ModelInfo, stages: str) -> list[tup
 @METHODS.register("at", aliases=("attention-transfer",), tasks=("classification", "segmentation"),
                   description="MSE between L2-normalised spatial attention maps (channel mean of |A|^p)",
                   reference="Zagoruyko & Komodakis. Paying More Attention to Attention. ICLR 2017",
-                  search_space={"beta": [50.0, 250.0, 1000.0], "stages": ["last", "all"]})
+                  search_space={"beta": [10.0, 100.0, 1000.0, 10000.0], "stages": ["last", "all"]},
+                  loss_weights=("beta",))
 class AttentionTransfer(Method):
     """loss = CE + beta * sum over stage pairs of mean (Q_s - Q_t)^2 (the official code's form)."""
 
@@ -141,4 +142,6 @@ class AttentionTransfer(Method):
 
 # The official choice of stages: every residual group, not the stem (attention-transfer cifar.py).
 METHODS.register_preset("at-all-stages", "at", stages="all",
+                        search_space={"beta": [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0]},
+                        loss_weights=("beta",),
                         description="attention transfer on every stage, the official code's choice (beta = 1000)")

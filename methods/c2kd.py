@@ -101,7 +101,8 @@ def proxy_width(info: ModelInfo, ref: str) -> tuple[str | None, int]:
                               "Kendall-selected samples; the teacher is fine-tuned",
                   reference="Huo et al. C2KD: Bridging the Modality Gap for Cross-Modal Knowledge Distillation. "
                             "CVPR 2024",
-                  search_space={"krc_threshold": [-1.0, 0.0, 0.2, 0.4], "w_nt": [0.5, 1.0, 2.0]})
+                  search_space={"krc_threshold": [-1.0, 0.0, 0.2, 0.4], "w_nt": [0.01, 0.1, 1.0, 10.0]},
+                  loss_weights=("w_nt",))
 class C2KD(Method):
     trains_teacher = True
     teacher_weight_decay = 0.0

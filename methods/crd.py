@@ -92,7 +92,8 @@ def train_labels(data) -> Tensor:
 @METHODS.register("crd", tasks=("classification",),
                   description="contrastive (NCE) matching of embedded features against per-sample memory banks",
                   reference="Tian, Krishnan, Isola. Contrastive Representation Distillation. ICLR 2020",
-                  search_space={"weight": [0.2, 0.8, 3.2], "nce_t": [0.05, 0.07, 0.2]})
+                  search_space={"weight": [0.008, 0.08, 0.8, 8.0], "nce_t": [0.05, 0.07, 0.2]},
+                  loss_weights=("weight",))
 class CRD(Method):
     needs = frozenset({"index"})
 

@@ -56,7 +56,7 @@ def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
 @METHODS.register("dist", aliases=("dist-kd",), tasks=("classification", "segmentation"),
                   description="Pearson-correlation matching of predictions across classes (inter) and samples (intra)",
                   reference="Huang, You, Wang, Qian, Xu. Knowledge Distillation from A Stronger Teacher. NeurIPS 2022",
-                  search_space={"tau": [1.0, 4.0], "weight": [1.0, 2.0, 4.0]})
+                  search_space={"tau": [1.0, 4.0], "weight": [0.02, 0.2, 2.0, 20.0]}, loss_weights=("weight",))
 class DIST(Method):
     def __init__(self, student, teacher, spec, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0,
                  weight: float = 2.0):

@@ -73,7 +73,7 @@ def decoupled_log_probs(logits: Tensor, labels: Tensor, T: float) -> tuple[Tenso
 @METHODS.register("dkd", aliases=("decoupled-kd",), tasks=("classification", "segmentation"),
                   description="KD decoupled into target-class (TCKD) and non-target-class (NCKD) terms",
                   reference="Zhao, Cui, Song, Qiu, Liang. Decoupled Knowledge Distillation. CVPR 2022",
-                  search_space={"beta": [0.5, 1.0, 2.0, 8.0], "T": [1.0, 4.0]})
+                  search_space={"beta": [0.08, 0.8, 8.0, 80.0], "T": [1.0, 4.0]}, loss_weights=("beta",))
 class DKD(Method):
     added_hparams = {"logit_stand": False}  # records before it computed this value
 
@@ -118,5 +118,6 @@ class DKD(Method):
 
 # The authors' setting: `--logit-stand --base-temp 2 --kd-weight 9` (ALPHA and BETA times 9, T 2).
 METHODS.register_preset("dkd-ls", "dkd", logit_stand=True, alpha=9.0, beta=72.0, T=2.0, tasks=("classification",),
+                        search_space={"beta": [0.72, 7.2, 72.0, 720.0], "T": [2.0, 4.0]}, loss_weights=("beta",),
                         description="DKD with logit standardisation (Sun et al. CVPR 2024) at the authors' "
                                     "settings: Z-scored logits, T 2, alpha and beta times 9")

@@ -33,10 +33,10 @@ head alone is evaluated, selected on validation like every other method. When th
 width differs from the teacher's, a learned linear map projects it first (the reference pairs
 two 512-d ResNet-18s and needs none). irfft is given n = D, so odd widths work.
 
-Search space (tuning): w_low in {1, 3, 10, 30} x w_high in {0.3, 1}, the reference's 1 / 1
-included. The aligned vectors have unit norm, so each MSE is at most 4 / D, small beside CE:
-the grid mostly raises the low band's weight and keeps the high band's at or below it (the
-paper's strong low / relaxed high alignment).
+Search space (tuning, protocol v2): w_low x w_high, each in {0.01, 0.1, 1, 10}, the reference's
+1 / 1 included: each weight spans three decades and reaches 1/100 of its default, where the
+alignment is negligible beside CE (the aligned vectors have unit norm, so each MSE is at most
+4 / D). The tuner draws 8 of the 16 points, the defaults always among them.
 
 Without the split (`freq_split=False`, the `fd-no-freq` ablation) the one aligned band is the
 whole feature less its DC component, i.e. the feature minus its mean over dim 1 (= the sum of
@@ -82,7 +82,8 @@ def band_head(dim: int, num_classes: int) -> nn.Module:
 @METHODS.register("fd", aliases=("fd-cmkd",), tasks=("classification", "segmentation"),
                   description="frequency-decoupled CMKD: strong low-band MSE, weak high-band logMSE, shared heads",
                   reference="Liu et al. Distilling Cross-Modal Knowledge via Feature Disentanglement. AAAI 2026",
-                  search_space={"w_low": [1.0, 3.0, 10.0, 30.0], "w_high": [0.3, 1.0]})
+                  search_space={"w_low": [0.01, 0.1, 1.0, 10.0], "w_high": [0.01, 0.1, 1.0, 10.0]},
+                  loss_weights=("w_low", "w_high"))
 class FDCMKD(Method):
     def __init__(self, student, teacher, spec, split: float = 0.5, w_ce: float = 1.0, w_low: float = 1.0,
                  w_high: float = 1.0, w_shared: float = 1.0, w_task: float = 1.0, freq_split: bool = True,

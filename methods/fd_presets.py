@@ -16,8 +16,10 @@ Measured on the high band of random small-cnn features on synth-av (and on Gauss
 0.84 on the pre-activation one), 0.88 at D = 128, 0.93 at D = 512. The preset uses 0.85; set
 w_high yourself for wide backbones (about 0.93 for ResNet-18's 512).
 
-The presets inherit fd's search space (w_low x w_high); the tuner drops the keys a preset fixes
-(fd-no-align fixes both and has nothing left to tune; fd-high-downweight tunes w_low only).
+The presets inherit fd's search space (w_low x w_high); the tuner drops the keys a preset fixes.
+The two presets that fix fd's tuned keys declare spaces of the weights they keep, so that every
+ablation spends the same budget: fd-no-align tunes its heads' weights (w_shared x w_task, each in
+{0.01, 0.1, 1, 10}), fd-high-downweight tunes w_low over eight half-decade steps.
 fd itself is checked against the reference code in methods/fd.py's docstring; that code has
 no switches for these ablations, each preset turns off one component of fd's loss.
 """
@@ -33,6 +35,8 @@ METHODS.register_preset("fd-no-freq", "fd", freq_split=False,
                                     "aligned with MSE)")
 # On segmentation fd has no shared heads, so these two would repeat no-kd and fd: classification only.
 METHODS.register_preset("fd-no-align", "fd", w_low=0.0, w_high=0.0, tasks=("classification",),
+                        search_space={"w_shared": [0.01, 0.1, 1.0, 10.0], "w_task": [0.01, 0.1, 1.0, 10.0]},
+                        loss_weights=("w_shared", "w_task"),
                         description="FD-CMKD ablation: no feature alignment (shared and task heads only)")
 METHODS.register_preset("fd-no-scale", "fd", scale_norm=False,
                         description="FD-CMKD ablation: no scale normalisation before alignment")
@@ -41,5 +45,6 @@ METHODS.register_preset("fd-no-log", "fd", aliases=("fd-mse-both",), log_high=Fa
 METHODS.register_preset("fd-no-shared", "fd", shared_heads=False, tasks=("classification",),
                         description="FD-CMKD ablation: no shared classifier heads")
 METHODS.register_preset("fd-high-downweight", "fd", log_high=False, w_high=HIGH_BAND_LOG_TO_MSE,
+                        search_space={"w_low": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0]}, loss_weights=("w_low",),
                         description="FD-CMKD ablation: high band MSE down-weighted to logMSE's average scale "
                                     f"(w_high={HIGH_BAND_LOG_TO_MSE}), instead of logMSE")

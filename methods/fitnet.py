@@ -75,7 +75,8 @@ def conv_regressor(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...
 @METHODS.register("fitnet", aliases=("fitnets", "hint"), tasks=("classification", "segmentation"),
                   description="MSE between a learned regression of a student stage and the teacher's stage",
                   reference="Romero et al. FitNets: Hints for Thin Deep Nets. ICLR 2015",
-                  search_space={"weight": [1.0, 10.0, 100.0, 1000.0]})
+                  search_space={"weight": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0]},
+                  loss_weights=("weight",))
 class FitNet(Method):
     def __init__(self, student, teacher, spec, student_stage: str = "auto", teacher_stage: str = "auto",
                  weight: float = 100.0):
@@ -110,7 +111,8 @@ class FitNet(Method):
 @METHODS.register("feat", aliases=("feature-kd",), tasks=("classification",),
                   description="Feature KD, the 'Feat' baseline of FD-CMKD's table",
                   reference="Liu et al. Distilling Cross-Modal Knowledge via Feature Disentanglement. AAAI 2026",
-                  search_space={"weight": [0.1, 1.0, 10.0, 100.0]})
+                  search_space={"weight": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0]},
+                  loss_weights=("weight",))
 class FeatureKD(Method):
     """loss = CE + weight * MSE(project(student feature_post), teacher feature_post): the pooled
     post-activation features, the ones fd distils (see the module docstring)."""

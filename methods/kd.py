@@ -39,7 +39,7 @@ from cmkd_bench.registry import METHODS
 @METHODS.register("kd", aliases=("vanilla-kd", "hinton"), tasks=("classification", "segmentation"),
                   description="KL between temperature-softened teacher and student predictions (per pixel for segmentation)",
                   reference="Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network. 2015",
-                  search_space={"T": [1.0, 2.0, 4.0, 8.0], "alpha": [0.5, 0.9]})
+                  search_space={"T": [1.0, 4.0], "alpha": [0.0009, 0.009, 0.09, 0.9]}, loss_weights=("alpha",))
 class KD(Method):
     """loss = (1 - alpha) * CE(student, y) + alpha * T^2 * mean_valid KL(p_teacher^T || p_student^T).
 
@@ -75,5 +75,6 @@ class KD(Method):
 
 # The authors' setting: `--logit-stand --base-temp 2 --kd-weight 9` with KD's CE weight 0.1.
 METHODS.register_preset("kd-ls", "kd", logit_stand=True, T=2.0, alpha=0.9, kd_weight=9.0, tasks=("classification",),
+                        search_space={"kd_weight": [0.09, 0.9, 9.0, 90.0], "T": [2.0, 4.0]}, loss_weights=("kd_weight",),
                         description="KD with logit standardisation (Sun et al. CVPR 2024) at the authors' "
                                     "settings: Z-scored logits, T 2, CE 0.1, KD 9")

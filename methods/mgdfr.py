@@ -179,8 +179,10 @@ def rank_channels(teacher: FeatureModel, data: PairedData, key: dict, device: st
                               "salience against a trained student-modality partner) replaced by their batch mean",
                   reference="Xue, Gao, Ren, Zhao. The Modality Focusing Hypothesis: Towards Understanding "
                             "Crossmodal Knowledge Distillation. ICLR 2023",
-                  search_space={"fraction": [0.5, 0.75, 0.9], "T": [1.0, 2.0, 4.0]})
+                  search_space={"fraction": [0.5, 0.75, 0.9], "T": [1.0, 2.0, 4.0]},
+                  loss_weights=())
 class MGDFR(Method):
+    unimodal_teacher_only = "it trains a partner against the teacher run on one modality's input and ranks the channels of its single linear head"
     def __init__(self, student, teacher, spec, fraction: float = 0.75, T: float = 1.0, w_kd: float = 1.0,
                  w_ce: float = 0.0, kd_reduction: str = "mean", repeats: int = 10, salience_batch: int = 512,
                  max_samples: int = 0, partner_budget: float = 0.5, seed: int = 0):

@@ -121,8 +121,10 @@ def channel_salience(teacher: FeatureModel, data: PairedData, teacher_modality: 
                               "channels; feature MSE on the kept half (not the authors' algorithm, see mgdfr)",
                   reference="after Xue, Gao, Ren, Zhao. The Modality Focusing Hypothesis: Towards Understanding "
                             "Crossmodal Knowledge Distillation. ICLR 2023 (a variant of this suite)",
-                  search_space={"fraction": [0.25, 0.5, 0.75], "weight": [0.5, 1.0, 2.0]})
+                  search_space={"fraction": [0.25, 0.5, 0.75], "weight": [0.01, 0.1, 1.0, 10.0]},
+                  loss_weights=("weight",))
 class MGDFRRidge(Method):
+    unimodal_teacher_only = "it runs the teacher on one modality's input and permutes the channels of its single linear head"
     def __init__(self, student, teacher, spec, fraction: float = 0.5, weight: float = 1.0, repeats: int = 5,
                  ridge: float = 1.0, random_features: int = 512, pool: int = 8, max_samples: int = 4096,
                  seed: int = 0):

@@ -57,7 +57,8 @@ def channel_projection(s_channels: int, t_channels: int, spatial: bool) -> nn.Mo
                   description="MSE of per-channel standardised stage maps (1 - Pearson correlation)",
                   reference="Cao et al. PKD: General Distillation Framework for Object Detectors via "
                             "Pearson Correlation Coefficient. NeurIPS 2022",
-                  search_space={"weight": [1.0, 2.0, 6.0, 10.0]})
+                  search_space={"weight": [0.06, 0.2, 0.6, 2.0, 6.0, 20.0, 60.0, 200.0]},
+                  loss_weights=("weight",))
 class PKD(Method):
     def __init__(self, student, teacher, spec, student_stage: str = "last", teacher_stage: str = "last",
                  weight: float = 6.0):

@@ -62,7 +62,8 @@ def angle_relations(x: Tensor) -> Tensor:
 @METHODS.register("rkd", aliases=("relational-kd",), tasks=("classification",),
                   description="smooth-L1 between normalised pairwise distances and triplet angles of pooled features",
                   reference="Park, Kim, Lu, Cho. Relational Knowledge Distillation. CVPR 2019",
-                  search_space={"weight": [0.01, 0.1, 0.3, 1.0]})
+                  search_space={"weight": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0]},
+                  loss_weights=("weight",))
 class RKD(Method):
     def __init__(self, student, teacher, spec, w_distance: float = 25.0, w_angle: float = 50.0, feature: str = "post",
                  weight: float = 1.0):

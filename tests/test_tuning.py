@@ -24,18 +24,43 @@ TINY = ("--set", "train=64", "--set", "val=32", "--set", "test=32", "--set", "im
 # -- spaces ----------------------------------------------------------------------------------
 
 
-def test_every_declared_space_is_small_holds_the_defaults_and_names_hyper_parameters():
-    declared = [entry for entry in METHODS if entry.meta.get("search_space") and "preset_of" not in entry.meta]
-    assert {e.name for e in declared} >= {"kd", "dkd", "at", "fd"}
-    for entry in declared:
-        space = entry.meta["search_space"]
+def test_every_method_has_a_protocol_2_space_with_its_defaults_and_loss_weights_spanning_three_decades():
+    """Issue 30's rule for every registered method but no-kd: at least the budget (8) configurations,
+    the official defaults among them, and each declared loss weight from at most default/100 over at
+    least three decades, so a study reaches the regime where the method's terms are negligible."""
+    from cmkd_bench.experiments.search import DEFAULT_BUDGET
+    names = [entry.name for entry in METHODS if entry.name != "no-kd"]
+    assert {"kd", "dkd", "at", "fd", "ofa", "mlld", "ctkd", "fd-no-align", "at-all-stages"} <= set(names)
+    for name in names:
+        entry = METHODS.get(name)
+        space = declared_space(entry)
         size = 1
         for key, values in space.items():
-            assert key in entry.hparams, (entry.name, key)
-            assert entry.hparams[key] in values, f"{entry.name}: default {key}={entry.hparams[key]} not in {values}"
+            assert key in entry.hparams, (name, key)
+            assert entry.hparams[key] in values, f"{name}: default {key}={entry.hparams[key]} not in {values}"
             size *= len(values)
-        assert 4 <= size <= 16, (entry.name, size)
-    assert not METHODS.get("no-kd").meta.get("search_space")
+        assert DEFAULT_BUDGET <= size <= 16, (name, size)
+        weights = entry.meta.get("loss_weights")
+        assert weights is not None, f"{name} declares no loss_weights"
+        for key in weights:
+            values, default = space[key], entry.hparams[key]
+            assert max(values) / min(values) >= 1000 - 1e-9, (name, key, values)
+            assert min(values) <= default / 100 + 1e-12, (name, key, values, default)
+    assert not declared_space(METHODS.get("no-kd"))
+
+
+def test_coverage_draw_tries_every_value_of_each_axis_when_the_budget_allows():
+    space = SearchSpace("x", (("w", (0.01, 0.1, 1.0, 10.0)), ("v", (0.01, 0.1, 1.0, 10.0))))  # 16 > 8
+    for seed in range(5):
+        points = configurations(space, {"w": 1.0, "v": 1.0}, budget=8, sample_seed=seed)
+        assert points[0] == {"w": 1.0, "v": 1.0} and len({tuple(p.values()) for p in points}) == 8
+        assert {p["w"] for p in points} == {0.01, 0.1, 1.0, 10.0}
+        assert {p["v"] for p in points} == {0.01, 0.1, 1.0, 10.0}
+    # a uniform draw of 7 of the 15 other points misses some value for some seed; the coverage draw never does
+    space3 = SearchSpace("y", (("a", (1, 2, 3)), ("b", (1, 2, 3)), ("c", (1, 2))))
+    for seed in range(10):
+        points = configurations(space3, {"a": 1, "b": 1, "c": 1}, budget=4, sample_seed=seed)
+        assert {p["a"] for p in points} == {1, 2, 3} and {p["b"] for p in points} == {1, 2, 3}
 
 
 def test_a_preset_does_not_tune_what_it_fixes():
@@ -88,6 +113,10 @@ def test_a_method_without_a_space_cannot_be_tuned():
 
 @pytest.mark.parametrize("raw, fragment", [
     ({"budget": 0}, "at least 1"), ({"budgett": 8}, "unknown tune key 'budgett'"), ("yes", "must be true"),
+    ({"protocol": 3}, "protocol must be one of 1, 2"), ({"selection_seed": 7}, "add protocol: 2"),
+    ({"protocol": 2, "recipe": {"lr": [0.5, 2]}}, "must include 1"),
+    ({"protocol": 2, "recipe": {"momentum": [1, 2]}}, "give positive factors of one of lr, weight_decay"),
+    ({"protocol": 2, "defaults": "yes"}, "true, false or a list of methods"),
 ])
 def test_suite_tune_key_is_checked(raw, fragment):
     with pytest.raises(UserError, match=fragment):
