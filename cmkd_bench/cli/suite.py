@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..experiments.executors import EXECUTORS, cluster_settings, status_text
 from ..experiments.plan import job_devices, suite_with_flags
 from ..experiments.search import TuneSettings, check_budget, parse_space_flags
+from ..experiments.protocol import run_protocol
 from ..experiments.suite import run_suite
 from ..experiments.tuning import plan_studies, plan_text, run_studies
 from ..training.runner import RunRequest
@@ -97,6 +98,11 @@ def suite_command(suite_file: str | None, jobs: int | None, device: str | None, 
 @click.option("--space", "spaces", multiple=True, metavar="KEY=V1,V2",
               help="Search this space instead of the method's declared one (repeatable; one --method only).")
 @click.option("--sample-seed", type=int, help="Seed of the subset drawn from a space larger than the budget (default 0).")
+@click.option("--protocol", type=click.Choice(["1", "2"]),
+              help="1: candidates on the first seed, which is reported too. 2 (the committed leaderboards'): the "
+                   "recipe tuned on no-kd first, exactly --budget candidates a study on a selection seed never "
+                   "reported. Default: the file's, else 1.")
+@click.option("--selection-seed", type=int, help="Protocol 2: the candidates' seed (default 1000; not one of --seeds).")
 @click.option("--seeds", help="Protocol seeds, comma-separated; the first selects. Default: the file's, else 0,1,2.")
 @click.option("--directions", help="default, both, or TEACHER->STUDENT pairs, comma-separated. Default: both.")
 @per_run_options
@@ -107,9 +113,13 @@ def suite_command(suite_file: str | None, jobs: int | None, device: str | None, 
 @click.option("--dry-run", is_flag=True, help="List the studies and their configurations; run nothing.")
 @plugin_option
 def tune_command(suite_file: str | None, method_names: tuple[str, ...], dataset_names: tuple[str, ...],
-                 budget: int | None, spaces: tuple[str, ...], sample_seed: int | None, jobs: int | None,
+                 budget: int | None, spaces: tuple[str, ...], sample_seed: int | None, protocol: str | None,
+                 selection_seed: int | None, jobs: int | None,
                  device: str | None, devices: str | None, dry_run: bool, **flags: Any) -> None:
-    """Tune METHOD on DATASET under the protocol: every configuration on the first seed, select on val, run all seeds.
+    """Tune METHOD on DATASET: candidates on the selection seed, the best on val run on every seed.
+
+    Protocol 1: candidates on the first seed. Protocol 2: the dataset's recipe is tuned on no-kd first,
+    each study spends exactly --budget on --selection-seed, and the selection runs on --seeds.
 
     Exit code 0 when no run failed, 1 when one did, 2 for bad input (nothing runs).
     """
@@ -120,10 +130,23 @@ def tune_command(suite_file: str | None, method_names: tuple[str, ...], dataset_
     single = method_names[0] if len(method_names) == 1 and method_names[0] != "all" else None
     settings = TuneSettings(budget=check_budget(budget) if budget is not None else base.budget,
                             spaces=parse_space_flags(spaces, single) or base.spaces,
-                            sample_seed=base.sample_seed if sample_seed is None else sample_seed)
+                            sample_seed=base.sample_seed if sample_seed is None else sample_seed,
+                            protocol=int(protocol) if protocol is not None else base.protocol,
+                            selection_seed=base.selection_seed if selection_seed is None else selection_seed,
+                            recipe=base.recipe, defaults=base.defaults)
+    if selection_seed is not None and settings.protocol < 2:
+        raise UserError("--selection-seed belongs to protocol 2 (under protocol 1 the first seed selects); "
+                        "add --protocol 2")
     if device is not None:
         suite.device = device
     device_names, jobs = job_devices(None if devices else suite.device, devices, jobs)
+    if settings.protocol >= 2:  # the recipe study, no-kd, then the studies: the whole protocol for these methods
+        code = run_protocol(suite, settings, jobs, device_names, run_command_line, click.echo, dry_run=dry_run)
+        if not dry_run:
+            click.echo(f"tables: cmkd-bench leaderboard {suite.out}")
+        if code:
+            sys.exit(code)
+        return
     studies = plan_studies(suite, settings, strict=suite.methods != "all")
     if not studies:
         raise UserError("no method to tune: none of the methods given declares a search space")

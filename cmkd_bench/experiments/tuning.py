@@ -53,8 +53,10 @@ class Study:
     space: SearchSpace
     budget: int
     sample_seed: int
-    seeds: list[int]
+    seeds: list[int]  # the reported seeds: the selected configuration runs on each
     candidates: list[dict[str, Any]]  # settings that differ from the method's defaults ({} = the defaults)
+    selection_seed: int = 0  # the candidates' seed: the first reported seed (protocol 1) or a seed of its own (2)
+    protocol: int = 1
     candidate_runs: list[PlannedRun] = field(default_factory=list)
     final_runs: list[PlannedRun] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
@@ -75,6 +77,9 @@ def plan_studies(suite: Suite, settings: TuneSettings, strict: bool) -> list[Stu
     load_all(suite.plugins)
     if not suite.seeds:
         raise UserError("tuning needs at least one seed (the first one selects)")
+    if settings.protocol >= 2 and settings.selection_seed in suite.seeds:
+        raise UserError(f"the selection seed {settings.selection_seed} is also a reported seed; under protocol 2 the "
+                        f"candidates' seed is never reported: give tune selection_seed another value or drop it from seeds")
     studies = []
     for dataset in suite.datasets:
         spec = _probe_spec(suite, dataset)
@@ -109,9 +114,12 @@ def _study(suite: Suite, dataset: DatasetEntry, method: MethodEntry, teacher_mod
     entry = METHODS.get(method.name)
     space = search_space(entry.name, settings.space_for(entry.name))
     defaults = _method_defaults(suite, dataset, method, teacher_modality, student_modality)
+    if settings.protocol >= 2 and space.size < settings.budget:
+        raise UserError(f"{entry.name}'s search space has {counted(space.size, 'configuration')}, fewer than the budget "
+                        f"{settings.budget}; under protocol 2 every study spends exactly its budget: widen the space")
     points = configurations(space, defaults, settings.budget, settings.sample_seed)
     candidates = [changed_settings(point, defaults) for point in points]
-    selection_seed = suite.seeds[0]
+    selection_seed = settings.selection_seed if settings.protocol >= 2 else suite.seeds[0]
     runs = [_planned(_request(suite, dataset, method, selection_seed, teacher_modality, student_modality,
                               _as_sets(candidate)))
             for candidate in candidates]
@@ -119,12 +127,14 @@ def _study(suite: Suite, dataset: DatasetEntry, method: MethodEntry, teacher_mod
     identity = {"default_run": _planned(_request(suite, dataset, method, selection_seed, teacher_modality,
                                                  student_modality, ())).run_id,
                 "space": space.as_dict(), "budget": settings.budget, "sample_seed": settings.sample_seed}
+    if settings.protocol >= 2:  # protocol 1's study ids stay as they were
+        identity["protocol"] = settings.protocol
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
     t_mod, s_mod = first.teacher_modality, first.student_modality
     study = Study(study_id=f"{entry.name}-{dataset.name}-{t_mod}2{s_mod}-b{settings.budget}-{digest}",
                   method=entry.name, dataset=dataset, teacher_modality=t_mod, student_modality=s_mod, space=space,
                   budget=settings.budget, sample_seed=settings.sample_seed, seeds=list(suite.seeds),
-                  candidates=candidates, candidate_runs=runs)
+                  candidates=candidates, selection_seed=selection_seed, protocol=settings.protocol, candidate_runs=runs)
     return study
 
 
@@ -154,8 +164,9 @@ def run_studies(suite: Suite, studies: list[Study], jobs: int, devices: Sequence
     """Candidates, selection on val, the selected configuration on every seed; returns the exit code."""
     failed = False
     candidates = _unique(run for study in studies for run in study.candidate_runs)
+    seeds = sorted({study.selection_seed for study in studies})
     echo(f"tune: {counted(len(studies), 'study', 'studies')}, {counted(len(candidates), 'candidate run')} on seed "
-         f"{suite.seeds[0]} "
+         f"{', '.join(map(str, seeds))} "
          f"({sum(run.state == 'done' for run in candidates)} already completed)")
     failed |= _run(suite, candidates, jobs, devices, command, echo, score="val")  # their lines: what selects
     for study in studies:
@@ -222,8 +233,11 @@ def study_summary(study: Study) -> dict[str, Any]:
         "space_size": study.space.size,
         "budget": study.budget,
         "sample_seed": study.sample_seed,
-        "selection_seed": study.seeds[0],
+        "selection_seed": study.selection_seed,
+        "reported_seeds": list(study.seeds),
         "selection_metric": SELECTION_METRIC,
+        "protocol": study.protocol,
+        "spent": len(study.candidates),  # configurations evaluated, failed and diverged ones included
         "configurations": [{"hparams": candidate, "run_id": run.run_id, "val": score}
                            for candidate, run, score in zip(study.candidates, study.candidate_runs, study.scores)],
         "selected": selected,
@@ -261,7 +275,7 @@ def plan_text(studies: list[Study]) -> str:
     lines = []
     for study in studies:
         lines.append(f"{study.label}: {len(study.candidates)} of {counted(study.space.size, 'configuration')} "
-                     f"(budget {study.budget}) on seed {study.seeds[0]}, then the best on seeds "
+                     f"(budget {study.budget}) on seed {study.selection_seed}, then the best on seeds "
                      f"{', '.join(map(str, study.seeds))}")
         for candidate, run in zip(study.candidates, study.candidate_runs):
             settings = ", ".join(f"{k}={v}" for k, v in sorted(candidate.items())) or "(defaults)"
