@@ -207,3 +207,39 @@ def test_a_records_revision_is_dirty_for_changed_code_but_not_for_regenerated_re
     assert provenance.git_revision() == clean
     (tmp_path / "leaderboard" / "regenerate.py").write_text("changed\n")  # code under leaderboard/ counts
     assert provenance.git_revision() == clean + "-dirty"
+
+
+def test_the_source_digest_ignores_commits_of_results_and_follows_commits_of_code(tmp_path) -> None:
+    """A leaderboard regenerated over several sittings commits its tables between them: those commits
+    change the revision, not the code, so records made before and after are one source."""
+    from cmkd_bench.artefacts import provenance
+
+    repo = tmp_path / "repo"
+    (repo / "cmkd_bench").mkdir(parents=True)
+    (repo / "cmkd_bench" / "engine.py").write_text("EPOCHS = 12\n")
+    (repo / "methods").mkdir()
+    (repo / "methods" / "kd.py").write_text("T = 4\n")
+    (repo / "leaderboard").mkdir()
+    (repo / "leaderboard" / "LEADERBOARD.md").write_text("old\n")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "code")
+
+    def digest() -> str:
+        return provenance.source_digest(repo / "cmkd_bench")
+
+    first = digest()
+    assert len(first) == 12 and provenance.SOURCE_PATHS[0] == "cmkd_bench"
+    (repo / "leaderboard" / "LEADERBOARD.md").write_text("new\n")
+    git("commit", "-qam", "tables")
+    assert digest() == first
+    (repo / "methods" / "kd.py").write_text("T = 2\n")
+    assert digest() == first + "-dirty"
+    git("commit", "-qam", "a method changed")
+    assert digest() not in (first, first + "-dirty")
+    assert records.environment_signature({"environment": {"source": first, "git_revision": "abc"}}) == {"source": first}

@@ -47,7 +47,7 @@ def environment() -> dict[str, Any]:
     """What a run's numbers depend on besides its settings (records.environment_signature reads it):
     the libraries' versions, the CPU threads torch uses, the code revision, the Python and device."""
     return {"libraries": library_versions(), "threads": torch.get_num_threads(), "git_revision": git_revision(),
-            "python": platform.python_version(), "platform": platform.platform()}
+            "source": source_digest(), "python": platform.python_version(), "platform": platform.platform()}
 
 
 # What the suite writes into its own checkout: records, tables, figures, analyses, the README's table.
@@ -71,6 +71,33 @@ def git_revision() -> str | None:
         return None
     changed = uncommitted_files(here, GENERATED, untracked=False)
     return out.stdout.strip() + ("-dirty" if changed else "")
+
+
+# The tracked paths a run's numbers can depend on: the harness, the methods, the datasets and what
+# installs them. A commit that changes nothing here (new records, tables, docs, tests) leaves the digest
+# as it was, so a leaderboard regenerated over several sittings, its tables committed between them,
+# is one source (records.environment_signature compares it in place of the revision).
+SOURCE_PATHS = ("cmkd_bench", "methods", "datasets", "pyproject.toml", "constraints.txt")
+
+
+def source_digest(here: Path = Path(__file__).resolve().parent) -> str | None:
+    """The git objects of SOURCE_PATHS at HEAD of the checkout holding `here` (by default the one
+    cmkd_bench runs from), hashed (12 hex digits), with "-dirty" where one of them has uncommitted
+    changes; None outside a git checkout."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
+                             timeout=5)
+        if top.returncode != 0:
+            return None
+        tree = subprocess.run(["git", "ls-tree", "HEAD", "--", *SOURCE_PATHS], cwd=top.stdout.strip(),
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if tree.returncode != 0 or not tree.stdout.strip():
+        return None
+    changed = uncommitted_files(here, untracked=False) or []
+    dirty = any(path == source or path.startswith(source + "/") for path in changed for source in SOURCE_PATHS)
+    return hashlib.sha256(tree.stdout.encode()).hexdigest()[:12] + ("-dirty" if dirty else "")
 
 
 def uncommitted_files(root: Path, ignore: tuple[str, ...] = (), untracked: bool = True) -> list[str] | None:

@@ -192,7 +192,8 @@ _THREADS = re.compile(r"(\d+) threads?\)")
 
 def environment_signature(record: dict[str, Any]) -> dict[str, str]:
     """What, besides its settings, a record's numbers depend on: the NUMERIC_LIBRARIES' versions,
-    `threads` (CPU threads) and `revision` (the code's git revision). Older records, without an
+    `threads` (CPU threads) and `source` (the digest of the code it ran, provenance.source_digest) or,
+    for records from before that digest, `revision` (the code's git revision). Older records, without an
     `environment`, give what their `versions`, `device` and `git_revision` say; unknown keys are absent."""
     environment = record.get("environment") or {}
     versions = {**(record.get("versions") or {}), **(environment.get("libraries") or {})}
@@ -202,8 +203,11 @@ def environment_signature(record: dict[str, Any]) -> dict[str, str]:
         threads = found.group(1)
     if threads is not None:
         signature["threads"] = str(threads)
+    source = environment.get("source")  # the code results depend on (provenance.source_digest), when recorded
     revision = environment.get("git_revision") or record.get("git_revision")
-    if revision:
+    if source:
+        signature["source"] = str(source)
+    elif revision:
         signature["revision"] = str(revision)
     return signature
 
