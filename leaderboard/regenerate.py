@@ -1,21 +1,23 @@
 """Regenerate the committed leaderboard from real runs of the suite.
 
-    python leaderboard/regenerate.py [--datasets synth-av,synth-rgbd] [--methods kd,fd,...] [--seeds 0,1,2]
-                                     [--budget 8 | --no-tune] [--jobs 2] [--tables-only] [--allow-dirty]
-                                     [--rerun-stale]
+    python leaderboard/regenerate.py [--suites synth-it,synth-rgbd,synth-av] [--jobs 2] [--dry-run]
+                                     [--tables-only] [--allow-dirty] [--rerun-stale]
 
-Runs, through `cmkd-bench suite`, every method that supports each dataset's task (or the given ones)
-in both directions over the seeds with the dataset's default recipe, then tunes every method that
-declares a search space under the protocol (same budget for all, selection on val on the first seed,
-the selection on every seed), into leaderboard/runs/ (records are committed; checkpoints are not).
-Then writes LEADERBOARD.md (default and tuned overviews, the published numbers, per-table details),
-leaderboard.csv and leaderboard.html from those records. Finished runs are not repeated, so an
+Runs the committed suites (leaderboard/suites/<name>.yaml: protocol 2, cmkd_bench/experiments/protocol.py:
+each dataset's recipe tuned on no-kd, then every method's study of exactly 8 configurations on selection
+seed 1000 and its selection on seeds 0-4) into leaderboard/runs/ (records are committed; checkpoints are not).
+Then writes LEADERBOARD.md (protocol v2 records: the headline and its takeaway, then appendices:
+defaults, per-direction detail, selected configurations, provenance, failed runs, published numbers;
+protocol v1 records only: the default and tuned overviews, the published numbers, per-table details),
+leaderboard.csv and leaderboard.html from those records, and the README's leaderboard section (v2: the
+headline and its takeaway, one screen). Finished runs are not repeated, so an
 interrupted regeneration resumes.
 
-Records name the code revision they were made with, so runs are refused (one line naming the
-files, exit 2) from a checkout with uncommitted changes other than this script's own outputs
-(leaderboard/runs/, the tables, README.md), unless --allow-dirty. --rerun-stale reruns the records
-made under another environment or code revision than most of their table (the leaderboard marks them).
+Records name the code they were made with (the revision and the digest of the source, which commits of
+tables and records leave unchanged), so runs are refused (one line naming the files, exit 2) from a
+checkout with uncommitted changes other than this script's own outputs (leaderboard/runs/, the tables,
+README.md), unless --allow-dirty. --rerun-stale reruns the records made under another environment or
+source than most of their table (the leaderboard marks them).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from pathlib import Path
 
 from cmkd_bench.artefacts.provenance import GENERATED, uncommitted_files
 from cmkd_bench.cli.suite import run_command_line
-from cmkd_bench.experiments.plan import suite_from_mapping
+from cmkd_bench.experiments.plan import load_suite
 from cmkd_bench.experiments.suite import run_suite
 from cmkd_bench.reporting.leaderboard import load_published, load_records, render, render_published
+from cmkd_bench.reporting.leaderboard.report import headline_section, report_md
 
 HERE = Path(__file__).resolve().parent
 OUTPUTS = GENERATED  # what a regeneration writes (results): changes there do not make the tree dirty
@@ -44,21 +47,34 @@ def dirty_tree_error(root: Path = HERE.parent) -> str | None:
             f"were made with: commit or stash them, or pass --allow-dirty")
 
 
-# What README.md shows below its one overview table: the rest is in LEADERBOARD.md (the README stays short).
-README_POINTER = ("Its notes (the settings each tuned row selected, the records marked §), the failed runs, the overview "
-                  "at the official defaults and every table in full: [leaderboard/LEADERBOARD.md](leaderboard/LEADERBOARD.md).")
+# What README.md shows below the headline (protocol v2): one line, how to read the cells and where the rest is.
+README_POINTER = ("Cells: mean test score over the reported seeds (paired Δ to the tuned no-kd [95% CI]; † / ‡: better / "
+                  "worse after Holm's correction within the column). How to read it, the defaults, every table in full, "
+                  "the selected configurations, provenance and failed runs: "
+                  "[leaderboard/LEADERBOARD.md](leaderboard/LEADERBOARD.md).")
+# Protocol v1 records only (before issue 30): what README.md showed below its one overview table.
+README_POINTER_V1 = ("Its notes (the settings each tuned row selected, the records marked §), the failed runs, the overview "
+                     "at the official defaults and every table in full: "
+                     "[leaderboard/LEADERBOARD.md](leaderboard/LEADERBOARD.md).")
+GENERATED_BY = ("# Leaderboard\n\nGenerated by `make leaderboard` (leaderboard/regenerate.py) from the run records in "
+                "`leaderboard/runs/`; every measured number below comes from one of those records.\n\n")
 
 
 def overview_table(rendered: str) -> str:
-    """The first table of a markdown render, its `###` heading and rows only: without the notes below it
-    and without the tables after it (the failed runs). A render with no table is returned as it is."""
+    """The first table of a markdown render, its `###` heading (and the sentences under it) and rows only:
+    without the notes below it and without the tables after it (the failed runs). A render with no table
+    is returned as it is."""
     heading, _, rest = rendered.strip().partition("\n\n")
+    lead = ""
+    if rest and not rest.startswith("|"):  # the headline's takeaway, between heading and table
+        lead, _, rest = rest.partition("\n\n")
+        lead += "\n\n"
     table = rest.split("\n\n", 1)[0]
-    return heading + "\n\n" + table if table.startswith("|") else rendered.strip()
+    return heading + "\n\n" + lead + table if table.startswith("|") else rendered.strip()
 
 
 def show_in_readme(table: str) -> None:
-    """Replace the README's table between its leaderboard markers with the regenerated one."""
+    """Replace the README's section between its leaderboard markers with the regenerated one."""
     readme = HERE.parent / "README.md"
     text = readme.read_text()
     start, end = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
@@ -68,64 +84,84 @@ def show_in_readme(table: str) -> None:
 
 
 def write_tables(out: Path) -> None:
+    """LEADERBOARD.md, leaderboard.csv, leaderboard.html and the README's section, from the records under `out`.
+
+    Protocol v2 records (any): the headline and its takeaway first, then the appendices (report_md); the
+    README shows the headline and its takeaway only, and one line. Protocol v1 records only: the overviews
+    (defaults, tuned), the published numbers and the per-direction tables, as before issue 30."""
     records = load_records([out])
     published = load_published(HERE / "published.csv")
+    body = report_md(records, published_md=published_intro() + render_published(published))
+    if body is not None:
+        (HERE / "LEADERBOARD.md").write_text(GENERATED_BY + body)
+        show_in_readme(headline_section(records) + "\n\n" + README_POINTER)
+    else:
+        tuned = write_v1_tables(records, published)
+        show_in_readme(overview_table(tuned.replace("### test", "### tuned: test", 1)) + "\n\n" + README_POINTER_V1)
+    (HERE / "leaderboard.csv").write_text(render(records, "csv"))
+    (HERE / "leaderboard.html").write_text(render(records, "html", layout="wide"))
+    print(f"wrote {HERE / 'LEADERBOARD.md'} and {HERE / 'leaderboard.csv'} from {len(records)} records", file=sys.stderr)
+
+
+def published_intro() -> str:
+    return ("Numbers reported for FD-CMKD and its baselines on real datasets, as a secondary source transcribed "
+            "them (`leaderboard/published.csv`); the embedded datasets above are not those datasets, so no gap is "
+            "computed.\n\n")
+
+
+def write_v1_tables(records: list[dict], published: list) -> str:
+    """LEADERBOARD.md of protocol v1 records; returns the tuned overview (the README's table)."""
     default = render(records, "md", layout="wide", view="default")
     tuned = render(records, "md", layout="wide", view="tuned")
     (HERE / "LEADERBOARD.md").write_text(
-        "# Leaderboard\n\nGenerated by `make leaderboard` (leaderboard/regenerate.py) from the run records in "
-        "`leaderboard/runs/`; every measured number below comes from one of those records.\n\n"
-        "## Overview: every method at its official defaults\n\n" + default
+        GENERATED_BY + "## Overview: every method at its official defaults\n\n" + default
         + "\n\n## Overview: every method tuned under the protocol\n\n"
         "Each method's declared search space, the same budget for every method, selection on the validation "
         "split of the first seed, the selected configuration run on every seed (see the "
         "[protocol](../docs/suites-and-tuning.md#protocol)).\n\n"
         + tuned
-        + "\n\n## Published (not measured here)\n\n"
-        "Numbers reported for FD-CMKD and its baselines on real datasets, as a secondary source transcribed "
-        "them (`leaderboard/published.csv`); the embedded datasets above are not those datasets, so no gap is "
-        "computed.\n\n" + render_published(published)
+        + "\n\n## Published (not measured here)\n\n" + published_intro() + render_published(published)
         + "\n\n## Per dataset and direction (default and tuned rows)\n\n" + render(records, "md") + "\n")
-    (HERE / "leaderboard.csv").write_text(render(records, "csv"))
-    (HERE / "leaderboard.html").write_text(render(records, "html", layout="wide"))
-    show_in_readme(overview_table(tuned.replace("### test", "### tuned: test", 1)) + "\n\n" + README_POINTER)
-    print(f"wrote {HERE / 'LEADERBOARD.md'} and {HERE / 'leaderboard.csv'} from {len(records)} records", file=sys.stderr)
+    return tuned
+
+
+SUITES = ("synth-it", "synth-rgbd", "synth-av")  # leaderboard/suites/<name>.yaml, in this order (cheapest first)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="synth-av,synth-rgbd")
-    parser.add_argument("--methods", default="all", help="comma-separated; default: every method for the dataset's task")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--budget", type=int, default=8, help="tuning budget per method (the same for all)")
-    parser.add_argument("--no-tune", action="store_true", help="default configurations only")
+    parser.add_argument("--suites", default=",".join(SUITES),
+                        help="comma-separated names of leaderboard/suites/*.yaml to run (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--threads-per-run", type=int, default=1,
-                        help="CPU threads of each run (default 1: the thread count of the committed records)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default=str(HERE / "runs"))
+    parser.add_argument("--dry-run", action="store_true", help="list what each suite would run; run nothing")
     parser.add_argument("--tables-only", action="store_true", help="rewrite the tables from the records; run nothing")
     parser.add_argument("--allow-dirty", action="store_true",
                         help="run even with uncommitted changes in the tree (the records say -dirty)")
     parser.add_argument("--rerun-stale", action="store_true",
-                        help="rerun records made under another environment or code revision than most of their table")
+                        help="rerun records made under another environment or source than most of their table")
     args = parser.parse_args()
-    if not args.tables_only and not args.allow_dirty and (error := dirty_tree_error()):
+    names = [name.strip() for name in args.suites.split(",") if name.strip()]
+    missing = [name for name in names if not (HERE / "suites" / f"{name}.yaml").is_file()]
+    if missing:
+        print(f"regenerate.py: no suite leaderboard/suites/{missing[0]}.yaml; the suites are "
+              f"{', '.join(sorted(p.stem for p in (HERE / 'suites').glob('*.yaml')))}", file=sys.stderr)
+        sys.exit(2)
+    if not (args.tables_only or args.dry_run or args.allow_dirty) and (error := dirty_tree_error()):
         print(error, file=sys.stderr)
         sys.exit(2)
+    failed = False
     if not args.tables_only:
-        suite = suite_from_mapping({
-            "datasets": args.datasets.split(","),
-            "methods": "all" if args.methods == "all" else args.methods.split(","),
-            "directions": "both", "seeds": [int(s) for s in args.seeds.split(",")], "out": args.out,
-            "device": args.device, "tune": False if args.no_tune else {"budget": args.budget},
-            "threads_per_run": args.threads_per_run,
-        }, where="regenerate.py")
-        code = run_suite(suite, args.jobs, [args.device], dry_run=False, command=run_command_line,
-                         rerun_stale=args.rerun_stale)
-        if code:
-            print("some runs failed; the tables below leave them out (see the failed-runs list)", file=sys.stderr)
-    write_tables(Path(args.out))
+        for name in names:
+            suite = load_suite(HERE / "suites" / f"{name}.yaml")
+            suite.device = args.device
+            code = run_suite(suite, args.jobs, [args.device], dry_run=args.dry_run, command=run_command_line,
+                             rerun_stale=args.rerun_stale)
+            failed |= code != 0
+    if failed:
+        print("some runs failed; the tables leave them out (see the failed-runs appendix)", file=sys.stderr)
+    if not args.dry_run:
+        write_tables(HERE / "runs")
 
 
 if __name__ == "__main__":

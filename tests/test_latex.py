@@ -44,7 +44,7 @@ LONG = PACKAGES + r"""
 
 \begin{table}[tbp]
 \centering
-\caption{synth-av $\cdot$ visual $\rightarrow$ audio $\cdot$ top1 (\%) $\cdot$ student small-cnn, teacher small-cnn}
+\caption{synth-av $\cdot$ visual $\rightarrow$ audio $\cdot$ top1 (\%) $\cdot$ student small-cnn, teacher small-cnn $\cdot$ protocol v1}
 \footnotesize
 \setlength{\tabcolsep}{4pt}
 \begin{adjustbox}{max totalsize={\linewidth}{0.85\textheight}}

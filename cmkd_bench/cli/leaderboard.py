@@ -43,8 +43,8 @@ def filtered_records(paths: Sequence[Path], datasets: Sequence[str], methods: Se
 @click.option("--published", "published_file", type=click.Path(),
               help="Published numbers from this CSV instead (implies --with-published).")
 @click.option("--view", default="all", show_default=True, type=click.Choice(["all", "default", "tuned"]),
-              help="Rows: all; only the default configurations; or each tuned method's selected configuration "
-                   "(`cmkd-bench tune`) in place of its default.")
+              help="Rows of the tables after the headline: all; only the default configurations; or each tuned "
+                   "method's selected configuration (`cmkd-bench tune`) in place of its default.")
 @click.option("--no-notes", is_flag=True, help="Leave out the notes under the tables (marks, protocol, selections).")
 @click.option("--caption", metavar="LATEX",
               help="--format latex: the caption, as written (LaTeX); with several tables each one's title follows it. "
@@ -55,7 +55,12 @@ def leaderboard_command(runs_dirs: tuple[str, ...], fmt: str, layout: str, outpu
                         datasets: tuple[str, ...], methods: tuple[str, ...], wheres: tuple[str, ...],
                         with_published: bool, published_file: str | None, view: str, no_notes: bool,
                         caption: str | None, label: str | None) -> None:
-    """Tables of completed runs: mean ± std over seeds, Δ vs no-KD, teacher row, failed runs listed."""
+    """Tables of completed runs: mean ± std over seeds, Δ vs no-KD, teacher row, failed runs listed.
+
+    Tables never mix protocols: where any record was made under protocol v2, older records are left out (a
+    line says how many). Under protocol v2 the headline comes first: each method's tuned configuration against
+    the tuned no-kd, a column per dataset and direction, cells with the paired Δ, its 95% CI and Holm's mark,
+    each method's IQM Δ and P(> no-kd), and two or three sentences saying what holds."""
     paths = runs_paths(runs_dirs)
     records = filtered_records(paths, datasets, methods, wheres)
     published = None

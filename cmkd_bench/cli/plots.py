@@ -1,4 +1,4 @@
-"""`cmkd-bench plot bars|heatmap|sweep`: figures from run records (cmkd_bench.reporting.plots draws them)."""
+"""`cmkd-bench plot bars|heatmap|sweep|cd`: figures from run records (cmkd_bench.reporting.plots draws them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from ..artefacts.files import check_writable_dir
 from ..errors import UserError
-from ..reporting.plots import DEFAULT_FORMATS, FIGURE_FORMATS, plot_bars, plot_heatmaps, plot_sweep
+from ..reporting.plots import DEFAULT_FORMATS, FIGURE_FORMATS, plot_bars, plot_cd, plot_heatmaps, plot_sweep
 from .leaderboard import filtered_records, runs_paths
 
 
@@ -38,7 +38,8 @@ _highlight = click.option("--highlight", multiple=True, metavar="METHOD",
 
 @click.group("plot")
 def plot_group() -> None:
-    """Figures from run records: bar charts per dataset, heat-maps over two settings, sweeps over one."""
+    """Figures from run records: bar charts per dataset, heat-maps over two settings, sweeps over one, the
+    critical-difference diagram of the methods' ranks."""
 
 
 @plot_group.command("bars")
@@ -83,4 +84,18 @@ def sweep_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods
     records = filtered_records(runs_paths(runs_dirs), datasets, methods, wheres)
     check_writable_dir(output_dir, "--output-dir")
     for path in plot_sweep(records, x_key, Path(output_dir), highlight=highlight, formats=formats or DEFAULT_FORMATS):
+        click.echo(f"wrote {path}")
+
+
+@plot_group.command("cd")
+@_filters
+def cd_command(runs_dirs: tuple[str, ...], datasets: tuple[str, ...], methods: tuple[str, ...],
+               wheres: tuple[str, ...], output_dir: str, formats: tuple[str, ...]) -> None:
+    """The critical-difference diagram (Demšar 2006): each method's average rank over the columns (datasets and
+    directions) every ranked method has, the Nemenyi critical difference (alpha 0.05), bars joining methods not
+    significantly different, and Friedman's p in the caption. The rows ranked: the headline's (protocol v2: each
+    method's tuned configuration and the tuned no-kd), else each tuned method's selection and the others' defaults."""
+    check_writable_dir(output_dir, "--output-dir")
+    records = filtered_records(runs_paths(runs_dirs), datasets, methods, wheres)
+    for path in plot_cd(records, Path(output_dir), formats=formats or DEFAULT_FORMATS):
         click.echo(f"wrote {path}")

@@ -141,10 +141,13 @@ def check_protocol_suite(suite: Suite, settings: TuneSettings) -> None:
 
 
 def run_protocol(suite: Suite, settings: TuneSettings, jobs: int, devices: Sequence[str], command: CommandBuilder,
-                 echo: Callable[[str], None], dry_run: bool = False) -> int:
-    """The whole protocol over the suite's datasets; returns the exit code (1 when a run failed)."""
+                 echo: Callable[[str], None], dry_run: bool = False, rerun_stale: bool = False) -> int:
+    """The whole protocol over the suite's datasets; returns the exit code (1 when a run failed).
+    `rerun_stale`: completed runs of OUT made under another environment or source than most of their
+    table are run again (same run ids), as `suite --rerun-stale` does for protocol 1."""
     load_all(suite.plugins)
     check_protocol_suite(suite, settings)
+    stale = stale_ids(suite) if rerun_stale else set()
     recipe_studies = [plan_recipe_study(suite, dataset, settings) for dataset in suite.datasets]
     if dry_run:
         echo(recipe_plan_text(recipe_studies))
@@ -161,7 +164,7 @@ def run_protocol(suite: Suite, settings: TuneSettings, jobs: int, devices: Seque
     echo(f"protocol 2: recipe studies of {', '.join(s.dataset.name for s in recipe_studies)}: "
          f"{counted(len(runs), 'no-kd run')} on seed {settings.selection_seed} "
          f"({sum(run.state == 'done' for run in runs)} already completed)")
-    failed = _run(suite, runs, jobs, devices, command, echo, score="val")
+    failed = _run(suite, rerun(runs, stale), jobs, devices, command, echo, score="val")
     selected: dict[str, RecipeStudy] = {}
     for study in recipe_studies:
         study.scores = [recipe_score(per_candidate) for per_candidate in study.candidate_runs]
@@ -180,11 +183,28 @@ def run_protocol(suite: Suite, settings: TuneSettings, jobs: int, devices: Seque
     reported = reported_runs(tuned, settings)
     echo(f"protocol 2: {counted(len(reported), 'reported run')} under the selected recipes on seeds "
          f"{', '.join(map(str, suite.seeds))} ({sum(run.state == 'done' for run in reported)} already completed)")
-    failed |= _run(tuned, reported, jobs, devices, command, echo)
+    failed |= _run(tuned, rerun(reported, stale), jobs, devices, command, echo)
     studies = plan_studies(tuned, settings, strict=False)
-    code = run_studies(tuned, studies, jobs, devices, command, echo) if studies else 0
+    for study in studies:
+        rerun(study.candidate_runs, stale)
+    code = run_studies(tuned, studies, jobs, devices, command, echo, stale=stale) if studies else 0
     stamp_records(recipe_studies, selected, reported, studies, settings)
     return max(code, 1 if failed else 0)
+
+
+def stale_ids(suite: Suite) -> set[str]:
+    from ..reporting.leaderboard.summary import stale_runs  # the leaderboard's own rule, so both mark the same runs
+
+    records = [record for path in sorted(Path(suite.out).glob("*/result.json")) if (record := find_record(path))]
+    return set(stale_runs(records))
+
+
+def rerun(runs: list[PlannedRun], stale: set[str]) -> list[PlannedRun]:
+    """`runs`, those completed but stale set to run again (forced: same run id, the record replaced)."""
+    for run in runs:
+        if run.state == "done" and run.run_id in stale:
+            run.state, run.request = "stale", replace(run.request, force=True)
+    return runs
 
 
 def recipe_score(runs: list[PlannedRun]) -> float | None:

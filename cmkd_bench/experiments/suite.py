@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-from ..errors import UserError
 from .executors import check_can_submit, start_runs, submission_plan_text
 from .plan import Suite, counted, counts_line, expand, mark_stale, plan_text
 from .scheduler import CommandBuilder, Outcome, PlannedRun, print_now
@@ -26,11 +25,8 @@ def run_suite(suite: Suite, jobs: int, devices: Sequence[str], dry_run: bool, co
     if submits and not dry_run:
         check_can_submit(suite.cluster)  # no SLURM here: one line, before anything is planned or written
     if suite.tune is not None and suite.tune.protocol >= 2:
-        if rerun_stale:
-            raise UserError("--rerun-stale applies to protocol 1 suites; a protocol 2 suite's records are replaced by "
-                            "running the protocol again from a clean checkout into an empty out folder")
         # the protocol decides every run (the recipe study, no-kd, the studies): no separate runs at the defaults
-        code = run_protocol(suite, suite.tune, jobs, devices, command, echo, dry_run=dry_run)
+        code = run_protocol(suite, suite.tune, jobs, devices, command, echo, dry_run=dry_run, rerun_stale=rerun_stale)
         if not dry_run:
             echo(f"tables: cmkd-bench leaderboard {suite.out}")
         return code

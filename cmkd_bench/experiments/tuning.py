@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -160,7 +160,7 @@ def _with_direction(suite: Suite, study: Study, seed: int) -> PlannedRun:
 
 
 def run_studies(suite: Suite, studies: list[Study], jobs: int, devices: Sequence[str], command: CommandBuilder,
-                echo: Callable[[str], None]) -> int:
+                echo: Callable[[str], None], stale: set[str] = frozenset()) -> int:
     """Candidates, selection on val, the selected configuration on every seed; returns the exit code."""
     failed = False
     candidates = _unique(run for study in studies for run in study.candidate_runs)
@@ -178,6 +178,9 @@ def run_studies(suite: Suite, studies: list[Study], jobs: int, devices: Sequence
             failed = True
             continue
         study.final_runs = [_with_direction(suite, study, seed) for seed in study.seeds]
+        for run in study.final_runs:  # protocol 2's --rerun-stale (protocol.rerun)
+            if run.state == "done" and run.run_id in stale:
+                run.state, run.request = "stale", replace(run.request, force=True)
     finals = _unique(run for study in studies for run in study.final_runs)
     echo(f"tune: {counted(len(finals), 'run')} of the selected configurations on seeds {', '.join(map(str, suite.seeds))} "
          f"({sum(run.state == 'done' for run in finals)} already completed)")

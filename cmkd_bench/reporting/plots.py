@@ -6,8 +6,13 @@
                                                  settings (the paper's Figure 5: w_low x w_high)
     cmkd-bench plot sweep RUNS... --x K          per dataset, one panel per direction: each method's
                                                  gain over no-kd (paired by seed) against setting K
+    cmkd-bench plot cd RUNS...                   the critical-difference diagram (Demšar 2006): average
+                                                 ranks over the common columns, the Nemenyi CD, bars
+                                                 joining methods not significantly different
 
-Bars come from the leaderboard's tables, so they hold exactly the numbers the tables hold. Every
+Bars come from the leaderboard's tables, so they hold exactly the numbers the tables hold, of one protocol
+(the newest the records hold, as the tables); the CD diagram ranks the headline's rows (protocol v2) or the
+tuned overview's (protocol v1). Every
 figure takes its colours from PALETTE; `highlight` (--highlight) gives the named methods accent
 colours and mutes the rest. The same records give the same bytes in every format.
 """
@@ -29,7 +34,11 @@ from ..artefacts.files import file_stem, temporary
 from ..artefacts.records import (direction_label, has_setting, hparams_changed, is_number, metric,
                                  record_metric_name, record_setting, settings_of)
 from ..errors import UserError
-from .leaderboard import BETTER_MARK, NO_KD, SIGNIFICANCE_NOTE, WORSE_MARK, significance_mark, summarize
+from .leaderboard import (BETTER_MARK, NO_KD, SIGNIFICANCE_NOTE, WORSE_MARK, build_headline, significance_mark,
+                          split_protocols, summarize)
+from .leaderboard.grid import column_labels, rank_summary, wide_tables
+from .leaderboard.protocol import protocol_title
+from .statistics import RankResult
 
 if TYPE_CHECKING:  # matplotlib itself is imported by `pyplot()`, after choosing the Agg backend
     from matplotlib.axes import Axes
@@ -174,10 +183,12 @@ class BarPanel:
 def bar_panels(records: Sequence[dict[str, Any]]) -> list[BarPanel]:
     """One panel per leaderboard table: its method rows as bars, no-KD and teacher as lines."""
     panels = []
-    for table in summarize(records):
-        methods = [row for row in table.rows if row.kind == "method" and row.mean is not None]
+    for table in summarize(split_protocols(records).records):
+        # a configuration two rows share (protocol v2: `same_as`) is one bar
+        methods = [row for row in table.rows if row.kind == "method" and row.mean is not None and row.same_as is None]
         teacher = next((row.mean for row in table.rows if row.kind == "teacher"), None)
-        no_kd = next((row.mean for row in methods if row.method == NO_KD and not row.hparams), None)
+        no_kd = next((row.mean for row in sorted(methods, key=lambda row: row.selection != "tuned")
+                      if row.method == NO_KD and not row.hparams), None)
         bars = [Bar(row.label, row.mean, row.std or 0.0, row.n, significance_mark(row), row.method == NO_KD, row.method)
                 for row in methods]
         panels.append(BarPanel(table.dataset, table.title.split(" · ", 1)[1], table.metric, bars, no_kd, teacher))
@@ -536,3 +547,134 @@ def _sweep_figure(panels: list[SweepPanel], directory: Path, colours: dict[str, 
                     fontsize=9)
     return save_figure(figure, directory, f"sweep-{file_stem(panels[0].dataset)}-{file_stem(panels[0].x_key)}",
                        formats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Critical-difference diagram (Demšar 2006)
+
+CD_ALPHA = 0.05
+
+
+def nemenyi_q(k: int, alpha: float = CD_ALPHA) -> float:
+    """q_alpha of the Nemenyi test for k methods: the studentized range's 1 - alpha quantile at infinite
+    degrees of freedom over sqrt(2) (Demšar 2006, Table 5(a): 1.960, 2.343, 2.569, ... for k = 2, 3, 4)."""
+    from scipy.stats import studentized_range
+
+    return float(studentized_range.ppf(1 - alpha, k, np.inf)) / float(np.sqrt(2))
+
+
+def critical_difference(k: int, n: int, alpha: float = CD_ALPHA) -> float:
+    """CD = q_alpha sqrt(k (k + 1) / (6 N)): two average ranks over N columns differ significantly where
+    they differ by at least this."""
+    return nemenyi_q(k, alpha) * float(np.sqrt(k * (k + 1) / (6 * n)))
+
+
+def cd_cliques(ranks: dict[str, float], cd: float) -> list[tuple[str, ...]]:
+    """The groups of methods whose average ranks lie closer than `cd` (not significantly different), each
+    as long as it can be and none inside another, in rank order: the diagram's bars."""
+    names = sorted(ranks, key=lambda name: (ranks[name], name))
+    cliques: list[tuple[str, ...]] = []
+    last_end = -1
+    for start in range(len(names)):
+        end = start
+        while end + 1 < len(names) and ranks[names[end + 1]] - ranks[names[start]] < cd:
+            end += 1
+        if end > start and end > last_end:
+            cliques.append(tuple(names[start:end + 1]))
+            last_end = end
+    return cliques
+
+
+@dataclass
+class CdData:
+    protocol: int
+    ranking: RankResult  # ranks over the common columns, and Friedman's test
+    columns: list[str]  # the common columns' labels
+    cd: float
+    caption: str
+
+
+def cd_data(records: Sequence[dict[str, Any]], alpha: float = CD_ALPHA) -> CdData:
+    """The ranks to draw: the headline's rows (protocol v2: each method's tuned configuration and the tuned
+    no-kd), else the tuned overview's rows (each tuned method's selection, the others' defaults)."""
+    split = split_protocols(records)
+    headline = build_headline(split.records) if split.version >= 2 else None
+    if headline is not None:
+        scores = {row.label: {index: cell.row.mean for index, cell in enumerate(row.cells)
+                              if cell is not None and cell.row.mean is not None} for row in headline.rows}
+        ranking = _ranks(scores)
+        labels = headline.columns
+    else:
+        tables = wide_tables(summarize(split.records, "tuned"))
+        ranking, labels = rank_summary(tables), column_labels(tables)
+    if len(ranking.ranks) < 2 or len(ranking.columns) < 2:
+        raise UserError("a critical-difference diagram needs 2 or more methods that share 2 or more columns "
+                        "(datasets and directions); these records have fewer (check the filters)")
+    k, n = len(ranking.ranks), len(ranking.columns)
+    cd = critical_difference(k, n, alpha)
+    common = [labels[index] for index in ranking.columns]
+    friedman = ("Friedman's test needs 3 or more methods: none." if ranking.friedman_p is None else
+                f"Friedman's test over them: chi-square = {ranking.friedman_statistic:.2f}, "
+                f"p = {ranking.friedman_p:.3g}.")
+    caption = (f"Average ranks (1 = best) of {k} methods over the {n} columns all of them have ({', '.join(common)}); "
+               f"CD = {cd:.2f} (Nemenyi, alpha = {alpha}, q = {nemenyi_q(k, alpha):.3f}); a bar joins methods whose "
+               f"ranks differ by less than CD (not significantly different). {friedman} "
+               f"Records of {protocol_title(split.version)}.")
+    return CdData(split.version, ranking, common, cd, caption)
+
+
+def _ranks(scores: dict[str, dict[int, float]]) -> RankResult:
+    from .statistics import ranks_over_common_columns
+
+    return ranks_over_common_columns({label: columns for label, columns in scores.items() if columns})
+
+
+def plot_cd(records: Sequence[dict[str, Any]], directory: Path, *, formats: Sequence[str] = DEFAULT_FORMATS,
+            alpha: float = CD_ALPHA) -> list[Path]:
+    formats = check_formats(formats)
+    data = cd_data(records, alpha)
+    return save_figure(cd_figure(data), directory, "cd", formats)
+
+
+def cd_figure(data: CdData) -> Figure:
+    """Demšar's diagram: the rank axis (1 at the left), the CD above it, each method's name at its rank (the
+    better half to the left, the others to the right) and thick bars joining the cliques under the axis."""
+    plt = pyplot()
+    ranks = data.ranking.ranks
+    names = sorted(ranks, key=lambda name: (ranks[name], name))
+    k = len(names)
+    cliques = cd_cliques(ranks, data.cd)
+    half = (k + 1) // 2
+    step, bar_step = 0.32, 0.14
+    top_of_labels = -0.25 - bar_step * len(cliques)
+    height = 1.6 + 0.28 * (max(half, k - half) + len(cliques))
+    figure, axis = plt.subplots(figsize=(7.0, height), layout="constrained")
+    low, high = 1, max(k, int(np.ceil(max(ranks.values()))))
+    axis.plot([low, high], [0, 0], color=PALETTE.reference, linewidth=1.0)
+    for tick in range(low, high + 1):
+        axis.plot([tick, tick], [0, 0.08], color=PALETTE.reference, linewidth=1.0)
+        axis.text(tick, 0.13, str(tick), ha="center", va="bottom", fontsize=8)
+    axis.plot([low, low + data.cd], [0.55, 0.55], color=PALETTE.reference, linewidth=1.6)
+    for end in (low, low + data.cd):
+        axis.plot([end, end], [0.5, 0.6], color=PALETTE.reference, linewidth=1.0)
+    axis.text(low + data.cd / 2, 0.63, f"CD = {data.cd:.2f}", ha="center", va="bottom", fontsize=8)
+    for index, name in enumerate(names):
+        left = index < half
+        row = index if left else k - 1 - index
+        y = top_of_labels - step * row
+        x_text = low - 0.35 if left else high + 0.35
+        colour = PALETTE.no_kd if name.startswith(NO_KD) else PALETTE.bar
+        axis.plot([ranks[name], ranks[name], x_text], [0, y, y], color=colour, linewidth=0.8)
+        axis.text(x_text + (-0.05 if left else 0.05), y, f"{name} ({ranks[name]:.2f})", ha="right" if left else "left",
+                  va="center", fontsize=8)
+    for index, clique in enumerate(cliques):
+        y = -0.15 - bar_step * index
+        axis.plot([ranks[clique[0]] - 0.04, ranks[clique[-1]] + 0.04], [y, y], color=PALETTE.reference,
+                  linewidth=3.0, solid_capstyle="round")
+    axis.set_xlim(low - 0.4, high + 0.4)
+    axis.set_ylim(top_of_labels - step * max(half, k - half), 0.9)
+    axis.axis("off")
+    figure.suptitle(f"Critical-difference diagram: average ranks, 1 = best · {protocol_title(data.protocol)}",
+                    fontsize=10)
+    figure.supxlabel(wrapped_notes([data.caption], figure), x=0.0, ha="left", fontsize=7)
+    return figure

@@ -16,7 +16,8 @@ from typing import Any, Iterable, Sequence
 from ...artefacts import records as rec
 from .published import TEACHER_METHOD, PublishedIndex, PublishedValue
 from .. import statistics as stats
-from .summary import NO_KD, RowData, TableData, _no_kd_baseline, hparams_text
+from .protocol import is_candidate, protocol_of, protocol_role, protocol_title, protocol_version
+from .summary import NO_KD, RowData, TableData, _no_kd_baseline, hparams_text, value_text
 
 HEADERS = ("Method", "test", "test@last", "seeds (n)", "Δ vs no-KD")
 LATEX_HEADERS = ("Method", "test", "test@last", "seeds ($n$)", r"$\Delta$ vs no-KD")  # the plain long grid's
@@ -36,6 +37,13 @@ PUBLISHED_NOTE = ("published: a number reported in the paper cited, not measured
 TUNED_NOTE = ("(tuned): the configuration with the best validation score among at most {budget} configurations "
               "of the method's declared search space (the same budget for every method), run on seed {seed} and "
               "then on every seed; test scores are never read for the selection.")
+TUNED_NOTE_V2 = ("(tuned): the configuration with the best validation score among the {budget} configurations its "
+                 "study evaluated (the same budget for every method; a diverged one counts), chosen on selection "
+                 "seed {seed}, which is never reported, then run on the reported seeds; no-kd (tuned recipe): the "
+                 "recipe (learning rate, weight decay) tuned the same way on no-kd, which every row uses. Test scores "
+                 "are never read for the selection.")
+# the long layout's extra columns under protocol v2 (no "[": see AGGREGATE_HEADERS)
+DETAIL_HEADERS = ("paired Δ (95% CI)", "p (Holm)")
 STALE_MARK = "§"
 STALE_PAPER_NOTE = (f"{STALE_MARK}: some of the row's records were made under another environment (library versions, "
                     "CPU threads) or code revision than most records of their table; they may differ by seed noise.")
@@ -74,6 +82,7 @@ class Grid:
     notes: list[str] = field(default_factory=list)
     latex_headers: list[str] | None = None  # the header row as LaTeX, where escaping `headers` is not it
     paper_notes: list[str] | None = None  # the notes as a paper prints them (no run ids, no commands); None: notes
+    lead: list[str] = field(default_factory=list)  # sentences above the table (the headline's takeaway)
 
 
 class Sources:
@@ -143,7 +152,7 @@ def grid_notes(rows: Iterable[RowData], sources: Sources, published: PublishedIn
     rows = list(rows)
     notes = significance_notes(rows)
     notes += tuned_notes(tables, paper=paper)
-    notes += stale_notes(rows, paper=paper)
+    notes += stale_notes(rows, paper=paper, compact=any(table.protocol >= 2 for table in tables))
     if published is not None:
         notes += [PUBLISHED_NOTE, *sources.notes()]
     return notes
@@ -154,13 +163,29 @@ def stale_label(row: RowData) -> str:
     return f"{row.label} {STALE_MARK}" if row.stale else row.label
 
 
-def stale_notes(rows: Iterable[RowData], *, paper: bool = False) -> list[str]:
+def stale_notes(rows: Iterable[RowData], *, paper: bool = False, compact: bool = False) -> list[str]:
     """STALE_NOTE and, per stale record, what differs from the majority of its table; `paper`: the
-    mark's meaning only (STALE_PAPER_NOTE): run ids and commands are for whoever reruns, not for readers."""
+    mark's meaning only (STALE_PAPER_NOTE): run ids and commands are for whoever reruns, not for readers;
+    `compact` (protocol v2): how many records differ in what, in one line, run ids left to the CSV."""
+    rows = list(rows)
     lines = [f"{run_id}: {'; '.join(differs)}." for row in rows for run_id, differs in sorted(row.stale.items())]
     if not lines:
         return []
-    return [STALE_PAPER_NOTE] if paper else [STALE_NOTE, *sorted(set(lines))]
+    if paper:
+        return [STALE_PAPER_NOTE]
+    if compact:
+        return [STALE_NOTE.removesuffix(":") + " " + stale_counts(rows) + " Their run ids: the CSV's `run_ids`."]
+    return [STALE_NOTE, *sorted(set(lines))]
+
+
+def stale_counts(rows: Iterable[RowData]) -> str:
+    """"12 records: revision 58b6743b57-dirty, most 62aad6d9fd-dirty." - the stale records counted by what differs."""
+    counts: dict[str, set[str]] = {}
+    for row in rows:
+        for run_id, differs in row.stale.items():
+            counts.setdefault("; ".join(differs), set()).add(run_id)
+    return " ".join(f"{len(ids)} record{'s' if len(ids) != 1 else ''}: {what}."
+                    for what, ids in sorted(counts.items(), key=lambda item: (-len(item[1]), item[0])))
 
 
 def tuned_notes(tables: Sequence[TableData], *, paper: bool = False) -> list[str]:
@@ -173,8 +198,9 @@ def tuned_notes(tables: Sequence[TableData], *, paper: bool = False) -> list[str
     budgets = ", ".join(str(budget) for budget in sorted({budget for budget, _ in protocol}))
     seeds = ", ".join(str(seed) for seed in sorted({seed for _, seed in protocol}))
     sentences = [f"{method} (tuned) selected {_selection_text(parts, paper)}."
-                 for method, parts in sorted(selected.items())]
-    return [TUNED_NOTE.format(budget=budgets, seed=seeds), *([" ".join(sentences)] if paper else sentences)]
+                 for method, parts in sorted(selected.items()) if method != NO_KD]
+    note = TUNED_NOTE_V2 if any(table.protocol >= 2 for table in tables) else TUNED_NOTE
+    return [note.format(budget=budgets, seed=seeds), *([" ".join(sentences)] if paper else sentences)]
 
 
 def _selections(tables: Sequence[TableData]) -> tuple[dict[str, list[tuple[str, str]]], set[tuple[int, int]]]:
@@ -188,7 +214,10 @@ def _selections(tables: Sequence[TableData]) -> tuple[dict[str, list[tuple[str, 
                 continue
             direction = rec.direction_label(table.teacher_modality, table.student_modality, "compact")
             where = f"{table.dataset} {direction}: " if len(tables) > 1 else ""
-            selected.setdefault(row.method, []).append((where, hparams_text(row.hparams) or "the defaults"))
+            settings = row.hparams
+            if table.protocol >= 2 and isinstance(row.tuning.get("selected"), dict):  # the study's own account
+                settings = row.tuning["selected"]
+            selected.setdefault(row.method, []).append((where, hparams_text(settings) or "the defaults"))
             protocol.add((int(row.tuning.get("budget", 0)), int(row.tuning.get("selection_seed", 0))))
     return selected, protocol
 
@@ -207,9 +236,12 @@ def long_grid(table: TableData, published: PublishedIndex | None = None, *, plai
     """A grid per table. `plain`: the long layout as it prints without published numbers or tuned
     rows (md, latex, rich): no significance marks, no notes but the stale one (STALE_NOTE), and LaTeX
     headers in math mode."""
-    headers = list(HEADERS) + (["published", "gap vs published"] if published is not None else [])
+    detail = table.protocol >= 2
+    headers = (list(HEADERS) + (list(DETAIL_HEADERS) if detail else [])
+               + (["published", "gap vs published"] if published is not None else []))
     sources = Sources()
-    rows = [_long_cells(table, row, published, sources, marked=not plain) for row in table.rows]
+    shown = [row for row in table.rows if row.same_as is None]  # a repeated configuration shows once
+    rows = [_long_cells(table, row, published, sources, marked=not plain, detail=detail) for row in shown]
     def notes(paper: bool) -> list[str]:
         # stale records are marked and listed even in plain grids: such numbers do not compare as they are
         if plain:
@@ -222,16 +254,44 @@ def long_grid(table: TableData, published: PublishedIndex | None = None, *, plai
 
 
 def _long_cells(table: TableData, row: RowData, published: PublishedIndex | None, sources: Sources,
-                marked: bool = True) -> list[Cell]:
-    cells = [Cell(stale_label(row), row.label), value_cell(row.mean, row.std, significance_mark(row) if marked else ""),
+                marked: bool = True, detail: bool = False) -> list[Cell]:
+    label = shared_label([row.label] + [other.label for other in table.rows if other.same_as == row.label])
+    cells = [Cell(f"{label} {STALE_MARK}" if row.stale else label, row.label),
+             value_cell(row.mean, row.std, significance_mark(row) if marked else ""),
              value_cell(row.mean_last, row.std_last), Cell(str(row.n), row.n),
              Cell("" if row.delta is None else f"{row.delta:+.2f}", row.delta)]
+    if detail:
+        cells += [Cell(paired_text(row), row.paired.mean if row.paired else None),
+                  Cell("" if row.p_holm is None else f"{row.p_holm:.3g}", row.p_holm)]
     if published is not None:
         cells += published_cells(published.lookup(table, row), row.mean, sources)
     for cell in cells:
         cell.bold = row.is_best
     cells[1].ranked = cells[4].ranked = True  # test and its gap to no-kd: what the best row wins by
     return cells
+
+
+def shared_label(labels: Sequence[str]) -> str:
+    """One label for rows that are the same configuration: "at (tuned)", "at-all-stages (tuned)" ->
+    "at / at-all-stages (tuned)"."""
+    labels = list(dict.fromkeys(labels))
+    if len(labels) == 1:
+        return labels[0]
+    suffixes = {label[label.find(" ("):] if " (" in label else "" for label in labels}
+    if len(suffixes) == 1:
+        suffix = suffixes.pop()
+        return " / ".join(label.removesuffix(suffix) for label in labels) + suffix
+    return " / ".join(labels)
+
+
+def paired_text(row: RowData) -> str:
+    """"+1.20 [+0.40, +2.00]": the mean paired difference to no-kd and its 95% CI ("+1.20" without a CI)."""
+    paired = row.paired
+    if paired is None or paired.mean is None:
+        return ""
+    if paired.ci_low is None or paired.ci_high is None:
+        return f"{paired.mean:+.2f}"
+    return f"{paired.mean:+.2f} [{paired.ci_low:+.2f}, {paired.ci_high:+.2f}]"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,6 +381,8 @@ def _wide_method_cells(label: str, tables: list[TableData], with_published: list
         row = method_rows(table).get(label)
         if row is None:
             cells.append(Cell(MISSING))
+        elif row.same_as is not None:  # the same configuration as another row: shown there, once
+            cells.append(Cell(f"= {row.same_as}", row.mean))
         else:
             cells.append(value_cell(row.mean, row.std, significance_mark(row)))
             cells[-1].bold, cells[-1].ranked = row.is_best, True
@@ -434,8 +496,25 @@ NO_ROW = RowData(label="", kind="", method="", hparams={}, values=[], last_value
 
 
 def failed_grid(failed: list[dict[str, Any]]) -> Grid:
+    """The failed runs; where any is a protocol v2 record, a column says what each run was: a tuning or
+    recipe candidate with its configuration, or a reported run (of the selected configuration, or of the
+    defaults) - a candidate that diverged is the study's spent budget, not the method's failure."""
+    if any(protocol_version(record) >= 2 for record in failed):
+        rows = [[Cell(text, text) for text in failed_cells_v2(record)] for record in failed]
+        headers = list(FAILED_HEADERS[:2]) + ["what"] + list(FAILED_HEADERS[2:])
+        return Grid(title=f"failed runs · {protocol_title(2)}", headers=headers, rows=rows,
+                    align=["l"] * 5 + ["r", "l"])
     rows = [[Cell(text, text) for text in failed_cells(record)] for record in failed]
     return Grid(title="failed runs", headers=list(FAILED_HEADERS), rows=rows, align=["l"] * 4 + ["r", "l"])
+
+
+def failed_cells_v2(record: dict[str, Any]) -> list[str]:
+    cells = failed_cells(record)
+    what = candidate_label(record)
+    if what is None:
+        settings = hparams_text(rec.hparams_changed(record))
+        what = f"reported run, {settings}" if settings else "reported run, the defaults"
+    return cells[:2] + [what] + cells[2:]
 
 
 def failed_cells(record: dict[str, Any]) -> list[str]:
@@ -472,3 +551,18 @@ def published_grid(published: Sequence[PublishedValue], metric: str) -> Grid | N
     return Grid(title=f"published {metric} (%), as reported; not measured by this suite", headers=headers,
                 rows=rows, align=["l"] + ["r"] * len(columns),
                 notes=[PUBLISHED_NOTE.replace("; gap = our mean - published", ""), *sources.notes()])
+
+
+def candidate_label(record: dict[str, Any]) -> str | None:
+    """How a failed protocol v2 candidate is named in the failed runs: as a candidate with its configuration
+    ("tuning candidate weight=1000", "recipe candidate lr=0.1, weight_decay=0.0005"); None for other records."""
+    if not is_candidate(record):
+        return None
+    if protocol_role(record) == "recipe-candidate":
+        recipe = (record.get("config") or {}).get("recipe") or {}
+        chosen = {key: recipe[key] for key in ("lr", "weight_decay") if key in recipe}
+        if not chosen:  # the protocol's own account of the recipe tried
+            chosen = {k: v for k, v in (protocol_of(record).get("recipe") or {}).items() if k != "study"}
+        settings = ", ".join(f"{key}={value_text(value)}" for key, value in sorted(chosen.items()))
+        return f"recipe candidate {settings or 'the default recipe'}"
+    return f"tuning candidate {hparams_text(record.get('hparams_changed') or {}) or 'the defaults'}"

@@ -1,4 +1,10 @@
-"""The leaderboard as text (`render`) or on the terminal and in files (`print_leaderboard`)."""
+"""The leaderboard as text (`render`) or on the terminal and in files (`print_leaderboard`).
+
+Tables never mix protocols: of records made under protocol v2 and older ones, only the v2 records are
+tabulated, and a line says how many were left out (`protocol.split_protocols`); every results table's title
+names its protocol. Under protocol v2 the headline (`headline`) comes first, in every format but CSV
+(whose rows carry the same statistics), then the tables of the layout and the failed runs.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from ...artefacts import records as rec
 from ...artefacts.files import temporary
 from ...errors import UserError
 from .grid import Grid, failed_grid, grids, published_grid
+from .headline import build_headline, headline_grid
+from .protocol import protocol_title, split_protocols
 from .published import PUBLISHED_METRICS, PublishedValue, published_index
 from .render_csv import long_csv, wide_csv
 from .render_html import html_document, html_grid
@@ -40,7 +48,7 @@ def render(records: Sequence[dict[str, Any]], fmt: str, *, paths: Sequence[str |
     _check_layout(layout)
     _check_latex_only(fmt, caption, label)
     if fmt == "csv":
-        tables, index = summarize(records, view), published_index(published)
+        tables, index = summarize(split_protocols(records).records, view), published_index(published)
         return wide_csv(tables, index) if layout == "wide" else long_csv(tables, index)
     laid_out, failed_block, empty = _grids(records, fmt, layout, published, view, paths, notes)
     if fmt == "rich":
@@ -71,7 +79,7 @@ def print_leaderboard(records: Sequence[dict[str, Any]], fmt: str, output_path: 
         console.file.write(render(records, fmt, **options))
     if fmt == "csv":
         _print_csv_notes(records, paths)
-    elif fmt == "latex" and (failed := failed_runs(records)):
+    elif fmt == "latex" and (failed := failed_runs(split_protocols(records).records)):
         print(f"{len(failed)} failed run(s) are not typeset; the LaTeX lists them in comments at its end",
               file=sys.stderr)
 
@@ -79,10 +87,20 @@ def print_leaderboard(records: Sequence[dict[str, Any]], fmt: str, output_path: 
 def _grids(records: Sequence[dict[str, Any]], fmt: str, layout: str, published: Sequence[PublishedValue] | None,
            view: str, paths: Sequence[str | Path] | None = None,
            notes: bool = True) -> tuple[list[Grid], Grid | None, str]:
-    """The grids to show, the failed runs' grid (None without any) and the message for no tables."""
-    failed = failed_runs(records)
-    plain = _plain(fmt, layout, published, records)
-    laid_out = grids(summarize(records, view), layout, published_index(published), plain=plain)
+    """The grids to show (under protocol v2 the headline first), the failed runs' grid (None without any)
+    and the message for no tables."""
+    split = split_protocols(records)
+    failed = failed_runs(split.records)
+    plain = _plain(fmt, layout, published, split.records)
+    laid_out = grids(summarize(split.records, view), layout, published_index(published), plain=plain)
+    for grid in laid_out:
+        grid.title = f"{grid.title} · {protocol_title(split.version)}"
+    headline = build_headline(split.records) if split.version >= 2 else None
+    if headline is not None:
+        laid_out.insert(0, headline_grid(headline))
+    if (note := split.note()) and laid_out:  # under the first table: the headline, where there is one
+        first = laid_out[0]
+        first.notes, first.paper_notes = [*first.notes, note], [*(first.paper_notes or first.notes), note]
     if not notes:
         for grid in laid_out:
             grid.notes, grid.paper_notes = [], None
@@ -128,6 +146,10 @@ def _write(path: Path, text: str) -> None:
 
 def _print_csv_notes(records: Sequence[dict[str, Any]], paths: Sequence[str | Path] | None) -> None:
     # The CSV is one flat table for machines; what it cannot hold is said on stderr instead.
+    split = split_protocols(records)
+    if note := split.note():
+        print(note, file=sys.stderr)
+    records = split.records
     if not any(record.get("status") == "completed" for record in records):
         print(no_completed_message(paths), file=sys.stderr)
     failed = failed_runs(records)

@@ -26,6 +26,10 @@ CSV_COLUMNS = (
     # t-test's p and that p Holm-adjusted within the table (what the marks read); empty below 2 pairs
     "delta", "delta_ci_low", "delta_ci_high", "p_paired", "p_holm",
     "selection",  # default, or tuned (the configuration the tuning protocol selected on val)
+    "protocol",  # the tuning protocol of the table's records: 1, or 2 (protocol.protocol_version)
+    # where each number came from: the rows' run ids (the teacher row: its teachers' keys), ";"-separated; the
+    # markdown leaves them out. A row that repeats another row's configuration names it in same_as
+    "run_ids", "same_as",
 )
 PUBLISHED_CSV_COLUMNS = ("published", "published_source", "gap_vs_published")
 AGGREGATE_FIELDS = ("iqm_delta", "iqm_delta_ci_low", "iqm_delta_ci_high", "p_improvement")  # grid.AGGREGATE_NOTE
@@ -65,6 +69,7 @@ def _csv_row(table: TableData, row: RowData) -> dict[str, str]:
         "kind": row.kind, "data_options": canonical(table.data_options),
         "recipe": canonical(table.recipe), **_paired_cells(row),
         "selection": "" if row.kind == "teacher" else row.selection,
+        "protocol": str(table.protocol), "run_ids": ";".join(row.sources), "same_as": row.same_as or "",
     }
 
 
@@ -85,7 +90,8 @@ def wide_csv(tables: list[TableData], published: PublishedIndex | None) -> str:
     labels = [label.replace(rec.ARROW, rec.ASCII_ARROW) for label in column_labels(tables)]
     ranks = average_ranks(tables, rank_summary(tables))
     # avg_rank is over the common columns (ranked_columns of them); columns: how many the method has
-    fields = ["method", "hparams", "kind", "selection", "avg_rank", "ranked_columns", "columns", *AGGREGATE_FIELDS]
+    fields = ["method", "hparams", "kind", "selection", "protocol", "avg_rank", "ranked_columns", "columns",
+              *AGGREGATE_FIELDS]
     for label in labels:
         fields += [f"{label} {part}" for part in ("mean", "std", "n", "delta", "p_holm")]
         if published is not None:
@@ -108,6 +114,7 @@ def _wide_csv_line(method: str, hparams: dict[str, Any], kind: str, rank: tuple[
                    tables: list[TableData], labels: list[str], rows: list[RowData | None],
                    published: PublishedIndex | None) -> dict[str, str]:
     line = {"method": method, "hparams": "" if kind == "teacher" else canonical(hparams), "kind": kind, "selection": "",
+            "protocol": str(max((table.protocol for table in tables), default=1)),
             "avg_rank": _number(rank[0] if rank else None), "ranked_columns": str(rank[1]) if rank else "",
             "columns": "", **dict.fromkeys(AGGREGATE_FIELDS, "")}
     for table, label, row in zip(tables, labels, rows):

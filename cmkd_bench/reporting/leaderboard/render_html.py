@@ -13,7 +13,8 @@ def html_grid(grid: Grid) -> str:
     pinned = "".join(_html_row(row, grid.align) for row in grid.rows[:grid.pinned])
     body = "".join(_html_row(row, grid.align) for row in grid.rows[grid.pinned:])
     notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in grid.notes)
-    return (f"<h2>{html.escape(grid.title)}</h2>\n<table class=\"sortable\"><thead><tr>{head}</tr></thead>"
+    lead = f"<p>{html.escape(' '.join(grid.lead))}</p>\n" if grid.lead else ""
+    return (f"<h2>{html.escape(grid.title)}</h2>\n{lead}<table class=\"sortable\"><thead><tr>{head}</tr></thead>"
             f"<tbody class=\"pinned\">{pinned}</tbody><tbody class=\"rows\">{body}</tbody></table>\n{notes}")
 
 

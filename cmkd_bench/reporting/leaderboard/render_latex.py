@@ -80,7 +80,7 @@ def latex_grid(grid: Grid, options: LatexOptions = LatexOptions(), *, caption: s
              rf"\caption{{{caption if caption is not None else latex_escape(grid.title)}}}"]
     if label:
         lines.append(rf"\label{{{label}}}")
-    notes = grid.notes if grid.paper_notes is None else grid.paper_notes
+    notes = grid.lead + (grid.notes if grid.paper_notes is None else grid.paper_notes)
     body = latex_tabular(grid)
     if notes:
         body = [r"\begin{threeparttable}", *body, r"\begin{tablenotes}[flushleft]", r"\raggedright",

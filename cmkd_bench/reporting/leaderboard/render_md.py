@@ -9,7 +9,7 @@ from .grid import Grid
 
 def md_grid(grid: Grid) -> str:
     rule = "|" + "|".join("---:" if align == "r" else "---" for align in grid.align) + "|"
-    lines = [f"### {grid.title}", "", md_line(grid.headers), rule]
+    lines = [f"### {grid.title}", ""] + ([" ".join(grid.lead), ""] if grid.lead else []) + [md_line(grid.headers), rule]
     lines += [md_line(f"**{cell.text}**" if cell.bold and cell.text else cell.text for cell in row)
               for row in grid.rows]
     if grid.notes:

@@ -28,7 +28,8 @@ def rich_renderables(grids: list[Grid], failed: Grid | None, empty: str) -> list
     renderables: list[RenderableType] = []
     for grid in grids:
         # The title goes above the table rather than in it, where rich would wrap it to the table's width.
-        renderables += [Text(grid.title, style="italic"), rich_grid(grid)]
+        renderables += [Text(grid.title, style="italic"), *([Text(" ".join(grid.lead))] if grid.lead else []),
+                        rich_grid(grid)]
         renderables += [Text(note, style="dim") for note in grid.notes]
     if not grids:
         renderables.append(Text(empty))

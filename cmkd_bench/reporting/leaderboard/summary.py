@@ -3,7 +3,11 @@
 A table holds only records that share dataset, task, direction, backbones, data options and
 recipe, so that no number is ever averaged with one trained under a different protocol. The
 teacher and the no-KD student are always rows (DESIGN.md, Protocol); failed runs are not in any
-table (`failed_runs` lists them).
+table (`failed_runs` lists them), nor are protocol v2's selection candidates (`protocol.is_candidate`).
+Callers keep protocols apart (`protocol.split_protocols`); a table of protocol v2 records also shows a
+configuration that two rows share (the same runs, or the same settings with the same scores) once: the
+second row says which it is the same as (`same_as`), and each selection (tuned, default) is its own
+family for Holm's correction.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Iterable, Sequence
 from ...artefacts import records as rec
 from ...errors import UserError
 from ..statistics import PairedResult, holm, pair_by_seed, paired_difference
+from .protocol import is_candidate, protocol_version
 
 VIEWS = ("all", "default", "tuned")  # which rows: every row, the defaults only, or tuned ones in their place
 TUNED = "\0tuned"  # the row key of a method's tuned configuration
@@ -49,6 +54,10 @@ class RowData:
     # run id -> what differs, for the row's records made under another environment or code revision
     # than most records of the table (records.environment_outliers); `suite --rerun-stale` reruns them
     stale: dict[str, list[str]] = field(default_factory=dict)
+    # protocol v2: the label of the row (same selection, same table) whose runs or configuration and scores
+    # this row repeats; such a row is not tested again (its statistics are that row's) and shows once
+    same_as: str | None = None
+    configuration: str = ""  # per seed, the full hyper-parameters: what tells two presets' shared settings
 
 
 @dataclass
@@ -64,6 +73,7 @@ class TableData:
     data_options: dict[str, Any]
     recipe: dict[str, Any]
     rows: list[RowData] = field(default_factory=list)
+    protocol: int = 1  # the tuning protocol of its records (protocol.protocol_version)
 
     @property
     def direction(self) -> str:
@@ -84,7 +94,7 @@ def summarize(records: Iterable[dict[str, Any]], view: str = "all") -> list[Tabl
     check_view(view)
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in records:
-        if record.get("status") == "completed":
+        if record.get("status") == "completed" and not is_candidate(record):  # a candidate: never a row
             groups.setdefault(_table_key(record), []).append(record)
     keys = sorted(groups)
     extras = _distinguishing_settings([groups[key][0] for key in keys])
@@ -144,9 +154,12 @@ def failed_runs(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _row_entries(records: list[dict[str, Any]], view: str) -> list[tuple[tuple[str, str], dict[str, Any]]]:
     """(row key, record) pairs. A record is a row of its own settings unless it was only a tuning
-    candidate with other settings than the defaults; a selected one is also its method's tuned row."""
+    candidate with other settings than the defaults; a selected one is also its method's tuned row (the
+    tuned row of each study that selected it: a run two presets' studies share is in both presets' rows)."""
     entries = []
     for record in records:
+        if is_candidate(record):  # a protocol v2 selection run: never a row
+            continue
         tuning = rec.tuning_entries(record)
         selected = [entry for entry in tuning if entry.get("role") == "selected"]
         if view != "tuned" or not selected:
@@ -154,7 +167,8 @@ def _row_entries(records: list[dict[str, Any]], view: str) -> list[tuple[tuple[s
                 if view != "default" or not rec.hparams_changed(record):
                     entries.append((_row_key(record), record))
         if selected and view != "default":
-            entries.append(((str(record["method"]), TUNED), record))
+            for method in dict.fromkeys(str(entry.get("method") or record["method"]) for entry in selected):
+                entries.append(((method, TUNED), record))
     if view == "tuned":  # a tuned method shows only its tuned row
         tuned = {key[0] for key, _ in entries if key[1] == TUNED}
         entries = [(key, record) for key, record in entries
@@ -211,10 +225,14 @@ def _build_table(records: list[dict[str, Any]], extra: list[str], view: str = "a
         data_options=rec.data_options(first), recipe=rec.recipe(first),
     )
     table.title = _title(table, extra)
+    table.protocol = max(protocol_version(record) for record in records)
     per_row = _latest_per_seed(_row_entries(records, view))
     method_rows = [_method_row(key, row_records) for key, row_records in per_row.items()]
+    if table.protocol >= 2:
+        method_rows = _without_default_twins(method_rows)
+        _mark_same(method_rows)
     _set_deltas(method_rows)
-    _set_significance(method_rows)
+    _set_significance(method_rows, by_selection=table.protocol >= 2)
     _mark_best(method_rows)
     kept = [record for row_records in per_row.values() for record in row_records]
     outliers = rec.environment_outliers(kept)
@@ -259,20 +277,23 @@ def _method_row(key: tuple[str, str], records: list[dict[str, Any]]) -> RowData:
     first = records[0]
     hparams = rec.hparams_changed(first)
     tuned = key[1] == TUNED
-    if tuned:
-        label = f"{first['method']} (tuned)"
+    method = key[0] if tuned else str(first["method"])  # tuned: the method whose study selected the runs
+    if tuned:  # no-kd has no hyper-parameters: under protocol v2 its recipe (lr, weight decay) is what was tuned
+        label = f"{method} ({'tuned recipe' if method == NO_KD else 'tuned'})"
     else:
-        label = str(first["method"]) + (f" ({hparams_text(hparams)})" if hparams else "")
+        label = method + (f" ({hparams_text(hparams)})" if hparams else "")
     row = _row(
-        label, "method", str(first["method"]), hparams,
+        label, "method", method, hparams,
         values=[rec.metric(r, "test") for r in records],
         last_values=[v for v in (rec.metric(r, "test_last") for r in records) if rec.is_number(v)],
         sources=[str(r["run_id"]) for r in records],
     )
     row.seeds = [canonical(r["seed"]) for r in records]
+    row.configuration = canonical([[canonical(r["seed"]), r.get("hparams") or {}] for r in records])
     if tuned:
         row.selection = "tuned"
-        row.tuning = next(e for e in reversed(rec.tuning_entries(first)) if e.get("role") == "selected")
+        row.tuning = next(e for e in reversed(rec.tuning_entries(first)) if e.get("role") == "selected"
+                          and str(e.get("method") or first["method"]) == method)
     return row
 
 
@@ -329,23 +350,60 @@ def _set_deltas(rows: list[RowData]) -> None:
 
 
 def _no_kd_baseline(rows: list[RowData]) -> RowData | None:
-    no_kd = sorted((row for row in rows if row.method == NO_KD and row.selection == "default"),
-                   key=lambda row: bool(row.hparams))
+    """The no-kd row the others are measured against: under protocol v2 its tuned recipe (the recipe every
+    row uses), else its default row; a no-kd row with settings changed only where there is no other."""
+    no_kd = sorted((row for row in rows if row.method == NO_KD and row.selection in ("tuned", "default")),
+                   key=lambda row: (row.selection != "tuned", bool(row.hparams)))
     return no_kd[0] if no_kd else None
 
 
-def _set_significance(rows: list[RowData]) -> None:
+def _set_significance(rows: list[RowData], by_selection: bool = False) -> None:
     """Each row against no-kd, paired by seed (same seed: same teacher and data order), and the p-values
-    Holm-adjusted over the table's rows, the family a reader scans for marks."""
+    Holm-adjusted over the table's rows, the family a reader scans for marks. `by_selection` (protocol v2):
+    the tuned rows are one family (the headline's column) and the default rows another; a row that repeats
+    another (`same_as`) is not tested twice, and takes that row's statistics."""
     baseline = _no_kd_baseline(rows)
     if baseline is None:
         return
-    tested = [row for row in rows if row is not baseline and row.values]
+    tested = [row for row in rows if row is not baseline and row.values and row.same_as is None]
     for row in tested:
         row.paired = paired_difference(*pair_by_seed(row.values, row.seeds, baseline.values, baseline.seeds))
         row.p_value = row.paired.p_value
-    for row, adjusted in zip(tested, holm([row.p_value for row in tested])):
-        row.p_holm = adjusted
+    families: dict[str, list[RowData]] = {}
+    for row in tested:
+        families.setdefault(row.selection if by_selection else "", []).append(row)
+    for family in families.values():
+        for row, adjusted in zip(family, holm([row.p_value for row in family])):
+            row.p_holm = adjusted
+    by_label = {row.label: row for row in tested}
+    for row in rows:
+        if row.same_as is not None and row.same_as in by_label:
+            twin = by_label[row.same_as]
+            row.paired, row.p_value, row.p_holm = twin.paired, twin.p_value, twin.p_holm
+
+
+def _without_default_twins(rows: list[RowData]) -> list[RowData]:
+    """A method's default row left out where its tuned row is the very same runs (the selection kept the
+    defaults): the method is shown once, as tuned."""
+    tuned = {(row.method, frozenset(row.sources)) for row in rows if row.selection == "tuned"}
+    return [row for row in rows if row.selection == "tuned" or (row.method, frozenset(row.sources)) not in tuned]
+
+
+def _mark_same(rows: list[RowData]) -> None:
+    """Rows of one selection that are the same runs, or the same settings on the same seeds with the same
+    scores (two presets whose selections coincide: at with stages=all and at-all-stages), get `same_as`: the
+    label of the first of them by label, which stands for all."""
+    first: dict[tuple[str, str, str], RowData] = {}
+    for row in sorted(rows, key=lambda row: row.label):
+        if row.method == NO_KD or not row.values:
+            continue
+        keys = [("runs", canonical(sorted(row.sources))),
+                ("scores", canonical([row.configuration, row.seeds, row.values]))]
+        twin = next((first[(row.selection, *key)] for key in keys if (row.selection, *key) in first), None)
+        if twin is not None:
+            row.same_as = twin.label
+        for key in keys:
+            first.setdefault((row.selection, *key), twin or row)
 
 
 def welch_p_value(values: Sequence[float], baseline: Sequence[float]) -> float | None:
@@ -365,7 +423,7 @@ def _mark_best(rows: list[RowData]) -> None:
         return
     best = max(means)
     for row in rows:
-        row.is_best = row.mean == best
+        row.is_best = row.mean == best and row.same_as is None
 
 
 def _ordered(rows: list[RowData]) -> list[RowData]:
