@@ -35,6 +35,12 @@ class Method(nn.Module):
     # those records computed: at that value a key stays out of the run's configuration, so earlier
     # runs keep their run ids (training.config.resolve); any other value is part of the run id.
     added_hparams: ClassVar[dict[str, Any]] = {}
+    # Why the method needs a one-modality teacher, in a few words (None, the default: it also distils
+    # from a multimodal teacher, `--teacher-modality a+b`). A multimodal teacher gives its fused logits,
+    # its concatenated pooled feature and the stages of its encoder of the student's modality
+    # (cmkd_bench/models/fusion.py); a method that reads the teacher's input of one modality or its
+    # single backbone's parts says why here, and such a run is refused in one line before anything is written.
+    unimodal_teacher_only: ClassVar[str | None] = None
 
     def __init__(self, student: ModelInfo, teacher: ModelInfo, spec: DatasetSpec) -> None:
         super().__init__()

@@ -32,7 +32,8 @@ _PER_RUN = (
     click.option("--batch-size", "batch_size", type=int, help="Recipe batch size for every run."),
     click.option("--lr", type=float, help="Recipe learning rate for every run."),
     click.option("--student", help="Student backbone for every run."),
-    click.option("--teacher", help="Teacher backbone for every run."),
+    click.option("--teacher", help="Teacher backbone for every run (a multimodal teacher: one for all its modalities, "
+                                   "or one per modality joined with '+', as run --teacher)."),
     click.option("--teacher-cache", "teacher_cache", type=click.Path(),
                  help="Where teachers are cached. Default: OUT/teachers."),
     click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live."),

@@ -22,6 +22,7 @@ from ..experiments.plan import counted
 from ..training.engine import EpochReport
 from ..training.runner import RunCallbacks, RunRequest, execute, resolve_run
 from ..training.tracking import LOGGERS, logger_factory
+from ..models.fusion import FUSIONS
 from .options import plugin_option
 
 # `run` options that are no field of RunRequest: they change what is printed and what is registered,
@@ -106,9 +107,10 @@ def summary_line(record: dict[str, Any]) -> str:
     metric = record["metric"]
     direction = f"{record['teacher_modality']}→{record['student_modality']}"
     speed = f" · {record['steps_per_s']:.1f} steps/s" if record.get("steps_per_s") else ""
+    fusion = f"{t['fusion']} fusion, " if t.get("fusion") else ""  # a multimodal teacher's
     return (f"{record['method']} on {record['dataset']} {direction} seed {record['seed']}: test {metric} "
             f"{m['test']:.2f} (best val {m['val_best']:.2f} at epoch {m['best_epoch']}; last epoch {m['test_last']:.2f}) "
-            f"· teacher {t['metrics']['test']:.2f} ({teacher_recipe_text(record)}){speed} · {record['run_id']}")
+            f"· teacher {t['metrics']['test']:.2f} ({fusion}{teacher_recipe_text(record)}){speed} · {record['run_id']}")
 
 
 def teacher_recipe_text(record: dict[str, Any]) -> str:
@@ -154,9 +156,16 @@ def dry_run_text(resolved: Any) -> str:
 @click.option("--method", required=True, help="Distillation method (see `cmkd-bench list methods`).")
 @click.option("--dataset", required=True, help="Dataset (see `cmkd-bench list datasets`).")
 @click.option("--student-modality", help="Default: the dataset's.")
-@click.option("--teacher-modality", help="Default: the dataset's.")
+@click.option("--teacher-modality",
+              help="Default: the dataset's. Two or more joined with '+' (e.g. visual+audio): a multimodal teacher, "
+                   "one encoder per modality fused by --teacher-fusion (docs/commands.md).")
 @click.option("--student", "student_backbone", help="Student backbone. Default: the dataset's for the modality.")
-@click.option("--teacher", "teacher_backbone", help="Teacher backbone. Default: the dataset's for the modality.")
+@click.option("--teacher", "teacher_backbone",
+              help="Teacher backbone. Default: the dataset's for the modality. A multimodal teacher: one for all, or "
+                   "one per modality joined with '+' in the order of --teacher-modality.")
+@click.option("--teacher-fusion", metavar="NAME",
+              help=f"How a multimodal teacher fuses its encoders: {', '.join(sorted(FUSIONS))}. Default: concat "
+                   "(pooled features concatenated -> linear head, as MST-Distill's teacher).")
 @click.option("--epochs", type=int, help="Default: the dataset's recipe.")
 @click.option("--teacher-epochs", type=int,
               help="Epochs of the teacher it trains (its recipe is the student's with these epochs). Default: --epochs.")

@@ -2,8 +2,14 @@
 
 The run id is a stable hash of everything that changes a result (method and its
 hyper-parameters, dataset and its options, modalities, backbones, recipe, seed, teacher
-checkpoint, the content hash of --student-init / --teacher-init weights), so the same command
-always maps to the same record.
+checkpoint, the content hash of --student-init / --teacher-init weights, a multimodal teacher's
+fusion), so the same command always maps to the same record.
+
+A multimodal teacher (`--teacher-modality visual+audio`, cmkd_bench/models/fusion.py) has
+`teacher_modality` "visual+audio" (the dataset's modality order, whatever order was written),
+`teacher_backbone` one backbone per modality joined with "+" ("small-cnn+small-cnn") and
+`teacher_fusion` its fusion; a one-modality teacher has no `teacher_fusion`, and its run id is
+what it was before multimodal teachers existed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ..artefacts.files import file_sha256, slug
 from ..artefacts.provenance import code_digest
 from ..data.spec import DatasetSpec, Recipe
 from ..errors import UserError
+from ..models.fusion import DEFAULT_FUSION, SEPARATOR, all_modalities, get_fusion, is_fusion, parse_modality_set
 from ..registry import Entry
 
 CONFIG_VERSION = 1
@@ -52,6 +59,12 @@ class RunConfig:
     # CPU threads when not execution.DEFAULT_THREADS (None): they change CPU results, so they are
     # part of the run id; a run started by `run` or by a suite computes with the same count
     threads: int | None = None
+    # a multimodal teacher's fusion (models/fusion.py FUSIONS); None for a one-modality teacher
+    teacher_fusion: str | None = None
+
+    @property
+    def multimodal_teacher(self) -> bool:
+        return self.teacher_fusion is not None
 
     @property
     def teacher_recipe(self) -> dict[str, Any]:
@@ -62,7 +75,7 @@ class RunConfig:
         identity = asdict(self)
         identity.pop("hparams_changed")
         for key in ("student_init_sha256", "teacher_init_sha256", "teacher_epochs", "replacement_code",
-                    "threads"):  # absent when unset: run ids stay as they were
+                    "threads", "teacher_fusion"):  # absent when unset: run ids stay as they were
             if identity[key] is None:
                 identity.pop(key)
         identity["version"] = CONFIG_VERSION
@@ -71,6 +84,7 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+        # a multimodal teacher's '+' becomes '_' in the slug: visual+audio2visual -> visual_audio2visual
         direction = f"{self.teacher_modality}2{self.student_modality}"
         return slug(f"{self.method}-{self.dataset}-{direction}-s{self.seed}") + f"-{digest}"
 
@@ -201,15 +215,26 @@ def resolve(
     teacher_init: Path | None = None,
     teacher_epochs: int | None = None,
     threads: int | None = None,
+    teacher_fusion: str | None = None,
 ) -> RunConfig:
     if not method.supports(spec.task):
         raise UserError(f"method {method.name!r} does not support {spec.task} (dataset {spec.name!r}); "
                         f"it supports {', '.join(method.tasks)}")
     s_mod = student_modality or spec.student_modality
-    t_mod = teacher_modality or spec.teacher_modality
-    spec.modality(s_mod), spec.modality(t_mod)
-    if s_mod == t_mod:
-        raise UserError(f"student and teacher modality are both {s_mod!r}; cross-modal distillation needs two different modalities")
+    spec.modality(s_mod)
+    if is_fusion(teacher_modality):
+        t_mod, t_backbone, fusion = resolve_multimodal_teacher(method, spec, str(teacher_modality), teacher_backbone,
+                                                               teacher_fusion, teacher_init)
+    else:
+        if teacher_fusion is not None:
+            raise UserError(f"--teacher-fusion {teacher_fusion} fuses the modalities of a multimodal teacher; pass "
+                            f"--teacher-modality with two or more modalities (e.g. {all_modalities(spec)}) "
+                            "or drop --teacher-fusion")
+        t_mod = teacher_modality or spec.teacher_modality
+        spec.modality(t_mod)
+        if s_mod == t_mod:
+            raise UserError(f"student and teacher modality are both {s_mod!r}; cross-modal distillation needs two different modalities")
+        t_backbone, fusion = teacher_backbone or spec.modalities[t_mod].backbone, None
     check_seed(seed)
     for scope, values in (("recipe", recipe_sets), ("method", method_sets)):
         check_finite(scope, values, bounded=scope != "recipe")
@@ -228,7 +253,7 @@ def resolve(
         student_modality=s_mod,
         teacher_modality=t_mod,
         student_backbone=student_backbone or spec.modalities[s_mod].backbone,
-        teacher_backbone=teacher_backbone or spec.modalities[t_mod].backbone,
+        teacher_backbone=t_backbone,
         seed=seed,
         recipe=recipe.as_dict(),
         hparams=hparams,
@@ -240,4 +265,35 @@ def resolve(
         teacher_epochs=teacher_epochs,
         replacement_code=code_digest(method.implementation)["digest"] if method.meta.get("replace") else None,
         threads=threads,
+        teacher_fusion=fusion,
     )
+
+
+def resolve_multimodal_teacher(method: Entry, spec: DatasetSpec, teacher_modality: str, teacher_backbone: str | None,
+                               teacher_fusion: str | None, teacher_init: Path | None) -> tuple[str, str, str]:
+    """A multimodal teacher's (modalities, backbones, fusion), canonical: the modalities in the
+    dataset's order, one backbone each (`--teacher a+b` pairs them with the modalities as written;
+    one name serves every modality). Refused in one line: an impossible set, a backbone count that
+    is not the modality count, an unknown fusion, --teacher-init, and a method that needs a
+    one-modality teacher (`Method.unimodal_teacher_only`)."""
+    written, ordered = parse_modality_set(spec, teacher_modality)
+    canonical = SEPARATOR.join(ordered)
+    refusal = getattr(method.implementation, "unimodal_teacher_only", None)
+    if refusal:
+        raise UserError(f"method {method.name!r} cannot distil from a multimodal teacher ({canonical}): {refusal}; "
+                        f"give it a one-modality --teacher-modality (one of {', '.join(spec.modalities)})")
+    names = [name.strip() for name in teacher_backbone.split(SEPARATOR)] if teacher_backbone else []
+    if names and len(names) not in (1, len(written)):
+        raise UserError(f"--teacher {teacher_backbone!r} names {len(names)} backbones for the {len(written)} modalities "
+                        f"of teacher {teacher_modality!r}; give one backbone for all, or one per modality joined with "
+                        f"'+' in the order of --teacher-modality")
+    if any(not name for name in names):
+        raise UserError(f"--teacher {teacher_backbone!r} has an empty backbone name")
+    chosen = dict(zip(written, names if len(names) == len(written) else names * len(written)))
+    backbones = [chosen.get(m) or spec.modalities[m].backbone for m in ordered]
+    fusion = get_fusion(teacher_fusion or DEFAULT_FUSION).name
+    if teacher_init is not None:
+        raise UserError(f"--teacher-init loads one backbone's weights; the multimodal teacher {canonical} has "
+                        f"{len(ordered)} and is trained from scratch (drop --teacher-init, or pass a trained "
+                        f"multimodal teacher's state_dict with --teacher-checkpoint)")
+    return canonical, SEPARATOR.join(backbones), fusion

@@ -25,6 +25,7 @@ from ..data.spec import PairedData, Recipe
 from ..errors import RunFailed, UserError
 from ..method import Method
 from ..models.features import FeatureModel
+from ..models.fusion import model_input, modalities_of
 from ..recipes import autocast, build_optimizer, lr_factor
 from .execution import Execution, as_input
 from .metrics import metric_for
@@ -86,7 +87,10 @@ EVAL_PIXELS = 1 << 21  # per evaluation batch: 2M label pixels, e.g. six 480 x 6
 
 
 def eval_batch_size(data: PairedData, modality: str) -> int:
-    """256 samples, fewer for segmentation of large images (logits are B x C x H x W)."""
+    """256 samples, fewer for segmentation of large images (logits are B x C x H x W); for a fusion
+    teacher ("rgb+depth"), the fewest of its modalities'."""
+    if len(modalities_of(modality)) > 1:
+        return min(eval_batch_size(data, name) for name in modalities_of(modality))
     shape = data.spec.modality(modality).shape
     if data.spec.task != "segmentation" or len(shape) < 3:
         return 256
@@ -103,7 +107,7 @@ def evaluate_metric(model: FeatureModel, data: PairedData, split: str, modality:
     metric = metric_for(spec.task)(spec.num_classes, spec.ignore_index, device)
     with autocast(device):
         for batch in batches(data, split, batch_size or eval_batch_size(data, modality), shuffle=False, device=device):
-            metric.update(model(batch[modality]).logits.float(), batch["label"])
+            metric.update(model(model_input(batch, modality)).logits.float(), batch["label"])
     model.train(was_training)
     return distributed.reduce_counts(metric)  # under torchrun: every rank's counts, summed
 
@@ -181,6 +185,7 @@ class Fit:
     device: torch.device
     checkpoint: Path | None = None
     teacher: FeatureModel | None = None
+    # the teacher's modality; a multimodal teacher's "a+b" (models/fusion.py), fed the dict of its modalities
     teacher_modality: str | None = None
     on_step: Callable[[int, int], None] | None = None  # (step in epoch, steps per epoch)
     on_epoch: Callable[[EpochReport], None] | None = None
@@ -223,7 +228,7 @@ class Fit:
         self.step = distributed.wrap(TrainStep(trained, self._losses))
 
     def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        student_out = self.student(as_input(batch[self.student_modality], self.execution))
+        student_out = self.student(as_input(model_input(batch, self.student_modality), self.execution))
         return self.method(student_out, self._teacher_output(batch), batch)
 
     # -- state -------------------------------------------------------------------------------
@@ -301,7 +306,7 @@ class Fit:
         assert self.teacher is not None and self.teacher_modality is not None
         if self.teacher_cache is not None:
             return self.teacher_cache.gather(batch["index"])
-        x = as_input(batch[self.teacher_modality], self.execution)
+        x = as_input(model_input(batch, self.teacher_modality), self.execution)  # a fusion teacher: a dict
         if self.method.trains_teacher:
             return self.teacher(x)
         with torch.no_grad():

@@ -11,13 +11,14 @@ image-shaped (C x H x W) inputs. bf16 autocast stays the CUDA default either way
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..data.spec import DatasetSpec
 from ..errors import UserError
+from ..models.fusion import modalities_of
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def check_execution(execution: Execution, spec: DatasetSpec, modalities: tuple[s
         raise UserError(f"--compile needs torch.compile (torch 2.0 or later); this is torch {torch.__version__}. "
                         "Drop --compile or upgrade torch")
     if execution.channels_last:
-        for modality in modalities:
+        for modality in [m for name in modalities for m in modalities_of(name)]:  # a fusion teacher's each
             shape = spec.modality(modality).shape
             if len(shape) != 3:
                 raise UserError(f"--channels-last needs image-shaped (C x H x W) inputs, but modality {modality!r} of "
@@ -44,16 +45,21 @@ def check_execution(execution: Execution, spec: DatasetSpec, modalities: tuple[s
 
 
 def prepare_models(execution: Execution, *models: nn.Module) -> None:
-    """Apply the execution settings to the run's models (FeatureModels: their `net` is compiled)."""
+    """Apply the execution settings to the run's models (FeatureModels: their `net` is compiled; a
+    fusion teacher: each encoder's `net` and its fusion head, `FusionModel.networks`)."""
     for model in models:
         if execution.channels_last:
             model.to(memory_format=torch.channels_last)
         if execution.compile:
-            getattr(model, "net", model).compile()
+            networks = model.networks() if hasattr(model, "networks") else [getattr(model, "net", model)]
+            for network in networks:
+                network.compile()
 
 
-def as_input(x: Tensor, execution: Execution | None) -> Tensor:
-    """A batch tensor in the memory format the models expect."""
+def as_input(x: Tensor | Mapping[str, Tensor], execution: Execution | None) -> Tensor | dict[str, Tensor]:
+    """A batch tensor in the memory format the models expect (a fusion teacher's dict: each tensor)."""
+    if isinstance(x, Mapping):
+        return {name: as_input(value, execution) for name, value in x.items()}
     if execution is not None and execution.channels_last and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x

@@ -35,6 +35,7 @@ from ..errors import RunFailed, UserError
 from ..method import Method
 from ..models.backbones import build_backbone, init_from_weights, init_summary
 from ..models.features import FeatureModel
+from ..models.fusion import SEPARATOR, FusionModel, modalities_of, stages_note
 from ..registry import BACKBONES, DATASETS, METHODS
 from .config import RunConfig, check_finite, parse_sets, resolve, split_sets
 from .engine import EpochReport, Fit, FitResult, evaluate, resolve_device
@@ -69,6 +70,8 @@ class RunRequest:
     compile: bool = False  # how it executes (cmkd_bench/training/execution.py): recorded, not part of the run id
     channels_last: bool = False
     rebuild_teacher: bool = False  # discard this run's cached teacher, train it again, and rerun the run
+    # a multimodal teacher's fusion (teacher_modality "a+b"; cmkd_bench/models/fusion.py); default "concat"
+    teacher_fusion: str | None = None
 
 
 @dataclass
@@ -180,6 +183,7 @@ def resolve_run(request: RunRequest) -> ResolvedRun:
         seed=request.seed, teacher_checkpoint=teacher_checkpoint,
         student_init=inits["student"], teacher_init=inits["teacher"], teacher_epochs=request.teacher_epochs,
         threads=None if request.threads in (None, DEFAULT_THREADS) else request.threads,
+        teacher_fusion=request.teacher_fusion,
     )
     out = Path(request.out)
     check_writable_dir(out, "--out")  # before anything is trained
@@ -215,6 +219,31 @@ def build_model(backbone: str, data: PairedData, modality: str, seed: int, devic
     return build_backbone(backbone, spec, modality).to(device)
 
 
+def build_teacher(config: RunConfig, data: PairedData, device: torch.device) -> FeatureModel | FusionModel:
+    """The run's teacher, untrained: its modality's backbone, or for a multimodal teacher one encoder
+    per modality (each built and seeded as that modality's unimodal teacher) and the fusion head,
+    serving the stages of its encoder of the student's modality (cmkd_bench/models/fusion.py)."""
+    if not config.multimodal_teacher:
+        return build_model(config.teacher_backbone, data, config.teacher_modality, config.seed, device)
+    modalities = modalities_of(config.teacher_modality)
+    backbones = config.teacher_backbone.split(SEPARATOR)
+    encoders = {m: build_model(b, data, m, config.seed, device) for m, b in zip(modalities, backbones)}
+    torch.manual_seed(config.seed)
+    model = FusionModel(encoders, config.teacher_fusion, data.spec.num_classes, stage_modality=config.student_modality)
+    model.check_sizes({m: data.spec.modality(m).shape for m in modalities})
+    return model.to(device)
+
+
+def direction_spec(spec, teacher_modality: str, student_modality: str):
+    """The spec in a run's direction (what a method is built with); a multimodal teacher's
+    `teacher_modality` is its set ("visual+audio"), each of whose modalities the dataset has."""
+    if len(modalities_of(teacher_modality)) == 1:
+        return spec.with_direction(teacher_modality, student_modality)
+    for modality in (*modalities_of(teacher_modality), student_modality):
+        spec.modality(modality)
+    return replace(spec, teacher_modality=teacher_modality, student_modality=student_modality)
+
+
 def initialise(model: FeatureModel, path: Path | None, sha256: str | None, data: PairedData, modality: str,
                role: str, device: torch.device) -> dict[str, Any] | None:
     """Load what fits of the --student-init / --teacher-init file into `model`; the report, or None without one."""
@@ -232,7 +261,7 @@ def build_method(config: RunConfig, student: FeatureModel, teacher: FeatureModel
                  device: torch.device) -> Method:
     """The run's method, built with the dataset's spec in the run's direction (its teacher and student modality)."""
     torch.manual_seed(config.seed + 1)
-    spec = data.spec.with_direction(config.teacher_modality, config.student_modality)
+    spec = direction_spec(data.spec, config.teacher_modality, config.student_modality)
     try:
         method = METHODS.build(config.method, student.info, teacher.info, spec, **config.hparams)
     except (ValueError, TypeError) as exc:
@@ -246,8 +275,12 @@ def teacher_key(config: RunConfig) -> str:
                 "backbone": config.teacher_backbone, "recipe": config.teacher_recipe, "seed": config.seed}
     if config.teacher_init_sha256:  # a teacher started from given weights is another teacher
         identity["init_sha256"] = config.teacher_init_sha256
+    name = f"{config.dataset}-{config.teacher_modality}-{config.teacher_backbone}"
+    if config.teacher_fusion is not None:  # a multimodal teacher: its fusion too (modalities and backbones are "+" lists)
+        identity["fusion"] = config.teacher_fusion
+        name += f"-{config.teacher_fusion}"
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{config.dataset}-{config.teacher_modality}-{config.teacher_backbone}-s{config.seed}-{digest}".replace("/", "_").replace(":", "_")
+    return f"{name}-s{config.seed}-{digest}".replace("/", "_").replace(":", "_")
 
 
 def teacher_folder(prepared: ResolvedRun) -> Path:
@@ -262,6 +295,9 @@ def obtain_teacher(prepared: ResolvedRun, teacher: FeatureModel, progress: RunCa
     """Load the given or cached teacher, or train and cache it; returns the record's teacher part."""
     config, data, device = prepared.config, prepared.data, prepared.device
     info = {"modality": config.teacher_modality, "backbone": config.teacher_backbone}
+    if isinstance(teacher, FusionModel):  # what methods read of it: its fused logits and feature, whose stages
+        info.update(fusion=config.teacher_fusion, encoders=dict(zip(teacher.modalities, teacher.backbones)),
+                    stages=stages_note(teacher, config.student_modality))
     if prepared.teacher_checkpoint is not None:
         load_weights(teacher, prepared.teacher_checkpoint, device, "teacher checkpoint")
         metrics = {split: evaluate(teacher, data, split, config.teacher_modality, device) for split in ("val", "test")}
@@ -370,8 +406,9 @@ def _cached_or_trained_teacher(prepared: ResolvedRun, teacher: FeatureModel, fol
                         f"failed: {exc}") from exc
     metrics = {"val": result.val_best, "test": result.test, "test_last": result.test_last, "best_epoch": result.best_epoch}
     weights_sha256 = atomic_save(teacher.state_dict(), weights)
+    fusion = {"fusion": config.teacher_fusion} if config.teacher_fusion is not None else {}
     write_json_atomic({"key": key, "weights_sha256": weights_sha256,
-                       "modality": config.teacher_modality, "backbone": config.teacher_backbone,
+                       "modality": config.teacher_modality, "backbone": config.teacher_backbone, **fusion,
                        "dataset": config.dataset, "data_options": config.data_options, "recipe": config.teacher_recipe,
                        "seed": config.seed, "metric": result.metric, "metrics": metrics,
                        "steps_per_s": result.steps_per_s, "created": _now()}, summary)
@@ -432,7 +469,7 @@ def execute(prepared: ResolvedRun, progress: RunCallbacks | None = None, force: 
         return {**done, "skipped": True}
     if not force and (note := reuse_note(prepared)) is not None:
         progress.message(note)
-    teacher = build_model(config.teacher_backbone, data, config.teacher_modality, config.seed, device)
+    teacher = build_teacher(config, data, device)
     student = build_model(config.student_backbone, data, config.student_modality, config.seed, device)
     # before anything is written: a file from which nothing fits is a UserError
     inits = {"teacher": initialise(teacher, prepared.teacher_init, config.teacher_init_sha256, data,
@@ -495,6 +532,11 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
     record["student_init"] = inits.get("student")  # what --student-init loaded, adapted and skipped
     try:
         record["teacher"] = obtain_teacher(prepared, teacher, progress)
+        if isinstance(teacher, FusionModel):
+            fused = "decoder maps" if teacher.dense else "pooled features"
+            progress.message(f"teacher {config.teacher_modality} ({config.teacher_fusion} fusion of "
+                             f"{config.teacher_backbone}): methods read its fused logits and its encoders' "
+                             f"concatenated {fused}; stages: {record['teacher']['stages']}")
         record["teacher"]["init"] = inits.get("teacher")
         record["teacher"]["trained_by_method"] = method.trains_teacher
         teacher.eval()

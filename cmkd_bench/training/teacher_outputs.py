@@ -3,15 +3,16 @@
 A teacher that the method does not train is in eval mode (BatchNorm on running statistics, no
 dropout) during student training, so its output for one sample depends on that sample alone. When,
 in addition, the teacher's input for a sample is the same in every epoch (the dataset declares it:
-`PairedData.fixed_modalities`, default none), the outputs of every training step are known before
-training starts. `TeacherOutputs.compute` runs the teacher once over the training split (no
+`PairedData.fixed_modalities`, default none; for a multimodal teacher, every modality it reads), the
+outputs of every training step are known before training starts. `TeacherOutputs.compute` runs the teacher once over the training split (no
 gradients, the run's autocast), keeps only the fields the method reads (`Method.teacher_reads`),
 on the training device, and `gather` serves a batch's outputs by its "index": a student step then
 costs no teacher forward.
 
 Not cached (the live forward of every step stays), each with its reason in `CachePlan.reason`:
 a method that trains the teacher (c2kd) or that does not declare what it reads; a teacher modality
-whose training input is augmented or randomly chosen; outputs larger than `MAX_BYTES`.
+whose training input is augmented or randomly chosen (a fusion teacher: any of its modalities);
+outputs larger than `MAX_BYTES`.
 Values equal the live forward's to float tolerance (a different batch composition may change the
 last bits of a convolution); tests/test_teacher_outputs.py checks it.
 """
@@ -26,6 +27,7 @@ from torch import Tensor
 from ..data.spec import PairedData
 from ..method import Method
 from ..models.features import FeatureModel, ModelOutput
+from ..models.fusion import model_input, modalities_of
 from ..recipes import autocast  # the run's precision: what the live forward would give
 
 MAX_BYTES = 4 << 30  # the largest cache kept on the device; beyond it the teacher runs every step
@@ -48,8 +50,10 @@ def plan(method: Method, teacher: FeatureModel | None, data: PairedData, teacher
     reads = method.teacher_reads()
     if reads is None:
         return CachePlan(False, "live: the method does not declare which teacher outputs it reads")
-    if teacher_modality not in data.fixed_modalities("train"):
-        return CachePlan(False, f"live: the training input of modality {teacher_modality!r} is augmented")
+    fixed = data.fixed_modalities("train")
+    for modality in modalities_of(teacher_modality or ""):  # a fusion teacher: every modality it reads
+        if modality not in fixed:
+            return CachePlan(False, f"live: the training input of modality {modality!r} is augmented")
     return CachePlan(True, "cached")  # unless it proves larger than MAX_BYTES (TeacherOutputs.compute)
 
 
@@ -85,7 +89,7 @@ class TeacherOutputs:
         try:
             with autocast(device):
                 for batch in data.batches(split, batch_size, shuffle=False, device=device):
-                    out = teacher(batch[modality])
+                    out = teacher(model_input(batch, modality))
                     in_order = [n for n in FIELDS if n in reads] + [f"stage:{n}" for n in out.stages if f"stage:{n}" in reads]
                     if len(in_order) != len(reads):
                         select(out, next(iter(reads - set(in_order))))  # the error naming the unknown field

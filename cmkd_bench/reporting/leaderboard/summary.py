@@ -182,6 +182,7 @@ def _table_key(record: dict[str, Any]) -> tuple[str, ...]:
         str(record["teacher_modality"]), str(record["student_modality"]),
         str(record["student_backbone"]), str(record["teacher_backbone"]),
         canonical(rec.data_options(record)), canonical(rec.recipe(record)),
+        str((record.get("config") or {}).get("teacher_fusion") or ""),  # a multimodal teacher's fusion (models/fusion.py)
     )
 
 
