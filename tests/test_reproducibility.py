@@ -243,3 +243,14 @@ def test_the_source_digest_ignores_commits_of_results_and_follows_commits_of_cod
     git("commit", "-qam", "a method changed")
     assert digest() not in (first, first + "-dirty")
     assert records.environment_signature({"environment": {"source": first, "git_revision": "abc"}}) == {"source": first}
+
+
+def test_records_name_the_cpu_model_and_tables_compare_it() -> None:
+    environment = runner.environment()
+    if environment["cpu"] is not None:
+        assert records.environment_signature({"environment": environment})["cpu"] == environment["cpu"]
+    group = [with_environment(make_record("kd", seed, 60.0, 59.0)) for seed in range(3)]
+    for record in group:
+        record["environment"]["cpu"] = "AMD EPYC"
+    group[2]["environment"]["cpu"] = "Intel Xeon"
+    assert records.environment_outliers(group) == {group[2]["run_id"]: ["cpu Intel Xeon, most AMD EPYC"]}

@@ -47,7 +47,22 @@ def environment() -> dict[str, Any]:
     """What a run's numbers depend on besides its settings (records.environment_signature reads it):
     the libraries' versions, the CPU threads torch uses, the code revision, the Python and device."""
     return {"libraries": library_versions(), "threads": torch.get_num_threads(), "git_revision": git_revision(),
-            "source": source_digest(), "python": platform.python_version(), "platform": platform.platform()}
+            "source": source_digest(), "cpu": cpu_model(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo). CPU results depend on it: the same code, versions,
+    threads and seed gave kd on synth-it test 77.3 on the machine the v1 leaderboard was made on and 76.1
+    on an AMD EPYC (math kernels pick their instructions by CPU)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 # What the suite writes into its own checkout: records, tables, figures, analyses, the README's table.

@@ -192,7 +192,7 @@ _THREADS = re.compile(r"(\d+) threads?\)")
 
 def environment_signature(record: dict[str, Any]) -> dict[str, str]:
     """What, besides its settings, a record's numbers depend on: the NUMERIC_LIBRARIES' versions,
-    `threads` (CPU threads) and `source` (the digest of the code it ran, provenance.source_digest) or,
+    `threads` (CPU threads), `cpu` (the CPU model) and `source` (the digest of the code it ran, provenance.source_digest) or,
     for records from before that digest, `revision` (the code's git revision). Older records, without an
     `environment`, give what their `versions`, `device` and `git_revision` say; unknown keys are absent."""
     environment = record.get("environment") or {}
@@ -203,6 +203,8 @@ def environment_signature(record: dict[str, Any]) -> dict[str, str]:
         threads = found.group(1)
     if threads is not None:
         signature["threads"] = str(threads)
+    if environment.get("cpu"):  # the CPU model (provenance.cpu_model), on records that have it
+        signature["cpu"] = str(environment["cpu"])
     source = environment.get("source")  # the code results depend on (provenance.source_digest), when recorded
     revision = environment.get("git_revision") or record.get("git_revision")
     if source:
