@@ -88,3 +88,24 @@ def test_protocol_2_refuses_a_reported_selection_seed_a_grid_and_a_too_small_spa
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0], done.stderr
         assert not out.exists()
+
+
+def test_a_suite_with_multimodal_teachers_adds_their_columns_for_the_methods_that_accept_one(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    out = tmp_path / "runs"
+    suite.write_text(f"datasets: [synth-av]\nmethods: [no-kd, kd, mgdfr]\nteachers: [cross, multimodal]\nseeds: [0]\n"
+                     f"sets: {{train: 64, val: 32, test: 32, image_size: 16}}\nout: {out}\n")
+    done = cli("suite", str(suite), "--dry-run", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    runs = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("run ")]
+    fused = [run for run in runs if "visual_audio2" in run]  # the teacher of every modality, for each student
+    assert sorted(run.split("-synth")[0] for run in fused) == ["kd", "kd", "no-kd", "no-kd"]  # mgdfr refuses one
+    assert len(runs) == 10 and not out.exists()
+    suite.write_text(suite.read_text().replace("seeds: [0]", "seeds: [0]\ntune: {protocol: 2, budget: 8}"))
+    done = cli("suite", str(suite), "--dry-run", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert "no-kd in 2 directions" in done.stdout  # the recipe study: one direction per student modality
+    assert "kd on synth-av visual+audio→visual" in done.stdout and "mgdfr on synth-av visual+audio" not in done.stdout
+    suite.write_text(suite.read_text().replace("teachers: [cross, multimodal]", "teachers: [fused]"))
+    done = cli("suite", str(suite), "--dry-run", "--device", "cpu")
+    assert done.returncode == 2 and "teachers 'fused' is not one of cross, multimodal" in done.stderr

@@ -21,6 +21,9 @@ from, as everywhere else:
     methods: all                  # every method for the dataset's task, or a list of names,
                                   # or {name: NAME, sets: {KEY: VALUE}, grid: {KEY: [V1, V2]}}
     directions: both              # default | both | [visual->audio, audio->visual]
+    teachers: [cross]             # cross: the other modality's teacher (the directions above); multimodal:
+                                  # also a teacher of every modality (models/fusion.py) for each of those
+                                  # students, e.g. visual+audio -> visual, for the methods that accept one
     seeds: [0, 1, 2]
     sets: {epochs: 12}            # settings for every run, as with `run --set`
     grid: {T: [2, 4]}             # every combination of these values is a run of its own
@@ -49,6 +52,7 @@ from ..artefacts.records import direction_label, find_record
 from ..catalog import all_plugin_files, load_all
 from ..data.spec import DatasetSpec
 from ..errors import UserError
+from ..models.fusion import all_modalities, is_fusion
 from ..registry import METHODS
 from ..training.engine import resolve_device
 from ..training.runner import ResolvedRun, RunRequest, existing_record, reads_data_root, resolve_run
@@ -57,7 +61,8 @@ from .search import TuneSettings, setting_text, settings_from_mapping
 
 DEFAULT_SEEDS = (0, 1, 2)  # the protocol: mean ± std over 3 seeds, both directions
 DEFAULT_DIRECTIONS = "both"
-SUITE_KEYS = ("datasets", "methods", "directions", "seeds", "sets", "grid", "out", "epochs", "teacher_epochs",
+TEACHER_SETTINGS = ("cross", "multimodal")
+SUITE_KEYS = ("datasets", "methods", "directions", "teachers", "seeds", "sets", "grid", "out", "epochs", "teacher_epochs",
               "batch_size", "lr", "student", "teacher", "device", "teacher_cache", "data_root", "plugins", "tune",
               "threads_per_run", "slurm")
 
@@ -85,6 +90,7 @@ class Suite:
     datasets: list[DatasetEntry]
     methods: list[MethodEntry] | str  # "all": every method that supports the dataset's task
     directions: str | list[tuple[str, str]] = DEFAULT_DIRECTIONS  # "default", "both" or explicit pairs
+    teachers: tuple[str, ...] = ("cross",)  # TEACHER_SETTINGS: the directions' teachers and/or a multimodal one
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     sets: tuple[str, ...] = ()
     grid: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -153,6 +159,7 @@ def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
         datasets=[_dataset_entry(item, where) for item in _as_list(raw["datasets"], "datasets", where)],
         methods=_methods(raw["methods"], where),
         directions=_directions(raw.get("directions", DEFAULT_DIRECTIONS), where),
+        teachers=_teachers(raw.get("teachers", ["cross"]), where),
         seeds=_seeds(raw.get("seeds", list(DEFAULT_SEEDS)), where),
         sets=_sets(raw.get("sets") or {}, "sets", where),
         grid=_grid(raw.get("grid") or {}, where),
@@ -245,6 +252,15 @@ def _directions(value: Any, where: str) -> str | list[tuple[str, str]]:
             raise UserError(f"{where}: direction {item!r} is not TEACHER->STUDENT (or default, both)")
         pairs.append((teacher.strip(), student.strip()))
     return pairs
+
+
+def _teachers(value: Any, where: str) -> tuple[str, ...]:
+    settings = _as_list(value, "teachers", where)
+    unknown = [item for item in settings if item not in TEACHER_SETTINGS]
+    if unknown:
+        raise UserError(f"{where}: teachers {unknown[0]!r} is not one of {', '.join(TEACHER_SETTINGS)} "
+                        f"(cross: the other modality's teacher; multimodal: a teacher of every modality)")
+    return tuple(dict.fromkeys(settings))
 
 
 def _seeds(value: Any, where: str) -> list[int]:
@@ -365,6 +381,8 @@ def _expand_dataset(suite: Suite, dataset: DatasetEntry) -> Iterator[PlannedRun]
     for seed in suite.seeds:
         for teacher_modality, student_modality in _direction_pairs(suite, spec):
             for method in _method_entries(suite, spec.task):
+                if not accepts_teacher(method.name, teacher_modality):
+                    continue
                 for point in _grid_points(merge_grid(suite.grid, method.grid)):
                     request = _request(suite, dataset, method, seed, teacher_modality, student_modality, point)
                     yield _planned(request)
@@ -380,12 +398,27 @@ def _probe_spec(suite: Suite, dataset: DatasetEntry) -> DatasetSpec:
 
 
 def _direction_pairs(suite: Suite, spec: DatasetSpec) -> list[tuple[str | None, str | None]]:
+    """(teacher modality, student modality) of each column: the directions' (teachers: cross) and, with
+    teachers: multimodal, a teacher of every modality for each of their students."""
     default = (spec.teacher_modality, spec.student_modality)
     if suite.directions == "default":
-        return [default]
-    if suite.directions == "both":
-        return [default, default[::-1]]
-    return list(suite.directions)
+        cross = [default]
+    elif suite.directions == "both":
+        cross = [default, default[::-1]]
+    else:
+        cross = list(suite.directions)
+    pairs = list(cross) if "cross" in suite.teachers else []
+    if "multimodal" in suite.teachers:
+        pairs += [(all_modalities(spec), student) for student in dict.fromkeys(s for _, s in cross)]
+    return pairs
+
+
+def accepts_teacher(method: str, teacher_modality: str | None) -> bool:
+    """Whether `method` runs with this teacher: a multimodal one is left out of a suite's runs for the
+    methods that refuse it (Method.unimodal_teacher_only, e.g. mgdfr), instead of stopping the suite."""
+    if not is_fusion(teacher_modality):
+        return True
+    return getattr(METHODS.get(method).implementation, "unimodal_teacher_only", None) is None
 
 
 def _method_entries(suite: Suite, task: str) -> list[MethodEntry]:

@@ -75,7 +75,12 @@ def rounded(value: float) -> float:
 
 def plan_recipe_study(suite: Suite, dataset: DatasetEntry, settings: TuneSettings) -> RecipeStudy:
     spec = _probe_spec(suite, dataset)
-    directions = [(t, s) for t, s in _direction_pairs(suite, spec)]
+    # one direction per student modality: no-kd's student does not see its teacher, so a multimodal
+    # teacher's column would score the same student again
+    by_student: dict[str | None, tuple[str, str]] = {}
+    for t, s in _direction_pairs(suite, spec):
+        by_student.setdefault(s, (t, s))
+    directions = list(by_student.values())
     no_kd = MethodEntry("no-kd")
     first = _request(suite, dataset, no_kd, settings.selection_seed, *directions[0], ())
     recipe = resolve_run(first).config.recipe

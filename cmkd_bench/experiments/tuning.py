@@ -35,7 +35,7 @@ from ..errors import UserError
 from ..registry import METHODS
 from ..training.runner import resolve_run
 from .executors import start_runs
-from .plan import DatasetEntry, MethodEntry, Suite, _direction_pairs, _planned, _probe_spec, _request, counted
+from .plan import DatasetEntry, MethodEntry, Suite, _direction_pairs, accepts_teacher, _planned, _probe_spec, _request, counted
 from .scheduler import CommandBuilder, PlannedRun
 from .search import (SearchSpace, TuneSettings, changed_settings, configurations, declared_space, search_space,
                      setting_text)
@@ -85,6 +85,8 @@ def plan_studies(suite: Suite, settings: TuneSettings, strict: bool) -> list[Stu
         spec = _probe_spec(suite, dataset)
         for method in _tunable(suite, spec.task, settings, strict):
             for teacher_modality, student_modality in _direction_pairs(suite, spec):
+                if not accepts_teacher(method.name, teacher_modality):
+                    continue
                 studies.append(_study(suite, dataset, method, teacher_modality, student_modality, settings))
     return studies
 
