@@ -57,7 +57,7 @@ def channel_wise_kl(s: Tensor, t: Tensor, T: float) -> Tensor:
 @METHODS.register("cwd", aliases=("channel-wise",), tasks=("segmentation",),
                   description="KL between per-channel spatial distributions (softmax over positions) of logits or maps",
                   reference="Shu, Liu, Gao, Yan, Shen. Channel-wise Knowledge Distillation for Dense Prediction. ICCV 2021",
-                  search_space={"T": [1.0, 4.0], "weight": [0.03, 0.3, 3.0, 30.0]}, loss_weights=("weight",))
+                  search_space={"T": [1.0, 4.0], "weight": [0.03, 0.3, 3.0, 5.0, 30.0]}, loss_weights=("weight",))
 class CWD(Method):
     def __init__(self, student, teacher, spec, T: float = 4.0, weight: float = 3.0, feature: str = "logits"):
         super().__init__(student, teacher, spec)

@@ -93,6 +93,7 @@ def test_a_suite_completes_through_submitit_resumes_a_killed_run_and_then_runs_n
         f"{out}: 2 completed, 0 running or interrupted, 0 failed, 0 pending")
 
 
+@pytest.mark.slow  # 20 s; the submitit path itself is run by the test above
 def test_a_preempted_job_is_requeued_by_submitit_and_resumes_from_its_checkpoint(tmp_path) -> None:
     import submitit
 

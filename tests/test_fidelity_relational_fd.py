@@ -396,25 +396,6 @@ def test_the_reference_pre_out_is_the_post_relu_tensor():
 
 
 # -- search spaces ---------------------------------------------------------------------------------
-SPACES = {
-    "kd": {"T": [1.0, 2.0, 4.0, 8.0], "alpha": [0.5, 0.9]},
-    "rkd": {"weight": [0.01, 0.1, 0.3, 1.0]},
-    "pkd": {"weight": [1.0, 2.0, 6.0, 10.0]},
-    "cwd": {"T": [1.0, 4.0], "weight": [1.0, 3.0, 5.0, 10.0]},
-    "fd": {"w_low": [1.0, 3.0, 10.0, 30.0], "w_high": [0.3, 1.0]},
-}
-
-
-@pytest.mark.parametrize("name", SPACES)
-def test_search_space_is_declared_contains_the_defaults_and_is_small(name):
-    entry = METHODS.get(name)
-    space = entry.meta["search_space"]
-    assert space == SPACES[name]
-    assert set(space) <= set(entry.hparams)
-    assert all(entry.hparams[key] in values for key, values in space.items())
-    assert 4 <= math.prod(len(values) for values in space.values()) <= 16
-
-
 def test_cwd_space_holds_both_official_settings():
     space = METHODS.get("cwd").meta["search_space"]
     assert 4.0 in space["T"] and 3.0 in space["weight"]  # TorchDistiller exp_cwd.sh
@@ -423,5 +404,15 @@ def test_cwd_space_holds_both_official_settings():
 
 @pytest.mark.parametrize("preset", ["fd-no-freq", "fd-no-align", "fd-no-scale", "fd-no-log", "fd-no-shared",
                                     "fd-high-downweight"])
-def test_fd_presets_inherit_the_space(preset):
-    assert METHODS.get(preset).meta["search_space"] == SPACES["fd"]
+def test_fd_presets_tune_their_free_loss_weights_never_the_ones_they_fix(preset):
+    """A preset that fixes fd's loss weights (fd-no-align: w_low = w_high = 0; fd-high-downweight:
+    w_high) would tune nothing of fd's space, so it declares its own over the weights it keeps; the
+    others tune fd's space."""
+    from cmkd_bench.experiments.search import declared_space
+    entry, fd = METHODS.get(preset), METHODS.get("fd")
+    space = declared_space(entry)
+    fixed = {key for key, value in entry.hparams.items() if value != fd.hparams[key]}
+    assert space and not set(space) & fixed
+    assert set(entry.meta["loss_weights"]) <= set(space)
+    if not entry.meta.get("own_search_space"):
+        assert space == declared_space(fd)

@@ -30,6 +30,7 @@ def table_rows(lines: list[str]) -> list[list[str]]:
             for line in lines if line.startswith("| ") and "---" not in line and not line.startswith("| measure")]
 
 
+@pytest.mark.slow  # 24 s of CPU at small sizes; the GPU machine runs it for real (make gpu-check)
 def test_the_gpu_check_runs_at_small_sizes_printing_each_row_as_it_is_measured():
     process = subprocess.Popen([sys.executable, "benchmarks/gpu_check.py", "--small", "--device", "cpu", "--skip-tests"],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

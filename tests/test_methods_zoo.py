@@ -500,8 +500,9 @@ def test_fd_presets_change_only_their_settings(name):
     assert built.log_high == changes.get("log_high", True) and (built.shared is None) == (name == "fd-no-shared")
     assert built.weights["high"] == changes.get("w_high", 1.0) and built.weights["low"] == changes.get("w_low", 1.0)
     assert built.attr == "feature_post"  # fd's (the reference's) feature in every preset
-    # fd's search space is inherited; the tuner drops the keys this preset fixes
-    assert entry.meta["search_space"] == METHODS.get("fd").meta["search_space"]
+    # fd's search space is inherited unless the preset declares its own (the weights fd's space tunes are fixed)
+    if not entry.meta.get("own_search_space"):
+        assert entry.meta["search_space"] == METHODS.get("fd").meta["search_space"]
 
 
 def test_fd_mse_both_is_the_same_preset_as_fd_no_log():

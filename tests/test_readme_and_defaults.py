@@ -35,6 +35,7 @@ def test_readme_method_example_is_short_and_runs(tmp_path):
     assert set(record["history"][0]["losses"]) == {"ce", "kd", "feat"}
 
 
+@pytest.mark.slow  # two full default teachers, 40 s; the data generator rarely changes
 @pytest.mark.parametrize("modality", ["visual", "audio"])
 def test_synth_av_default_teachers_are_neither_perfect_nor_chance(modality):
     """Both unimodal teachers with the default recipe: well above chance (12.5%), well below 100%."""
