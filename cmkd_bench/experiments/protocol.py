@@ -12,7 +12,8 @@ A suite whose `tune:` says `protocol: 2` runs, per dataset:
    with the run's recipe: runner.teacher_key hashes it): no-kd on the reported seeds, the
    methods' defaults where `defaults` asks for them, and every method's study (tuning.py), whose
    `budget` candidates run on the selection seed and whose selection runs on the reported seeds;
-3. every record of the protocol gets `protocol`: {version, role (reported, candidate or
+3. every record of the protocol gets, as soon as its phase (recipe study, reported runs, studies)
+   has ended, `protocol`: {version, role (reported, candidate or
    recipe-candidate), selection_seed, reported_seeds, budget, recipe: {study, lr, weight_decay}};
    no-kd's reported records also get a tuning entry (role "selected") for the recipe study, so the
    leaderboard reads no-kd as tuned like every other row.
@@ -182,6 +183,7 @@ def run_protocol(suite: Suite, settings: TuneSettings, jobs: int, devices: Seque
         write_json_atomic(recipe_summary(study), Path(suite.out) / "tuning" / f"{study.study_id}.json")
         echo(recipe_line(study))
         selected[study.dataset.name] = study
+    stamp_recipe_studies(recipe_studies, settings, suite.seeds)  # each phase's records as soon as it ends
     if not selected:
         return 1
     tuned = tuned_suite(suite, selected)
@@ -189,11 +191,12 @@ def run_protocol(suite: Suite, settings: TuneSettings, jobs: int, devices: Seque
     echo(f"protocol 2: {counted(len(reported), 'reported run')} under the selected recipes on seeds "
          f"{', '.join(map(str, suite.seeds))} ({sum(run.state == 'done' for run in reported)} already completed)")
     failed |= _run(tuned, rerun(reported, stale), jobs, devices, command, echo)
+    stamp_reported(reported, selected, settings, suite.seeds)
     studies = plan_studies(tuned, settings, strict=False)
     for study in studies:
         rerun(study.candidate_runs, stale)
     code = run_studies(tuned, studies, jobs, devices, command, echo, stale=stale) if studies else 0
-    stamp_records(recipe_studies, selected, reported, studies, settings)
+    stamp_studies(studies, selected, settings, suite.seeds)
     return max(code, 1 if failed else 0)
 
 
@@ -258,37 +261,44 @@ def recipe_plan_text(studies: list[RecipeStudy]) -> str:
 # Stamping the records
 
 
-def stamp_records(recipe_studies: list[RecipeStudy], selected: dict[str, RecipeStudy], reported: list[PlannedRun],
-                  studies: list[Study], settings: TuneSettings) -> None:
-    """Each completed record of the protocol gets its `protocol` entry (see the module docstring)."""
-    def stamp(run: PlannedRun, role: str, recipe: RecipeStudy, candidate: int | None = None,
-              tuning: dict[str, Any] | None = None) -> None:
-        path = run.run_dir / "result.json"
-        record = find_record(path)
-        if record is None or record.get("status") not in ("completed", "failed"):
-            return
-        values = recipe.candidates[candidate] if candidate is not None else recipe.chosen
-        record["protocol"] = {"version": 2, "role": role, "selection_seed": settings.selection_seed,
-                              "reported_seeds": list(reported_seeds), "budget": settings.budget,
-                              "recipe": {"study": recipe.study_id, **values}}
-        if tuning is not None:
-            entries = [entry for entry in tuning_entries(record) if entry.get("study") != tuning["study"]]
-            record["tuning"] = entries + [tuning]
-        write_record(record, path)
+def stamp(run: PlannedRun, role: str, recipe: RecipeStudy, settings: TuneSettings, reported_seeds: Sequence[int],
+          candidate: int | None = None, tuning: dict[str, Any] | None = None) -> None:
+    """The run's record gets its `protocol` entry (and `tuning`, when given); runs without a record are left."""
+    path = run.run_dir / "result.json"
+    record = find_record(path)
+    if record is None or record.get("status") not in ("completed", "failed"):
+        return
+    values = recipe.candidates[candidate] if candidate is not None else recipe.chosen
+    record["protocol"] = {"version": 2, "role": role, "selection_seed": settings.selection_seed,
+                          "reported_seeds": list(reported_seeds), "budget": settings.budget,
+                          "recipe": {"study": recipe.study_id, **values}}
+    if tuning is not None:
+        entries = [entry for entry in tuning_entries(record) if entry.get("study") != tuning["study"]]
+        record["tuning"] = entries + [tuning]
+    write_record(record, path)
 
-    reported_seeds = sorted({run.request.seed for run in reported})  # the suite's seeds (no-kd runs on each)
+
+def stamp_recipe_studies(recipe_studies: list[RecipeStudy], settings: TuneSettings, seeds: Sequence[int]) -> None:
     for study in recipe_studies:
         for index, runs in enumerate(study.candidate_runs):
             for run in runs:
-                stamp(run, "recipe-candidate", study, index,
+                stamp(run, "recipe-candidate", study, settings, seeds, index,
                       {"role": "candidate", **recipe_summary(study)} if study.selected is not None else None)
+
+
+def stamp_reported(reported: list[PlannedRun], selected: dict[str, RecipeStudy], settings: TuneSettings,
+                   seeds: Sequence[int]) -> None:
     for run in reported:
         recipe = selected[run.request.dataset]
         tuning = {"role": "selected", **recipe_summary(recipe)} if run.request.method == "no-kd" else None
-        stamp(run, "reported", recipe, tuning=tuning)
+        stamp(run, "reported", recipe, settings, seeds, tuning=tuning)
+
+
+def stamp_studies(studies: list[Study], selected: dict[str, RecipeStudy], settings: TuneSettings,
+                  seeds: Sequence[int]) -> None:
     for study in studies:
         recipe = selected[study.dataset.name]
         for run in study.candidate_runs:
-            stamp(run, "candidate", recipe)
+            stamp(run, "candidate", recipe, settings, seeds)
         for run in study.final_runs:
-            stamp(run, "reported", recipe)
+            stamp(run, "reported", recipe, settings, seeds)
