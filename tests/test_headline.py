@@ -220,8 +220,12 @@ def test_v1_records_are_never_mixed_in_and_a_line_says_how_many_were_left_out() 
     assert "protocol v1" not in text.replace("protocol v1 records were left out", "")
 
 
-def test_v1_only_records_give_the_existing_output_titled_as_protocol_v1() -> None:
-    text = render(v1_records(), "md")
+def test_v1_only_records_give_the_existing_output_titled_as_protocol_v1_when_tuned() -> None:
+    text = render(v1_records(), "md")  # plain runs (make demo's): no protocol to name
+    assert "Headline" not in text and "protocol v" not in text and "left out" not in text
+    tuned = v1_records()
+    tuned[3]["tuning"] = [{"role": "selected", "study": "kd-study", "budget": 8}]
+    text = render(tuned, "md")
     assert "Headline" not in text and "· protocol v1" in text and "left out" not in text
 
 

@@ -300,7 +300,7 @@ def test_single_seed_shows_no_spread(tables: list[TableData], runs_dir: Path) ->
 def test_markdown_golden_for_the_small_fixture() -> None:
     records = load_records([FIXTURES / "small"])
     expected = (
-        "### synth-av · visual → audio · top1 (%) · student small-cnn, teacher small-cnn · protocol v1\n"
+        "### synth-av · visual → audio · top1 (%) · student small-cnn, teacher small-cnn\n"
         "\n"
         "| Method | test | test@last | seeds (n) | Δ vs no-KD |\n"
         "|---|---:|---:|---:|---:|\n"

@@ -93,8 +93,9 @@ def _grids(records: Sequence[dict[str, Any]], fmt: str, layout: str, published: 
     failed = failed_runs(split.records)
     plain = _plain(fmt, layout, published, split.records)
     laid_out = grids(summarize(split.records, view), layout, published_index(published), plain=plain)
-    for grid in laid_out:
-        grid.title = f"{grid.title} · {protocol_title(split.version)}"
+    if split.version >= 2 or any(rec.tuning_entries(record) for record in split.records):
+        for grid in laid_out:  # tuned tables say which protocol tuned them; plain runs (make demo) need no label
+            grid.title = f"{grid.title} · {protocol_title(split.version)}"
     headline = build_headline(split.records) if split.version >= 2 else None
     if headline is not None:
         laid_out.insert(0, headline_grid(headline))
