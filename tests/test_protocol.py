@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from conftest import cli
+from test_cli import assert_one_line_error
 
 SUITE = """datasets: [synth-av]
 methods: [no-kd, kd]
@@ -83,10 +84,7 @@ def test_protocol_2_refuses_a_reported_selection_seed_a_grid_and_a_too_small_spa
         (SUITE.format(budget=9, out=out), "fewer than the budget 9"),
     ]:
         suite.write_text(text)
-        done = cli("suite", str(suite), "--device", "cpu")
-        assert done.returncode == 2, done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and fragment in lines[0], done.stderr
+        assert_one_line_error(cli("suite", str(suite), "--device", "cpu"), fragment)
         assert not out.exists()
 
 
