@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -23,6 +24,21 @@ from .artefacts.files import atomic_save, load_checked
 from .data.spec import DatasetSpec, PairedData
 from .errors import UserError
 from .models.features import FeatureModel, ModelInfo, ModelOutput
+
+
+@dataclass
+class RunContext:
+    """What the runner tells a method before `prepare` (Method.context): the run's student model
+    (before training), the student's recipe (a training.config.Recipe), the run's seed, its
+    direction, and the extra teachers the method declared (`Method.extra_teachers`), trained and
+    in eval mode: modality -> model."""
+
+    student: FeatureModel
+    recipe: Any
+    seed: int
+    teacher_modality: str
+    student_modality: str
+    cross_teachers: dict[str, FeatureModel] = field(default_factory=dict)
 
 
 class Method(nn.Module):
@@ -41,6 +57,14 @@ class Method(nn.Module):
     # (cmkd_bench/models/fusion.py); a method that reads the teacher's input of one modality or its
     # single backbone's parts says why here, and such a run is refused in one line before anything is written.
     unimodal_teacher_only: ClassVar[str | None] = None
+    # The converse (None, the default: it also distils from a one-modality teacher): why the method
+    # needs a multimodal teacher; such a run with a one-modality teacher is refused in one line.
+    multimodal_teacher_only: ClassVar[str | None] = None
+    # Teachers besides the run's that the method reads, obtained (trained once and cached like any
+    # teacher) by the runner before `prepare` and handed over in `context.cross_teachers`:
+    # "cross": with a multimodal teacher, the one-modality teacher of each of its other modalities
+    # than the student's (each the teacher a run in that direction would use).
+    extra_teachers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, student: ModelInfo, teacher: ModelInfo, spec: DatasetSpec) -> None:
         super().__init__()
@@ -51,6 +75,7 @@ class Method(nn.Module):
         self.epochs = 1
         self.step = 0  # 1-based training step within the epoch; 0 outside a training step
         self.steps_per_epoch = 0
+        self.context: RunContext | None = None  # set by the runner before prepare
 
     def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
@@ -68,7 +93,10 @@ class Method(nn.Module):
         """One-time step before student training (for example ranking teacher channels).
 
         `cache_dir` belongs to this run's teacher: results that depend only on the teacher and the
-        data may be stored there and reused by later runs with the same teacher.
+        data may be stored there and reused by later runs with the same teacher. `self.context`
+        (a RunContext, set by the runner before this call) gives what else a stage-wise method
+        needs: the student (which it may train here: the engine starts from its weights), the
+        recipe, the seed and the `extra_teachers` it declared.
         """
 
     def teacher_reads(self) -> frozenset[str] | None:

@@ -414,11 +414,15 @@ def _direction_pairs(suite: Suite, spec: DatasetSpec) -> list[tuple[str | None, 
 
 
 def accepts_teacher(method: str, teacher_modality: str | None) -> bool:
-    """Whether `method` runs with this teacher: a multimodal one is left out of a suite's runs for the
-    methods that refuse it (Method.unimodal_teacher_only, e.g. mgdfr), instead of stopping the suite."""
-    if not is_fusion(teacher_modality):
+    """Whether `method` runs with this teacher: a suite leaves a method out of the columns whose teacher
+    it refuses (a multimodal one: Method.unimodal_teacher_only, e.g. mgdfr; a one-modality one:
+    Method.multimodal_teacher_only, e.g. mst) instead of stopping."""
+    try:
+        implementation = METHODS.get(method).implementation
+    except UserError:  # an unknown name: the suite's own check names it, in its words
         return True
-    return getattr(METHODS.get(method).implementation, "unimodal_teacher_only", None) is None
+    refusal = "unimodal_teacher_only" if is_fusion(teacher_modality) else "multimodal_teacher_only"
+    return getattr(implementation, refusal, None) is None
 
 
 def _method_entries(suite: Suite, task: str) -> list[MethodEntry]:

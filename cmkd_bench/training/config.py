@@ -232,6 +232,9 @@ def resolve(
                             "or drop --teacher-fusion")
         t_mod = teacher_modality or spec.teacher_modality
         spec.modality(t_mod)
+        if refusal := getattr(method.implementation, "multimodal_teacher_only", None):
+            raise UserError(f"method {method.name!r} cannot distil from the one-modality teacher {t_mod!r}: {refusal}; "
+                            f"give it a multimodal --teacher-modality (e.g. {all_modalities(spec)})")
         if s_mod == t_mod:
             raise UserError(f"student and teacher modality are both {s_mod!r}; cross-modal distillation needs two different modalities")
         t_backbone, fusion = teacher_backbone or spec.modalities[t_mod].backbone, None

@@ -32,7 +32,7 @@ from ..catalog import load_all
 from ..data.spec import PairedData, Recipe
 from ..data.text import vocabulary_files
 from ..errors import RunFailed, UserError
-from ..method import Method
+from ..method import Method, RunContext
 from ..models.backbones import build_backbone, init_from_weights, init_summary
 from ..models.features import FeatureModel
 from ..models.fusion import SEPARATOR, FusionModel, modalities_of, stages_note
@@ -291,6 +291,31 @@ def teacher_folder(prepared: ResolvedRun) -> Path:
     return prepared.teacher_dir / teacher_key(config)
 
 
+def obtain_cross_teachers(prepared: ResolvedRun, method: Method,
+                          progress: RunCallbacks) -> dict[str, tuple[FeatureModel, dict[str, Any]]]:
+    """For a method that declares `extra_teachers = ("cross",)` and a multimodal teacher: the
+    one-modality teacher of each of the teacher's modalities other than the student's, with its
+    record part. Each is the teacher a run in that direction (teacher modality -> the student's)
+    with the same seed and recipe uses: trained once, cached under the same key, reused by both.
+    The run's --teacher-checkpoint or --teacher-init (the multimodal teacher's) do not apply to them."""
+    config = prepared.config
+    if "cross" not in method.extra_teachers or not config.multimodal_teacher:
+        return {}
+    found = {}
+    backbones = dict(zip(modalities_of(config.teacher_modality), config.teacher_backbone.split(SEPARATOR)))
+    for modality, backbone in backbones.items():
+        if modality == config.student_modality:
+            continue
+        one = replace(config, teacher_modality=modality, teacher_backbone=backbone, teacher_fusion=None,
+                      teacher_init_sha256=None, teacher_checkpoint_sha256=None)
+        sub = replace(prepared, config=one, teacher_checkpoint=None, teacher_init=None, rebuild_teacher=False)
+        model = build_model(backbone, prepared.data, modality, config.seed, prepared.device)
+        info = obtain_teacher(sub, model, progress)
+        model.eval().requires_grad_(False)
+        found[modality] = (model, info)
+    return found
+
+
 def obtain_teacher(prepared: ResolvedRun, teacher: FeatureModel, progress: RunCallbacks) -> dict[str, Any]:
     """Load the given or cached teacher, or train and cache it; returns the record's teacher part."""
     config, data, device = prepared.config, prepared.data, prepared.device
@@ -539,7 +564,13 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
                              f"concatenated {fused}; stages: {record['teacher']['stages']}")
         record["teacher"]["init"] = inits.get("teacher")
         record["teacher"]["trained_by_method"] = method.trains_teacher
+        cross = obtain_cross_teachers(prepared, method, progress)
+        if cross:  # what the method reads besides the run's teacher (Method.extra_teachers)
+            record["teacher"]["cross"] = {modality: info for modality, (_, info) in cross.items()}
         teacher.eval()
+        method.context = RunContext(student=student, recipe=prepared.recipe, seed=config.seed,
+                                    teacher_modality=config.teacher_modality, student_modality=config.student_modality,
+                                    cross_teachers={modality: model for modality, (model, _) in cross.items()})
         method.prepare(teacher, data, str(device), teacher_folder(prepared))
         if progress.on_phase is not None:
             progress.on_phase(f"{config.method} {config.teacher_modality}→{config.student_modality}",
@@ -556,6 +587,8 @@ def _execute_locked(prepared: ResolvedRun, teacher: FeatureModel, student: Featu
         logger.finish(record)
         raise
     record.update(completed_record(result, time.perf_counter() - began))
+    if getattr(method, "report", None):  # what a stage-wise method says of its stages (mst: losses, experts)
+        record["method_report"] = method.report
     # the best-val weights (Fit leaves them loaded), for analyses such as t-SNE of features
     atomic_save(student.state_dict(), prepared.run_dir / "student.pt")
     record["student_checkpoint"] = str(prepared.run_dir / "student.pt")
