@@ -9,7 +9,9 @@ them, otherwise it runs the teacher's forward; the "teacher" column says which. 
 after a warm-up, repeated --repeats times in an interleaved order so that a slow moment of the
 machine does not land on one method only; the median steps/s is compared with no-kd's. The
 one-time preparation of a method (MGDFR's ranking, the teacher-output cache) is timed apart, since
-it is not a per-step cost. --no-cache measures every method with the live teacher forward.
+it is not a per-step cost (mst's is its stages 1 and 2: co-training and the MaskNets, one epoch
+each). --no-cache measures every method with the live teacher forward. A method that needs a
+multimodal teacher (mst) gets the fusion of every modality and the cross-modal teachers, untrained.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from cmkd_bench.catalog import METHODS, load_all
+from cmkd_bench.method import RunContext
+from cmkd_bench.models.fusion import DEFAULT_FUSION, SEPARATOR, FusionModel, model_input
 from cmkd_bench.recipes import autocast, build_optimizer
 from cmkd_bench.registry import DATASETS
 from cmkd_bench.training.engine import resolve_device
@@ -32,9 +37,22 @@ from cmkd_bench.training.teacher_outputs import TeacherOutputs, plan
 def steps_per_second(method_name: str, data, device: torch.device, steps: int, warmup: int = 5,
                      cache: bool = True) -> tuple[float, float, str]:
     spec = data.spec
-    teacher = build_model(spec.modalities[spec.teacher_modality].backbone, data, spec.teacher_modality, 0, device).eval()
     student = build_model(spec.modalities[spec.student_modality].backbone, data, spec.student_modality, 1, device)
-    method = METHODS.build(method_name, student.info, teacher.info, spec).to(device)  # the default direction
+    implementation = METHODS.get(method_name).implementation
+    if getattr(implementation, "multimodal_teacher_only", None):  # mst: a fusion teacher and the cross-modal ones
+        encoders = {m: build_model(spec.modalities[m].backbone, data, m, 0, device) for m in spec.modalities}
+        teacher = FusionModel(encoders, DEFAULT_FUSION, spec.num_classes, spec.student_modality).to(device).eval()
+        t_mod = SEPARATOR.join(spec.modalities)
+        method_spec = replace(spec, teacher_modality=t_mod)
+    else:
+        teacher = build_model(spec.modalities[spec.teacher_modality].backbone, data, spec.teacher_modality, 0,
+                              device).eval()
+        t_mod, method_spec = spec.teacher_modality, spec
+    method = METHODS.build(method_name, student.info, teacher.info, method_spec).to(device)  # the default direction
+    cross = {m: build_model(spec.modalities[m].backbone, data, m, 0, device).eval().requires_grad_(False)
+             for m in spec.modalities if m != spec.student_modality} if "cross" in method.extra_teachers else {}
+    method.context = RunContext(student=student, recipe=spec.recipe, seed=0, teacher_modality=t_mod,
+                                student_modality=spec.student_modality, cross_teachers=cross)
     began = time.perf_counter()
     method.prepare(teacher, data, str(device), None)
     teacher_plan = plan(method, teacher, data, spec.teacher_modality, device)
@@ -60,7 +78,7 @@ def steps_per_second(method_name: str, data, device: torch.device, steps: int, w
                 if cached is not None:
                     t_out = cached.gather(batch["index"])
                 else:
-                    t_out = teacher(batch[spec.teacher_modality]) if method.uses_teacher else None
+                    t_out = teacher(model_input(batch, t_mod)) if method.uses_teacher else None
             losses = method(student(batch[spec.student_modality]), t_out, batch)
         optimizer.zero_grad(set_to_none=True)
         torch.stack([v.float() for v in losses.values()]).sum().backward()
@@ -68,6 +86,8 @@ def steps_per_second(method_name: str, data, device: torch.device, steps: int, w
     if device.type == "cuda":
         torch.cuda.synchronize()
     how = "cached" if cached is not None else ("live" if method.uses_teacher else "-")
+    if cross:  # the method runs its own (masked) teachers: the multimodal one and the cross-modal ones
+        how = f"{t_mod} and {', '.join(cross)}, run by the method"
     return steps / (time.perf_counter() - timed), prepare_seconds, how
 
 

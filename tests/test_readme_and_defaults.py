@@ -63,5 +63,7 @@ def test_cuda_run_uses_the_device(tmp_path):
 def test_every_classification_method_completes_a_default_run(tmp_path):
     """Full default synth-av runs of every method, one direction (minutes of CPU: `make test-slow`)."""
     for method in METHODS.names(task="classification"):
-        result = cli("run", "--method", method, "--dataset", "synth-av", "--out", str(tmp_path), "--quiet")
+        teacher = ("--teacher-modality", "visual+audio") if getattr(
+            METHODS.get(method).implementation, "multimodal_teacher_only", None) else ()
+        result = cli("run", "--method", method, "--dataset", "synth-av", *teacher, "--out", str(tmp_path), "--quiet")
         assert result.returncode == 0, f"{method}: {result.stderr}"
