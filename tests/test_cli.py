@@ -77,7 +77,11 @@ def test_list_is_one_line_per_entry_and_never_splits_words(tmp_path):
     lines = result.stdout.splitlines()
     assert all(len(line) <= 80 for line in lines), max(lines, key=len)
     assert len(lines) < len(list(METHODS)) + len(list(DATASETS)) + 30
-    text = " ".join(entry.description for entry in [*METHODS, *DATASETS, *BACKBONES])
+    from cmkd_bench.models.fusion import FUSIONS
+
+    text = " ".join([entry.description for entry in [*METHODS, *DATASETS, *BACKBONES]] +
+                    [fusion.description for fusion in FUSIONS.values()])
+    assert all(any(line.startswith(f"  {name} ") for line in lines) for name in FUSIONS)  # the teacher fusions
     words = {word.strip(",;:()") for word in text.split()}
     for line in lines:  # every shortened description ends on a whole word and '…'
         if line.endswith("…"):
@@ -91,6 +95,8 @@ def test_list_is_one_line_per_entry_and_never_splits_words(tmp_path):
     assert "steps: 31 per epoch (2,000 train samples; batch 64), 372 in 12 epochs" in detail.stdout  # 2000 // 64
     method = cli("list", "methods", "fd", env={"COLUMNS": "80"})
     assert "reference: Liu et al." in method.stdout and "search space (cmkd-bench tune):" in method.stdout
+    mst = cli("list", "methods", "mst", env={"COLUMNS": "80"})
+    assert "teacher: needs a multimodal teacher (--teacher-modality a+b)" in mst.stdout
     assert_one_line_error(cli("list", "methods", "kdd"), "unknown method 'kdd'")
 
 

@@ -17,6 +17,7 @@ from ..catalog import BACKBONES, DATASETS, METHODS, load_all
 from ..data.spec import DatasetSpec
 from ..experiments.plan import counted
 from ..experiments.search import declared_space
+from ..models.fusion import FUSIONS
 from ..registry import Entry, Registry
 from ..training.runner import reads_data_root
 from .options import plugin_option
@@ -79,6 +80,10 @@ def method_detail(entry: Entry, width: int) -> list[str]:
     lines += _wrapped("description", entry.description, width)
     if entry.reference:
         lines += _wrapped("reference", entry.reference, width)
+    for attribute, label in (("unimodal_teacher_only", "needs a one-modality teacher"),
+                             ("multimodal_teacher_only", "needs a multimodal teacher (--teacher-modality a+b)")):
+        if why := getattr(entry.implementation, attribute, None):
+            lines += _wrapped("teacher", f"{label}: {why}", width)
     lines += _hparam_lines("hyper-parameters (defaults; --set KEY=VALUE)", entry, width)
     space = declared_space(entry)
     if space:
@@ -241,5 +246,8 @@ def list_command(kind: str | None, name: str | None, data_root: str | None, plug
             lines = compact_lines(registry_kind, registry, width)
             if registry_kind == "backbones":
                 lines += _wrapped("", OPEN_BACKBONES, width)
+                lines += ["", f"teacher fusions ({len(FUSIONS)}; --teacher-fusion, with --teacher-modality a+b)"]
+                for fusion_name, fusion in sorted(FUSIONS.items()):
+                    lines.append(_shortened(f"  {fusion_name:<12}{fusion.description}", width))
             blocks.append("\n".join(lines))
     click.echo("\n\n".join(blocks))

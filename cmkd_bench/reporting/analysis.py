@@ -339,6 +339,10 @@ def student_weights_path(record: dict[str, Any], run_dir: Path, given: str | Non
 def run_features(run: str | Path, student_weights: str | None = None, split: str = "test", samples: int | None = 500,
                  data_root: str | None = None, device_name: str = "auto", attr: str = "feature") -> RunFeatures:
     record, run_dir = run_record(run)
+    if (record.get("config") or {}).get("teacher_fusion"):  # a FusionModel, whose fused feature is wider
+        raise UserError(f"run {record['run_id']} has the multimodal teacher {record['teacher_modality']}: its fused "
+                        "feature (the encoders' features concatenated) has another dimension than the student's, and "
+                        "one t-SNE of both needs one; use a run with a one-modality teacher")
     device = resolve_device(device_name)
     check_on(split)
     data = build_data(record["dataset"], data_root, dict(data_options(record)))
