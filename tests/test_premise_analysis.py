@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy.stats import t as t_dist
+from scipy.stats import ttest_rel
 
 from cmkd_bench.artefacts.files import write_json_atomic
 from cmkd_bench.reporting.analysis import FreqSimilarity
@@ -59,11 +61,23 @@ def test_the_report_holds_the_numbers_of_the_files_it_reads(tmp_path: Path) -> N
     low = [r.value("low", "include") for r in results]
     assert f"{statistics.mean(low):.3f} ± {statistics.stdev(low):.3f}" in text
     assert "### synth-av · small-resnet · post" in text and "(not measured" in text  # no JSON for it
-    # fd − no-kd per seed: -1, -2; fd − fd-random-split: -2, -3
-    row = next(line for line in text.splitlines() if line.startswith("| synth-av · small-cnn · visual → audio"))
-    assert row.endswith(f"| {-1.5:.2f} ± {statistics.stdev([-1, -2]):.2f} | {1.0:.2f} ± 0.00 | "
-                        f"{-2.5:.2f} ± {statistics.stdev([-2, -3]):.2f} |")
-    assert "| kd | +2.00 ± 1.41 | +2.00 ± 1.41 |" in text  # gains 1 + 2 seed: 1 and 3
+    # protocol v1 records: the defaults table only; fd − no-kd per seed -1, -2; fd-random-split − no-kd +1, +1;
+    # fd − fd-random-split -2, -3 (no fd-no-align runs: its comparisons are absent)
+    assert "(protocol v1 tuned nothing fairly)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| synth-av · small-cnn · visual → audio | top1"))
+    assert row == "| synth-av · small-cnn · visual → audio | top1 | 51.00 ± 1.41 (n=2) | 49.50 ± 0.71 (n=2) | — | 52.00 ± 1.41 (n=2) |"
+    p_fd = ttest_rel([49.0, 50.0], [50.0, 52.0]).pvalue
+    p_versus = ttest_rel([49.0, 50.0], [51.0, 53.0]).pvalue
+    holm = by_hand_holm([p_fd, 0.0, p_versus])  # a constant shift: p = 0, scipy's limit
+    half = t_dist.ppf(0.975, 1) * statistics.stdev([-1, -2]) / 2 ** 0.5
+    assert (f"| synth-av · small-cnn · visual → audio | fd − no-kd | 2 | -1.50 | [{-1.5 - half:+.2f}, {-1.5 + half:+.2f}] "
+            f"| {p_fd:.3f} | {holm[0]:.3f} |") in text
+    assert "| fd-random-split − no-kd | 2 | +1.00 | [+1.00, +1.00] | < 0.001 | < 0.001 ▲ |" in text
+    assert f"| fd − fd-random-split | 2 | -2.50 |" in text and f"| {p_versus:.3f} | {holm[2]:.3f} |" in text
+    p_kd = [ttest_rel([41 + 10 * x, 44 + 10 * x], [40 + 10 * x, 41 + 10 * x]).pvalue for x in (0.0, 1.0)]
+    adjusted = by_hand_holm(p_kd)
+    assert f"| kd | +2.00 ± 1.41 (p {adjusted[0]:.3f}) | +2.00 ± 1.41 (p {adjusted[1]:.3f}) |" in text  # gains 1, 3
+    assert "at the defaults, 2 seeds" in text
     assert (tmp_path / "figures" / "sweep-synth-av-shared.png").is_file() and "![sweep](figures/sweep-synth-av-shared.png)" in text
     # section 4, from the same files: one configuration measured, one row of runs, no fd in the sweep
     high = [r.value("high", "include") for r in results]
@@ -75,11 +89,67 @@ def test_the_report_holds_the_numbers_of_the_files_it_reads(tmp_path: Path) -> N
     assert f"the low band's similarity is {no_dc:.3f}: the DC bin is {dc_part:.0%} of it." in text
     permuted = statistics.mean(r.value("low", "include", "permuted") for r in results)
     assert f"the low band keeps {permuted:.3f} ({permuted / statistics.mean(low):.0%} of its value)" in text
-    assert ("-2.50 points over 1 dataset · backbone · direction rows; separated above in 0, below in 1; the largest, "
-            f"-2.50 ± {statistics.stdev([-2, -3]):.2f} (synth-av · small-cnn · visual → audio)") in text
-    assert ("fd − no-kd: -1.50 points; separated above in 0 of 1 rows (none), below in 1 "
-            "(synth-av · small-cnn · visual → audio)") in text
+    assert ("- default, fd − no-kd (fd's gain): -1.50 points over 1 dataset · backbone · direction rows; "
+            "significant above in 0 (none), below in 0 (none).") in text  # 2 seeds: p > 0.05 after Holm
+    assert ("- default, fd-random-split − no-kd (with a random split): +1.00 points over 1 dataset · backbone · "
+            "direction rows; significant above in 1 (synth-av · small-cnn · visual → audio), below in 0 (none).") in text
     assert "sweep (section 3)" not in text  # the sweep has no fd and fd-random-split to compare
+
+
+def by_hand_holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment written out: the i-th smallest of m times (m - i), running maximum, at most 1."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def test_protocol_2_records_give_tuned_and_default_tables_with_holm(tmp_path: Path) -> None:
+    from test_headline import reported, tuning_entry
+
+    analysis = load_analysis()
+    direction, seeds = ("visual", "audio"), (0, 1, 2, 3, 4)
+    no_kd = [60.0, 61.0, 59.5, 60.5, 62.0]
+    diffs = {("fd", "tuned"): [1.2, 0.8, 1.5, 1.0, 1.1], ("fd", "default"): [0.3, -0.2, 0.5, 0.1, 0.0],
+             ("fd-no-align", "tuned"): [1.1, 0.9, 1.2, 1.3, 0.8], ("fd-no-align", "default"): [0.2, 0.1, -0.1, 0.4, 0.3],
+             ("fd-random-split", "default"): [0.4, 0.0, 0.2, 0.1, 0.3]}
+    records = []
+    for seed, base in zip(seeds, no_kd):
+        record = reported("no-kd", direction, seed, base, {}, suffix="-recipe")
+        record["tuning"] = [tuning_entry("no-kd", direction, {"lr": 0.05, "weight_decay": 0.0005})]
+        records.append(record)
+    for (method, setting), per_seed in diffs.items():
+        for seed, base, diff in zip(seeds, no_kd, per_seed):
+            hparams = {"w_low": 0.1} if setting == "tuned" else {}
+            records.append(reported(method, direction, seed, base + diff, hparams,
+                                    selected_by=(method,) if setting == "tuned" else (), suffix=f"-{setting}"))
+    candidate = reported("fd", direction, 1000, 99.0, {"w_low": 10.0}, suffix="-candidate")
+    candidate["protocol"]["role"] = "candidate"  # a selection run: never a row
+    write_records(tmp_path / "runs", records + [candidate])
+    text = "\n".join(analysis.method_section(tmp_path))
+
+    def expected(setting: str, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[float, float]]:
+        values = {"no-kd": no_kd, **{m: [b + d for b, d in zip(no_kd, diffs[(m, s)])] for m, s in diffs if s == setting}}
+        present = [(a, b) for a, b in pairs if a in values and b in values]
+        p = [ttest_rel(values[a], values[b]).pvalue for a, b in present]
+        return dict(zip(present, zip(p, by_hand_holm(p))))
+
+    tuned_part, default_part = text.split("### At the official defaults")
+    assert "records of protocol v2" in tuned_part
+    assert "### Tuned: each method's selected configuration" in tuned_part and "99.0" not in text
+    for part, setting in ((tuned_part, "tuned"), (default_part, "default")):
+        for (a, b), (p, p_holm) in expected(setting, list(analysis.CONTRASTS)).items():
+            mark = " ▲" if p_holm < 0.05 else ""
+            assert f"| {a} − {b} | 5 |" in part and f"| {p_text(p)} | {p_text(p_holm)}{mark} |" in part, (a, b, setting)
+    assert "fd-random-split − no-kd" not in tuned_part  # fd-random-split has no tuned runs here
+    fd_tuned = [b + d for b, d in zip(no_kd, diffs[("fd", "tuned")])]
+    assert f"| {statistics.mean(fd_tuned):.2f} ± {statistics.stdev(fd_tuned):.2f} (n=5) |" in tuned_part
+
+
+def p_text(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def test_smoke_refuses_to_write_into_the_leaderboard(capsys) -> None:
