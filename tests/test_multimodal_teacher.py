@@ -324,3 +324,25 @@ def test_every_committed_record_keeps_its_run_id():
     for path in files:
         record = json.loads(path.read_text())
         assert RunConfig(**record["config"]).run_id == record["run_id"], path
+
+
+# -- suites: the multimodal teacher's fusion ------------------------------------------------------------
+def test_a_suite_s_teacher_fusion_reaches_its_multimodal_runs_only(tmp_path):
+    from cmkd_bench.experiments.plan import expand, suite_from_mapping, suite_with_flags
+
+    raw = {"datasets": [{"name": "synth-av", "sets": dict(s.split("=") for s in TINY)}], "methods": ["kd"],
+           "teachers": ["cross", "multimodal"], "seeds": [0], "directions": "default", "out": str(tmp_path / "runs")}
+    default = expand(suite_from_mapping(raw))
+    mlp = expand(suite_from_mapping({**raw, "teacher_fusion": "concat-mlp"}))
+    fusions = {run.request.teacher_modality: run.request.teacher_fusion for run in mlp}
+    assert fusions == {"visual": None, "visual+audio": "concat-mlp"}  # the cross column keeps its one-modality teacher
+    assert {run.request.teacher_fusion for run in default} == {None}  # concat, run's default
+    [fused] = [run for run in mlp if run.request.teacher_fusion]
+    assert fused.run_id not in {run.run_id for run in default}  # another teacher, another run id
+    with pytest.raises(UserError, match="unknown teacher fusion 'sum'"):
+        suite_from_mapping({**raw, "teacher_fusion": "sum"})
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text("datasets: [synth-av]\nmethods: [kd]\nteacher_fusion: concat-mlp\n")
+    with pytest.raises(UserError, match="fuses a multimodal teacher, which this suite has none of"):
+        suite_with_flags(str(suite_file), {key: None for key in ("methods", "datasets", "seeds", "directions")}
+                         | {"sets": (), "grid": (), "plugins": ()})

@@ -34,6 +34,9 @@ _PER_RUN = (
     click.option("--student", help="Student backbone for every run."),
     click.option("--teacher", help="Teacher backbone for every run (a multimodal teacher: one for all its modalities, "
                                    "or one per modality joined with '+', as run --teacher)."),
+    click.option("--teacher-fusion", "teacher_fusion",
+                 help="The fusion of a suite's multimodal teacher (teachers: [.., multimodal]), as run "
+                      "--teacher-fusion. Default: the file's, else concat."),
     click.option("--teacher-cache", "teacher_cache", type=click.Path(),
                  help="Where teachers are cached. Default: OUT/teachers."),
     click.option("--data-root", "data_root", type=click.Path(), help="Where real or bring-your-own datasets live."),

@@ -24,6 +24,7 @@ from, as everywhere else:
     teachers: [cross]             # cross: the other modality's teacher (the directions above); multimodal:
                                   # also a teacher of every modality (models/fusion.py) for each of those
                                   # students, e.g. visual+audio -> visual, for the methods that accept one
+    teacher_fusion: concat-mlp    # the multimodal teacher's fusion (default concat; `cmkd-bench list backbones`)
     seeds: [0, 1, 2]
     sets: {epochs: 12}            # settings for every run, as with `run --set`
     grid: {T: [2, 4]}             # every combination of these values is a run of its own
@@ -52,7 +53,7 @@ from ..artefacts.records import direction_label, find_record
 from ..catalog import all_plugin_files, load_all
 from ..data.spec import DatasetSpec
 from ..errors import UserError
-from ..models.fusion import all_modalities, is_fusion
+from ..models.fusion import all_modalities, get_fusion, is_fusion
 from ..registry import METHODS
 from ..training.engine import resolve_device
 from ..training.runner import ResolvedRun, RunRequest, existing_record, reads_data_root, resolve_run
@@ -64,7 +65,7 @@ DEFAULT_DIRECTIONS = "both"
 TEACHER_SETTINGS = ("cross", "multimodal")
 SUITE_KEYS = ("datasets", "methods", "directions", "teachers", "seeds", "sets", "grid", "out", "epochs", "teacher_epochs",
               "batch_size", "lr", "student", "teacher", "device", "teacher_cache", "data_root", "plugins", "tune",
-              "threads_per_run", "slurm")
+              "threads_per_run", "slurm", "teacher_fusion")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +92,7 @@ class Suite:
     methods: list[MethodEntry] | str  # "all": every method that supports the dataset's task
     directions: str | list[tuple[str, str]] = DEFAULT_DIRECTIONS  # "default", "both" or explicit pairs
     teachers: tuple[str, ...] = ("cross",)  # TEACHER_SETTINGS: the directions' teachers and/or a multimodal one
+    teacher_fusion: str | None = None  # the multimodal teacher's fusion (models/fusion.py FUSIONS; None: concat)
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     sets: tuple[str, ...] = ()
     grid: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -160,6 +162,7 @@ def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
         methods=_methods(raw["methods"], where),
         directions=_directions(raw.get("directions", DEFAULT_DIRECTIONS), where),
         teachers=_teachers(raw.get("teachers", ["cross"]), where),
+        teacher_fusion=_fusion(_optional(raw, "teacher_fusion", str, where), where),
         seeds=_seeds(raw.get("seeds", list(DEFAULT_SEEDS)), where),
         sets=_sets(raw.get("sets") or {}, "sets", where),
         grid=_grid(raw.get("grid") or {}, where),
@@ -175,6 +178,16 @@ def suite_from_mapping(raw: dict[str, Any], where: str = "suite") -> Suite:
         threads_per_run=_optional(raw, "threads_per_run", int, where),
         slurm=_slurm(raw.get("slurm"), where),
     )
+
+
+def _fusion(name: str | None, where: str) -> str | None:
+    """A registered fusion's name (models/fusion.py), or one line naming the registered ones."""
+    if name is None:
+        return None
+    try:
+        return get_fusion(name).name
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
 
 
 def _slurm(value: Any, where: str) -> dict[str, Any]:
@@ -336,6 +349,11 @@ def suite_with_flags(suite_file: str | None, flags: dict[str, Any]) -> Suite:
                 "data_root", "threads_per_run"):
         if flags.get(key) is not None:
             setattr(suite, key, flags[key])
+    if flags.get("teacher_fusion") is not None:
+        suite.teacher_fusion = _fusion(flags["teacher_fusion"], "--teacher-fusion")
+    if suite.teacher_fusion is not None and "multimodal" not in suite.teachers:
+        raise UserError(f"teacher fusion {suite.teacher_fusion!r} fuses a multimodal teacher, which this suite has none "
+                        "of; add multimodal to its teachers: (teachers: [cross, multimodal]) or drop the fusion")
     if not suite.datasets or not suite.methods:
         raise UserError("the suite names no dataset or no method; list them in the file or with --datasets/--methods")
     check_writable_dir(suite.out, "--out" if flags["out"] is not None else "the suite's out:")
@@ -448,7 +466,7 @@ def _request(suite: Suite, dataset: DatasetEntry, method: MethodEntry, seed: int
         # a suite-wide data_root is for the datasets that read one (not synth-av, synth-rgbd, mfh-gauss)
         data_root=dataset.data_root or (suite.data_root if reads_data_root(dataset.name) else None), out=suite.out,
         sets=(*dataset.sets, *suite.sets, *method.sets, *point), teacher_cache=suite.teacher_cache,
-        threads=run_threads(suite),
+        threads=run_threads(suite), teacher_fusion=suite.teacher_fusion if is_fusion(teacher_modality) else None,
     )
 
 
