@@ -1,18 +1,20 @@
 """Regenerate leaderboard/ANALYSIS.md, "Does FD-CMKD's premise hold?" (issue 13), from runs and teachers.
 
     python leaderboard/analysis.py [--root leaderboard] [--seeds 0,1,2,3,4] [--jobs 2] [--device auto]
-                                   [--no-runs | --report-only] [--allow-dirty]
+                                   [--no-runs | --report-only] [--only small-resnet|sweep] [--allow-dirty]
     python leaderboard/analysis.py --smoke --root /tmp/analysis-smoke      (1 epoch, 1 seed, tiny data)
 
 1. Runs, through the suite machinery (finished runs are skipped, interrupted ones resume):
    - ROOT/runs is the leaderboard's: `leaderboard/regenerate.py` makes its protocol-v2 runs, no-kd on
      the tuned recipe and fd, fd-no-align, fd-random-split tuned and at their defaults (the suites'
      `defaults:`); this script reads them (only --smoke makes tiny runs of its own there);
-   - ROOT/runs-small-resnet (suites/synth-av-small-resnet.yaml's folder): no-kd, fd, fd-no-align and
-     fd-random-split on synth-av with small-resnet teachers and students, at their defaults, on
+   - ROOT/runs-small-resnet (suites/synth-av-small-resnet.yaml's folder and data): no-kd, fd, fd-no-align
+     and fd-random-split on synth-av with small-resnet teachers and students, at their defaults, on
      the --seeds (0-4);
    - ROOT/sweeps/synth-av-shared: suites/synth-av-shared-sweep.yaml (synth-av's `shared` swept), at
      the defaults, on the --seeds.
+   `--only small-resnet` (or `sweep`) runs that part alone, and step 2 then measures the small-resnet
+   teachers only (or nothing).
    Sections 2 and 3 test every difference paired by seed and correct the p-values with Holm's method
    (cmkd_bench/reporting/statistics.py); the verdicts count what survives the correction.
 2. `analyze freq-similarity` of the two teachers of every seed, in each of those configurations,
@@ -22,7 +24,8 @@
    JSON names each teacher's cache key). Written to ROOT/analysis/*.json (committed).
 3. The sweep figure (`cmkd-bench plot sweep`) in ROOT/figures/.
 4. ROOT/ANALYSIS.md from those JSON files and the run records only: every number in it is read
-   from a file this script wrote or a run record.
+   from a file this script wrote or a run record; and ROOT/LEADERBOARD-small-resnet.md, the small-resnet
+   records' leaderboard (titled: at the defaults, not tuned, its seeds).
 
 --no-runs skips step 1 (the tables then hold what the folders have); --report-only does step 4
 alone (no training at all: the report from the committed JSON files and records). With ROOT = leaderboard/,
@@ -52,6 +55,7 @@ from cmkd_bench.experiments.suite import run_suite
 from cmkd_bench.reporting.analysis import (FreqSimilarity, SimilaritySettings, TeacherRequest, freq_similarity,
                                            plot_freq_similarity)
 from cmkd_bench.reporting.freqsim import BANDS, CONTROLS, CONVENTIONS, BandRow
+from cmkd_bench.reporting.leaderboard import render
 from cmkd_bench.reporting.leaderboard.headline import is_selected
 from cmkd_bench.reporting.leaderboard.protocol import is_candidate, split_protocols
 from cmkd_bench.reporting.plots import plot_sweep, sweep_panels
@@ -77,13 +81,15 @@ CONFIGS = (("synth-av · small-cnn", "synth-av", None, "runs"),
 SMOKE_SETS = {"synth-av": ("train=64", "val=32", "test=32", "image_size=16"),
               "synth-rgbd": ("train=16", "val=8", "test=8", "image_size=16")}
 FEATURES = ("post", "pre")
+PARTS = ("small-resnet", "sweep")  # what step 1 runs (--only chooses)
 
 
 # ---------------------------------------------------------------------------------------------
 # 1. Runs
 
 
-def suites(root: Path, seeds: list[int], device: str, smoke: bool) -> list[Suite]:
+def suites(root: Path, seeds: list[int], device: str, smoke: bool, only: tuple[str, ...] = PARTS) -> list[Suite]:
+    """The suites step 1 runs: ROOT/runs only under --smoke, then the `only` parts (small-resnet, sweep)."""
     epochs = 1 if smoke else None
 
     def datasets(names: list[str]) -> list[DatasetEntry]:
@@ -94,20 +100,22 @@ def suites(root: Path, seeds: list[int], device: str, smoke: bool) -> list[Suite
     base = replace(base, datasets=datasets(["synth-av", "synth-rgbd"]), out=str(root / "runs"), device=device,
                    epochs=epochs)
     resnet = load_suite(HERE / "suites" / "synth-av-small-resnet.yaml")
-    resnet = replace(resnet, methods=base.methods, datasets=datasets(["synth-av"]), seeds=seeds,
-                     out=str(root / "runs-small-resnet"), device=device, epochs=epochs)
+    # the suite files' own data (their enlarged val and test splits) unless --smoke
+    resnet = replace(resnet, methods=base.methods, datasets=datasets(["synth-av"]) if smoke else resnet.datasets,
+                     seeds=seeds, out=str(root / "runs-small-resnet"), device=device, epochs=epochs)
     sweep = load_suite(HERE / "suites" / "synth-av-shared-sweep.yaml")
     grid = tuple((k, ("0", "1") if smoke and k == SWEEP_KEY else v) for k, v in sweep.grid)
-    sweep = replace(sweep, datasets=datasets(["synth-av"]), seeds=seeds, grid=grid,
+    sweep = replace(sweep, datasets=datasets(["synth-av"]) if smoke else sweep.datasets, seeds=seeds, grid=grid,
                     out=str(root / "sweeps" / "synth-av-shared"), device=device, epochs=epochs)
     # ROOT/runs is the leaderboard's: regenerate.py makes its protocol-v2 runs (no-kd, fd, fd-no-align and
     # fd-random-split tuned and at their defaults); only --smoke makes tiny ones of its own there
-    return [base, resnet, sweep] if smoke else [resnet, sweep]
+    chosen = [suite for name, suite in (("small-resnet", resnet), ("sweep", sweep)) if name in only]
+    return [base, *chosen] if smoke else chosen
 
 
-def run_all(root: Path, seeds: list[int], jobs: int, device: str, smoke: bool) -> int:
+def run_all(root: Path, seeds: list[int], jobs: int, device: str, smoke: bool, only: tuple[str, ...] = PARTS) -> int:
     code = 0
-    for suite in suites(root, seeds, device, smoke):
+    for suite in suites(root, seeds, device, smoke, only):
         code |= run_suite(suite, jobs, [device], dry_run=False, command=run_command_line)
     return code
 
@@ -120,10 +128,25 @@ def similarity_file(root: Path, dataset: str, backbone: str | None, feature: str
     return root / "analysis" / f"freq-similarity-{dataset}-{backbone or 'default'}-{feature}-s{seed}.json"
 
 
-def measure_similarities(root: Path, seeds: list[int], device: str, smoke: bool) -> None:
+def config_sets(dataset: str, folder: str, smoke: bool) -> tuple[str, ...]:
+    """The data options of a configuration's teachers: the tiny --smoke data; the small-resnet suite's own
+    (its enlarged splits: the teachers its runs used); the dataset's defaults for ROOT/runs (the teachers at
+    the dataset's own recipe: an analysis cannot ask for protocol v2's tuned recipe)."""
+    if smoke:
+        return SMOKE_SETS[dataset]
+    if folder == "runs-small-resnet":
+        entry = next(e for e in load_suite(HERE / "suites" / "synth-av-small-resnet.yaml").datasets if e.name == dataset)
+        return tuple(entry.sets)
+    return ()
+
+
+def measure_similarities(root: Path, seeds: list[int], device: str, smoke: bool, only: tuple[str, ...] = PARTS) -> None:
+    """Step 2 for the CONFIGS; with `only` (not every part), for the small-resnet configuration alone."""
     for _, dataset, backbone, folder in CONFIGS:
+        if only != PARTS and not (folder == "runs-small-resnet" and "small-resnet" in only):
+            continue
         for seed in seeds:
-            request = TeacherRequest(dataset=dataset, seed=seed, sets=SMOKE_SETS[dataset] if smoke else (),
+            request = TeacherRequest(dataset=dataset, seed=seed, sets=config_sets(dataset, folder, smoke),
                                      epochs=1 if smoke else None, out=str(root / folder), device=device)
             for feature in FEATURES:
                 result = freq_similarity(request, backbones={"visual": backbone, "audio": backbone} if backbone else None,
@@ -487,6 +510,23 @@ def write_report(root: Path, seeds: list[int]) -> Path:
     return path
 
 
+def write_small_resnet_board(root: Path) -> Path | None:
+    """ROOT/LEADERBOARD-small-resnet.md from ROOT/runs-small-resnet's records (the wide overview with marks,
+    then a table per direction), titled with what it is: at the defaults, not tuned, and its seeds."""
+    folder = root / "runs-small-resnet"
+    records = load_records([folder]) if folder.is_dir() else []
+    if not records:
+        return None
+    seeds = sorted({int(r["seed"]) for r in records if r.get("status") == "completed"})
+    title = (f"# synth-av with small-resnet teachers and students: at the official defaults, not tuned, "
+             f"seeds {', '.join(map(str, seeds))}\n\n"
+             "Generated by `python leaderboard/analysis.py` from the records in `leaderboard/runs-small-resnet/` "
+             "(suites/synth-av-small-resnet.yaml); ANALYSIS.md section 2 tests the same runs paired by seed.\n\n")
+    path = root / "LEADERBOARD-small-resnet.md"
+    path.write_text(title + render(records, "md", layout="wide") + "\n\n" + render(records, "md").rstrip() + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(HERE), help="folder of the runs, analyses, figures and ANALYSIS.md")
@@ -497,7 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="only write ANALYSIS.md from analysis/*.json and records")
     parser.add_argument("--smoke", action="store_true", help="1 epoch, seed 0, tiny data: a check of the pipeline")
     parser.add_argument("--allow-dirty", action="store_true")
+    parser.add_argument("--only", choices=PARTS, action="append",
+                        help="run only this part of step 1 (repeatable; step 2 then measures small-resnet's teachers "
+                             "only, or none)")
     args = parser.parse_args(argv)
+    only = tuple(args.only) if args.only else PARTS
     root = Path(args.root).resolve()
     seeds = [0] if args.smoke else [int(s) for s in args.seeds.split(",")]
     if args.smoke and root == HERE:
@@ -509,9 +553,11 @@ def main(argv: list[str] | None = None) -> int:
               "the code they were made with: commit or stash them, or pass --allow-dirty", file=sys.stderr)
         return 2
     try:
-        code = 0 if args.no_runs or args.report_only else run_all(root, seeds, args.jobs, args.device, args.smoke)
+        code = 0 if args.no_runs or args.report_only else run_all(root, seeds, args.jobs, args.device, args.smoke, only)
         if not args.report_only:
-            measure_similarities(root, seeds, args.device, args.smoke)
+            measure_similarities(root, seeds, args.device, args.smoke, only)
+        if board := write_small_resnet_board(root):
+            print(f"wrote {board}", file=sys.stderr)
         print(f"wrote {write_report(root, seeds)}", file=sys.stderr)
     except UserError as error:
         print(f"analysis.py: {error}", file=sys.stderr)

@@ -164,3 +164,28 @@ def test_smoke_runs_end_to_end(tmp_path: Path) -> None:
     text = (tmp_path / "ANALYSIS.md").read_text()
     assert "(not measured" not in text and "(no sweep yet" not in text and "(no runs yet)" not in text
     assert len(list((tmp_path / "analysis").glob("freq-similarity-*.json"))) == 3 * 2
+
+
+def test_the_parts_keep_their_suite_files_data_and_only_chooses_them(tmp_path: Path) -> None:
+    analysis = load_analysis()
+    both = analysis.suites(tmp_path, [0, 1, 2, 3, 4], "cpu", smoke=False)
+    assert [s.out for s in both] == [str(tmp_path / "runs-small-resnet"), str(tmp_path / "sweeps" / "synth-av-shared")]
+    resnet = both[0]
+    # the suite file's enlarged evaluation splits (its teachers are the ones the table used), 5 seeds, fd's controls
+    assert [(e.name, sorted(e.sets)) for e in resnet.datasets] == [("synth-av", ["test=5000", "val=2000"])]
+    assert list(resnet.seeds) == [0, 1, 2, 3, 4] and [m.name for m in resnet.methods] == list(analysis.FD_METHODS)
+    only = analysis.suites(tmp_path, [0], "cpu", smoke=False, only=("small-resnet",))
+    assert [s.out for s in only] == [str(tmp_path / "runs-small-resnet")]
+    assert analysis.config_sets("synth-av", "runs-small-resnet", smoke=False) == tuple(resnet.datasets[0].sets)
+    assert analysis.config_sets("synth-av", "runs", smoke=False) == ()
+
+
+def test_the_small_resnet_board_says_it_is_untuned_and_its_seeds(tmp_path: Path) -> None:
+    analysis = load_analysis()
+    assert analysis.write_small_resnet_board(tmp_path) is None  # no records, no file
+    write_records(tmp_path / "runs-small-resnet", [make_record(m, seed, 50.0 + seed, 50.0) for m in ("no-kd", "fd")
+                                                   for seed in (0, 1, 3)])
+    text = analysis.write_small_resnet_board(tmp_path).read_text()
+    assert text.splitlines()[0] == ("# synth-av with small-resnet teachers and students: at the official defaults, "
+                                    "not tuned, seeds 0, 1, 3")
+    assert "| fd |" in text and "| no-kd |" in text
