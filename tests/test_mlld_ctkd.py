@@ -372,3 +372,25 @@ def test_impossible_settings_are_value_errors(name, hparams):
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_only_teacher_logits_are_read(name):
     assert build(name).teacher_reads() == frozenset({"logits"})
+
+
+# -- the tuning protocol's spaces reach the task loss alone ------------------------------------------
+@pytest.mark.parametrize("name", ["kd", "kd-ls", "dkd", "dkd-ls", "mlld", "mlld-ls", "ctkd"])
+def test_each_logit_study_evaluates_its_lowest_kd_weight_with_the_ce_at_weight_one(name):
+    """Issue 30: a study must reach the regime where the method's terms are negligible, i.e. no-kd's loss, the
+    CE at weight 1 under the tuned recipe. Where the official CE weight is 0.1 (kd-ls, mlld, mlld-ls, ctkd), a
+    small KD weight alone is no-kd at a tenth of its learning rate: among the configurations the study
+    actually evaluates (the budget's draw), one has the lowest KD weight and a CE term within 1% of plain CE
+    (kd's is 1 - alpha = 0.9991)."""
+    from cmkd_bench.experiments.search import DEFAULT_BUDGET, configurations, search_space
+
+    entry = METHODS.get(name)
+    space = search_space(name)
+    (weight,) = entry.meta["loss_weights"]
+    lowest = min(dict(space.axes)[weight])
+    evaluated = [c for c in configurations(space, entry.hparams, DEFAULT_BUDGET) if c[weight] == lowest]
+    assert evaluated, (name, weight, lowest)
+    student, teacher, y = output(1, 6, 3.0), output(2, 6, 5.0, 1.0), labels(6)
+    plain = F.cross_entropy(student.logits, y).item()
+    ce_terms = [build(name, **config)(student, teacher, {"label": y})["ce"].item() for config in evaluated]
+    assert any(ce == pytest.approx(plain, rel=0.01) for ce in ce_terms), (name, evaluated, ce_terms, plain)
