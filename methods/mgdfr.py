@@ -43,6 +43,10 @@ Deliberate differences, each for the suite's protocol:
   order (repeat-major, then channel) from a generator seeded with `seed`, and evaluated in chunks.
 - The student's recipe (optimiser, learning rate, epochs) is the dataset's shared one (official:
   SGD lr 1e-2, momentum 0.9, 100 epochs). `T` is an option (official T = 1), with Hinton's T^2.
+- The search space (issue 30's protocol) crosses the KD weight (1 down to 1/1000) with the CE weight at the
+  official 0 (`--gt-weight 0`) and at 1, no-kd's, and the removed fraction at 0.5 and 0.75: at the
+  official CE weight 0 every configuration learns from the teacher alone, so no study could reach the
+  regime where distillation is negligible. T stays at the official 1.
 The VGGSound code differs from RAVDESS: its salience is a mean absolute difference against an
 independently pre-trained video network (`vggsound/modality_general/cal_overlap_permute.py`), and
 `vggsound/mfh_kd/main.py` zeroes the removed channels and distils with a batchmean KL and no CE;
@@ -179,8 +183,8 @@ def rank_channels(teacher: FeatureModel, data: PairedData, key: dict, device: st
                               "salience against a trained student-modality partner) replaced by their batch mean",
                   reference="Xue, Gao, Ren, Zhao. The Modality Focusing Hypothesis: Towards Understanding "
                             "Crossmodal Knowledge Distillation. ICLR 2023",
-                  search_space={"fraction": [0.5, 0.75, 0.9], "T": [1.0, 2.0, 4.0]},
-                  loss_weights=())
+                  search_space={"w_kd": [0.001, 0.01, 0.1, 1.0], "w_ce": [0.0, 1.0], "fraction": [0.5, 0.75]},
+                  loss_weights=("w_kd",))
 class MGDFR(Method):
     unimodal_teacher_only = "it trains a partner against the teacher run on one modality's input and ranks the channels of its single linear head"
     def __init__(self, student, teacher, spec, fraction: float = 0.75, T: float = 1.0, w_kd: float = 1.0,

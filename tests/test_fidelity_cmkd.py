@@ -361,6 +361,28 @@ def test_mgdfr_temperature_and_batchmean_options():
     assert losses["ce"].item() == pytest.approx(0.5 * F.cross_entropy(z_s, LABELS).item(), rel=1e-12)
 
 
+def test_mgdfr_study_reaches_the_ce_alone_at_its_lowest_kd_weight():
+    """Issue 30: at the official CE weight 0 every configuration learns from the teacher alone; the study's
+    evaluated draw must hold the lowest KD weight with the CE at weight 1 (no-kd's loss plus a negligible term)."""
+    from cmkd_bench.experiments.search import DEFAULT_BUDGET, configurations, search_space
+
+    entry = METHODS.get("mgdfr")
+    space = search_space("mgdfr")
+    lowest = min(dict(space.axes)["w_kd"])
+    evaluated = configurations(space, entry.hparams, DEFAULT_BUDGET)
+    assert len(evaluated) == DEFAULT_BUDGET and evaluated[0] == {"w_kd": 1.0, "w_ce": 0.0, "fraction": 0.75}
+    chosen = [c for c in evaluated if c["w_kd"] == lowest and c["w_ce"] == 1.0]
+    assert chosen and lowest <= entry.hparams["w_kd"] / 100
+    g = torch.Generator().manual_seed(6)
+    h, z_s = torch.randn(B, 6, generator=g, dtype=torch.float64), torch.randn(B, C, generator=g, dtype=torch.float64)
+    head = nn.Linear(6, C).double()
+    method = build("mgdfr", info(4, {}), info(6, {}), **chosen[0])
+    method.removed.copy_(torch.arange(len(method.removed)))
+    method.head = head
+    losses = method(ModelOutput(z_s, torch.zeros(B, 4), torch.zeros(B, 4)), ModelOutput(head(h), h, h), {"label": LABELS})
+    assert losses["ce"].item() == pytest.approx(F.cross_entropy(z_s, LABELS).item(), rel=1e-12)
+
+
 def test_mgdfr_bf16_autocast_changes_the_kd_by_no_more_than_rounding():
     # bf16 inputs under autocast against float32 on the same rounded inputs: only rounding may differ
     g = torch.Generator().manual_seed(6)
