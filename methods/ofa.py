@@ -52,6 +52,10 @@ Deliberate differences:
   for the logits (lines 28-32), which no README command uses.
 - The branch depth is counted in stages of the backbone (n = stages after it), which equals the
   official 4 - stage on 4-stage backbones; backbones with other stage counts get their own n.
+- The search space (ours, issue 30's protocol) tunes the logits' OFA weight (`kd_weight`, 1 and 1/100)
+  beside the branches' (`ofa_weight`) and eps: with `kd_weight` fixed at 1 the final logits' OFA term
+  stays at full weight in every configuration, so no study could reach the regime where distillation is
+  negligible. The budget's draw holds ofa_weight 0.01 with kd_weight 0.01.
 - log_softmax rather than log(softmax): the same value, finite where a probability underflows;
   the loss runs in at least float32 (under bf16 autocast the branch logits are bf16).
 - CE is the harness's plain cross-entropy on hard labels. The official criterion (train.py lines
@@ -144,7 +148,7 @@ def exit_branch(channels: int, after: int, width: int, num_classes: int) -> nn.S
                               "with a target-enhanced loss",
                   reference="Hao et al. One-for-All: Bridge the Gap Between Heterogeneous Architectures in "
                             "Knowledge Distillation. NeurIPS 2023",
-                  search_space={"ofa_weight": [0.01, 0.1, 1.0, 10.0], "eps": [1.0, 1.5]},
+                  search_space={"ofa_weight": [0.01, 0.1, 1.0, 10.0], "kd_weight": [0.01, 1.0], "eps": [1.0, 1.5]},
                   loss_weights=("ofa_weight",))
 class OFA(Method):
     """loss = ce_weight * CE + kd_weight * ofa(logits) + ofa_weight * sum over stages ofa(branch(stage))."""

@@ -350,3 +350,16 @@ def test_unknown_stages_token_sequences_and_models_without_stages_are_one_line_e
 
 def test_only_the_teachers_logits_are_read():
     assert build(info(64, RESNET_STAGES), info(64, {"t0": (64,)})).teacher_reads() == frozenset({"logits"})
+
+
+def test_the_study_evaluates_both_ofa_terms_at_a_hundredth():
+    """Issue 30: with the logits' OFA term fixed at weight 1 no study reached the regime where distillation is
+    negligible; the budget's draw must hold the branches' and the logits' weights both at 1/100 of their
+    defaults (the CE stays at 1)."""
+    from cmkd_bench.experiments.search import DEFAULT_BUDGET, configurations, search_space
+
+    entry = METHODS.get("ofa")
+    evaluated = configurations(search_space("ofa"), entry.hparams, DEFAULT_BUDGET)
+    assert len(evaluated) == DEFAULT_BUDGET and entry.hparams["ce_weight"] == 1.0
+    assert any(c["ofa_weight"] <= entry.hparams["ofa_weight"] / 100 and c["kd_weight"] <= entry.hparams["kd_weight"] / 100
+               for c in evaluated), evaluated
