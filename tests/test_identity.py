@@ -41,6 +41,12 @@ def test_a_teacher_copied_in_from_another_teacher_folder_is_not_reused(tmp_path,
     assert "teacher.pt is not the weights teacher.json was written with" in stdout and "training it again" in stdout
     again = json.loads((out / reference["run_id"] / "result.json").read_text())
     assert again["metrics"] == reference["metrics"] and again["teacher"]["metrics"] == reference["teacher"]["metrics"]
+    # the record names the weights it distilled from: those its teacher.json was written with, and the file's
+    teacher_json = json.loads((mine / "teacher.json").read_text())
+    assert again["teacher"]["weights_sha256"] == teacher_json["weights_sha256"] == reference["teacher"]["weights_sha256"]
+    assert len(again["teacher"]["weights_sha256"]) == 64
+    other_json = json.loads((other / "teacher.json").read_text())
+    assert other_json["weights_sha256"] != again["teacher"]["weights_sha256"]
 
 
 def test_a_checkpoint_of_another_configuration_is_refused_not_resumed(tmp_path, capsys, reference, monkeypatch):

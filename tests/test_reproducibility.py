@@ -254,3 +254,22 @@ def test_records_name_the_cpu_model_and_tables_compare_it() -> None:
         record["environment"]["cpu"] = "AMD EPYC"
     group[2]["environment"]["cpu"] = "Intel Xeon"
     assert records.environment_outliers(group) == {group[2]["run_id"]: ["cpu Intel Xeon, most AMD EPYC"]}
+
+
+def test_the_cpu_names_its_family_model_and_kernel_instruction_set() -> None:
+    """Two hosts that both call themselves "AMD EPYC" gave different teachers from one seed: the record must
+    tell them apart (cpuinfo in the format Linux writes it, tab before the colon, blank line between CPUs)."""
+    from cmkd_bench.artefacts.provenance import cpu_model
+
+    def cpuinfo(model: int) -> str:
+        block = (f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
+                 f"model name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu avx2\n\n")
+        return block + block.replace("processor\t: 0", "processor\t: 1").replace(f": {model}\n", ": 99\n")
+
+    zen4, zen3 = cpu_model(cpuinfo(17), "AVX512"), cpu_model(cpuinfo(1), "AVX2")
+    assert zen4 == "AMD EPYC (family 25 model 17, AVX512)" and zen3 == "AMD EPYC (family 25 model 1, AVX2)"
+    assert cpu_model("model name\t: Apple M2\n", "") == "Apple M2"
+    group = [with_environment(make_record("kd", seed, 60.0, 59.0)) for seed in range(3)]
+    for record, cpu in zip(group, (zen4, zen4, zen3)):
+        record["environment"]["cpu"] = cpu
+    assert records.environment_outliers(group) == {group[2]["run_id"]: [f"cpu {zen3}, most {zen4}"]}

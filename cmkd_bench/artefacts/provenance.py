@@ -51,18 +51,37 @@ def environment() -> dict[str, Any]:
             "platform": platform.platform()}
 
 
-def cpu_model() -> str | None:
-    """The CPU's model name (Linux: /proc/cpuinfo). CPU results depend on it: the same code, versions,
-    threads and seed gave kd on synth-it test 77.3 on the machine the v1 leaderboard was made on and 76.1
-    on an AMD EPYC (math kernels pick their instructions by CPU)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+def cpu_model(cpuinfo: str | None = None, capability: str | None = None) -> str | None:
+    """The CPU as results depend on it: its model name (Linux: /proc/cpuinfo), then, where known, its family
+    and model numbers and the instruction set torch's kernels dispatch to (`torch.backends.cpu.
+    get_cpu_capability()`), e.g. "AMD EPYC (family 25 model 17, AVX512)". CPU results depend on them: the
+    same code, versions, threads and seed gave kd on synth-it test 77.3 on the machine the v1 leaderboard
+    was made on and 76.1 on an AMD EPYC; and two hosts that both call themselves "AMD EPYC" trained
+    different synth-it teachers from the same seed (val 45.40 and 45.25), which the bare model name could
+    not tell apart. `cpuinfo` and `capability` are for tests (default: this machine's)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if not key.strip():
+            break  # the first processor's block is enough
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or None
+    if name is None:
+        return None
+    if capability is None:
+        try:
+            import torch
+            capability = str(torch.backends.cpu.get_cpu_capability())
+        except (ImportError, AttributeError, RuntimeError):
+            capability = ""
+    detail = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields and "model" in fields else []
+    detail += [capability] if capability else []
+    return f"{name} ({', '.join(detail)})" if detail else name
 
 
 # What the suite writes into its own checkout: records, tables, figures, analyses, the README's table.

@@ -340,8 +340,11 @@ def obtain_teacher(prepared: ResolvedRun, teacher: FeatureModel, progress: RunCa
             sweep_temporaries(folder)
         distributed.barrier()
         metrics = _cached_or_trained_teacher(prepared, teacher, folder, key, progress)
+    # the weights' digest: one cache key can hold different weights on two hosts (CPU kernels differ), and
+    # the record says which it distilled from
+    weights_sha256 = (read_record(folder / "teacher.json") or {}).get("weights_sha256")
     return {**info, "key": key, "checkpoint": str(folder / "teacher.pt"), "metrics": metrics,
-            "recipe": config.teacher_recipe}
+            "recipe": config.teacher_recipe, "weights_sha256": weights_sha256}
 
 
 @contextmanager
