@@ -337,7 +337,9 @@ def method_section(root: Path) -> list[str]:
         for setting, title in settings:
             rows = method_rows(root, setting, folder)
             heading = title if folder == "runs" else f"At the defaults: {where}"
-            lines += [f"### {heading}: records of protocol v{version}", ""]
+            # the leaderboard's folder names its protocol; the small-resnet runs are at the defaults under none
+            suffix = f": records of protocol v{version}" if folder == "runs" else ""
+            lines += [f"### {heading}{suffix}", ""]
             if not rows:
                 reason = "protocol v1 tuned nothing fairly" if setting == "tuned" and version < 2 else "no runs yet"
                 lines += [f"({reason})", ""]
