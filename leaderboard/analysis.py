@@ -143,7 +143,7 @@ def config_sets(dataset: str, folder: str, smoke: bool) -> tuple[str, ...]:
 def measure_similarities(root: Path, seeds: list[int], device: str, smoke: bool, only: tuple[str, ...] = PARTS) -> None:
     """Step 2 for the CONFIGS; with `only` (not every part), for the small-resnet configuration alone."""
     for _, dataset, backbone, folder in CONFIGS:
-        if only != PARTS and not (folder == "runs-small-resnet" and "small-resnet" in only):
+        if set(only) != set(PARTS) and not (folder == "runs-small-resnet" and "small-resnet" in only):
             continue
         for seed in seeds:
             request = TeacherRequest(dataset=dataset, seed=seed, sets=config_sets(dataset, folder, smoke),
@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this part of step 1 (repeatable; step 2 then measures small-resnet's teachers "
                              "only, or none)")
     args = parser.parse_args(argv)
-    only = tuple(args.only) if args.only else PARTS
+    only = tuple(dict.fromkeys(args.only)) if args.only else PARTS
     root = Path(args.root).resolve()
     seeds = [0] if args.smoke else [int(s) for s in args.seeds.split(",")]
     if args.smoke and root == HERE:

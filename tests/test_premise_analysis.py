@@ -189,3 +189,25 @@ def test_the_small_resnet_board_says_it_is_untuned_and_its_seeds(tmp_path: Path)
     assert text.splitlines()[0] == ("# synth-av with small-resnet teachers and students: at the official defaults, "
                                     "not tuned, seeds 0, 1, 3")
     assert "| fd |" in text and "| no-kd |" in text
+
+
+def test_only_measures_the_small_resnet_teachers_alone_whatever_the_order(tmp_path: Path, monkeypatch) -> None:
+    analysis = load_analysis()
+    measured: list[str] = []
+
+    def fake(request, **_):
+        measured.append(Path(request.out).name)
+        return fake_similarity(request.seed)
+
+    monkeypatch.setattr(analysis, "freq_similarity", fake)
+    monkeypatch.setattr(analysis, "plot_freq_similarity", lambda *args: None)
+
+    def folders(only):
+        measured.clear()
+        analysis.measure_similarities(tmp_path, [0], "cpu", smoke=False, only=only)
+        return sorted(set(measured))
+
+    assert folders(("small-resnet",)) == ["runs-small-resnet"]
+    assert folders(("sweep",)) == []
+    # both parts, in either order, are every configuration
+    assert folders(("sweep", "small-resnet")) == folders(("small-resnet", "sweep")) == ["runs", "runs-small-resnet"]
