@@ -289,6 +289,24 @@ def test_the_takeaway_says_so_when_nothing_beats_no_kd() -> None:
     assert "includes 0: no aggregate gain is established" in sentences[-1]
 
 
+def test_a_cell_whose_records_distilled_from_another_teacher_is_marked_and_the_takeaway_says_so() -> None:
+    # kd's seed-1 record in the visual -> audio column distilled from that seed's teacher trained again
+    # elsewhere (same key, other weights: other scores), the case of records made over two hosts
+    records = v2_records()
+    odd = next(r for r in records if r["method"] == "kd" and r["seed"] == SEEDS[1] and r["run_id"].endswith("-sel")
+               and (r["teacher_modality"], r["student_modality"]) == VA)
+    odd["teacher"]["metrics"] = {**odd["teacher"]["metrics"], "val": 79.75}
+    marked = build_headline(records)
+    assert cell(marked, "kd", VA).row.stale and headline_cell_text(cell(marked, "kd", VA)).endswith(" §")
+    assert not headline_cell_text(cell(marked, "kd", AV)).endswith("§")
+    assert not headline_cell_text(cell(marked, REFERENCE_LABEL, VA), reference=True).endswith("§")
+    assert marked.sentences[-1].startswith("§: 1 cell holds records made under another code revision, environment or "
+                                           "teacher") and "(rows: kd;" in marked.sentences[-1]
+    clean = build_headline(v2_records())
+    assert not any(sentence.startswith("§") for sentence in clean.sentences)
+    assert not any("§" in headline_cell_text(c, r.reference) for r in clean.rows for c in r.cells if c is not None)
+
+
 def test_the_headline_comes_first_in_md_rich_html_and_latex_and_the_csv_keeps_the_paired_columns() -> None:
     records = v2_records()
     md = render(records, "md")

@@ -14,6 +14,7 @@ from cmkd_bench.artefacts import records
 from cmkd_bench.cli.run import run_arguments
 from cmkd_bench.experiments.plan import expand, mark_stale, plan_text, suite_from_mapping
 from cmkd_bench.reporting.leaderboard import render, summarize
+from cmkd_bench.reporting.leaderboard.summary import stale_runs
 from cmkd_bench.reporting.leaderboard.grid import STALE_MARK
 from cmkd_bench.training import runner
 
@@ -101,6 +102,51 @@ def test_the_leaderboard_marks_a_row_with_a_stale_record_and_says_what_differs()
     for fmt in ("md", "rich", "latex", "html"):  # (csv, a data export, has no notes)
         assert STALE_MARK in render(recs, fmt), fmt
     assert STALE_MARK not in render([with_environment(r) for r in recs], "md", layout="wide")
+
+
+def teacher_fixture(*, hashes: bool) -> list[dict]:
+    """no-kd, kd and fitnet on seeds 0-2, one teacher per seed; kd's seed-1 record distilled from that
+    seed's teacher trained again elsewhere: same key, other weights (and other scores)."""
+    recs = []
+    for method, base in (("no-kd", 60.0), ("kd", 64.0), ("fitnet", 62.0)):
+        for seed in range(3):
+            other = method == "kd" and seed == 1
+            record = with_environment(make_record(method, seed, base + seed, base - 1,
+                                                  teacher_metrics=(80.25 if other else 80.0, 79.5)))
+            if hashes:
+                record["teacher"]["weights_sha256"] = ("b" if other else "a") * 64
+            recs.append(record)
+    return recs
+
+
+def test_a_record_distilled_from_another_teacher_under_the_same_key_is_marked_and_rerun() -> None:
+    for hashes in (False, True):
+        recs = teacher_fixture(hashes=hashes)
+        odd = recs[4]["run_id"]  # kd seed 1
+        assert records.teacher_outliers(recs) == {odd: records.TEACHER_DIFFERS}
+        rows = {row.label: row for row in summarize(recs)[0].rows}
+        assert rows["kd"].stale == {odd: [records.TEACHER_DIFFERS]}
+        assert not rows["no-kd"].stale and not rows["fitnet"].stale
+        assert stale_runs(recs) == {odd: [records.TEACHER_DIFFERS]}
+        assert f"kd {STALE_MARK}" in render(recs, "md", layout="wide")
+    # by hash where every record of the key has one: equal scores from other weights still differ
+    recs = teacher_fixture(hashes=True)
+    for record in recs:
+        record["teacher"]["metrics"] = {"val": 80.0}
+    assert records.teacher_outliers(recs) == {recs[4]["run_id"]: records.TEACHER_DIFFERS}
+    # the same teacher everywhere: nothing to mark; a record without a teacher is not judged
+    same = [with_environment(make_record(m, seed, 60.0, 59.0)) for m in ("no-kd", "kd") for seed in range(3)]
+    same[0]["teacher"] = None
+    assert records.teacher_outliers(same) == {} and stale_runs(same) == {}
+
+
+def test_selection_candidates_are_not_judged_by_the_rows_teachers() -> None:
+    # a study's candidates distil from the selection seed's teacher; a study made on another host than
+    # the one its table's reported runs came from is no row's pairing problem
+    recs = teacher_fixture(hashes=False)
+    for record in recs[3:6]:
+        record["protocol"] = {"version": 2, "role": "candidate"}
+    assert all(records.TEACHER_DIFFERS not in differs for differs in stale_runs(recs).values())
 
 
 # --- suite --rerun-stale

@@ -222,12 +222,8 @@ def environment_outliers(records: Iterable[dict[str, Any]]) -> dict[str, list[st
     signatures = [environment_signature(record) for record in records]
     majority: dict[str, str] = {}
     for key in sorted(set().union(*signatures)) if signatures else []:
-        counts: dict[str, tuple[int, datetime]] = {}
-        for record, signature in zip(records, signatures):
-            if key in signature:
-                count, latest = counts.get(signature[key], (0, _OLDEST))
-                counts[signature[key]] = (count + 1, max(latest, created_at(record)))
-        majority[key] = max(counts, key=lambda value: counts[value])
+        majority[key] = _majority([(signature[key], record) for record, signature in zip(records, signatures)
+                                   if key in signature])
     outliers: dict[str, list[str]] = {}
     for record, signature in zip(records, signatures):
         differs = [f"{key} {_short(signature[key])}, most {_short(majority[key])}"
@@ -235,6 +231,44 @@ def environment_outliers(records: Iterable[dict[str, Any]]) -> dict[str, list[st
         if differs:
             outliers[str(record["run_id"])] = differs
     return outliers
+
+
+TEACHER_DIFFERS = "another teacher than most records with its teacher key (its weights or scores differ)"
+
+
+def teacher_outliers(records: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Among the records of one table, those distilled from other teacher weights than most records that
+    name the same teacher key: run id -> TEACHER_DIFFERS. Per key, the majority as in
+    environment_outliers.
+
+    Teachers' weights are not committed: a record made where its teacher was trained again (another
+    host, another library build: the same seed and recipe give other weights) distilled from another
+    teacher under the same key, and its difference to no-kd paired by seed no longer compares like with
+    like. (no-kd's records name the teacher of their column too, and were made on that host.) The
+    teacher is told apart by `teacher.weights_sha256` where every record of the key has one, else by
+    its recorded scores (`teacher.metrics`), which retraining on another host changes."""
+    by_key: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for record in records:
+        teacher = record.get("teacher")
+        if isinstance(teacher, dict) and teacher.get("key"):
+            by_key.setdefault(str(teacher["key"]), []).append((record, teacher))
+    outliers: dict[str, str] = {}
+    for group in by_key.values():
+        by_hash = all(teacher.get("weights_sha256") for _, teacher in group)
+        prints = [(str(teacher["weights_sha256"]) if by_hash else json.dumps(teacher.get("metrics"), sort_keys=True),
+                   record) for record, teacher in group]
+        common = _majority(prints)
+        outliers.update({str(record["run_id"]): TEACHER_DIFFERS for value, record in prints if value != common})
+    return outliers
+
+
+def _majority(values: list[tuple[str, dict[str, Any]]]) -> str:
+    """The most frequent of (value, record) pairs' values; a tie goes to the most recent record's."""
+    counts: dict[str, tuple[int, datetime]] = {}
+    for value, record in values:
+        count, latest = counts.get(value, (0, _OLDEST))
+        counts[value] = (count + 1, max(latest, created_at(record)))
+    return max(counts, key=lambda value: counts[value])
 
 
 def _short(value: str) -> str:

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 from ...artefacts import records as rec
 from .. import statistics as stats
-from .grid import (AGGREGATE_HEADERS, BETTER_MARK, MISSING, SIGNIFICANCE_LEVEL, WORSE_MARK, Aggregate, Cell, Grid,
-                   column_labels, paired_text, significance_mark, wide_tables)
+from .grid import (AGGREGATE_HEADERS, BETTER_MARK, MISSING, SIGNIFICANCE_LEVEL, STALE_MARK, WORSE_MARK, Aggregate, Cell,
+                   Grid, column_labels, paired_text, significance_mark, wide_tables)
 from .protocol import REPORTED, protocol_of, protocol_role, protocol_title, protocol_version
 from .summary import NO_KD, RowData, TableData, _no_kd_baseline, summarize
 
@@ -227,7 +227,24 @@ def takeaway(headline: Headline) -> list[str]:
     if second:
         sentences.append(second + ".")
     sentences.append(_leader_sentence(headline))
+    if stale := _stale_cells(headline):
+        cells = sum(len(columns) for columns in stale.values())
+        sentences.append(f"{STALE_MARK}: {cells} cell{'s' if cells != 1 else ''} hold{'s' if cells == 1 else ''} records "
+                         "made under another code revision, environment or teacher than most of their column's, whose "
+                         f"pairing with no-kd may not compare like with like (rows: {_join(list(stale))}; the "
+                         "provenance appendix says what differs).")
     return sentences
+
+
+def _stale_cells(headline: Headline) -> dict[str, list[str]]:
+    """Row label -> the columns whose cell holds a record that summary marks stale (another environment,
+    code revision or teacher than most of its table's)."""
+    stale: dict[str, list[str]] = {}
+    for row in headline.rows:
+        for column, cell in zip(headline.columns, row.cells):
+            if cell is not None and not cell.same_as and cell.row.stale:
+                stale.setdefault(row.label, []).append(column)
+    return stale
 
 
 def _leader_sentence(headline: Headline) -> str:
@@ -298,13 +315,14 @@ def headline_cell_text(cell: HeadlineCell | None, reference: bool = False) -> st
     row = cell.row
     if row.mean is None:
         return MISSING
+    stale = f" {STALE_MARK}" if row.stale else ""
     if reference:
-        return f"{row.mean:.2f}" if row.std is None else f"{row.mean:.2f} ± {row.std:.2f}"
+        return (f"{row.mean:.2f}" if row.std is None else f"{row.mean:.2f} ± {row.std:.2f}") + stale
     if cell.same_as:
         return f"= {cell.same_as}"
     paired = paired_text(row)
     inner = " ".join(part for part in (paired, cell.mark) if part)
-    return f"{row.mean:.2f} ({inner})" if inner else f"{row.mean:.2f}"
+    return (f"{row.mean:.2f} ({inner})" if inner else f"{row.mean:.2f}") + stale
 
 
 def aggregate_text(result: Aggregate | None) -> tuple[str, str]:

@@ -52,7 +52,8 @@ class RowData:
     selection: str = "default"  # "tuned": the configuration the tuning protocol selected on val
     tuning: dict[str, Any] | None = None  # the record's tuning entry (space, budget, scores) for tuned rows
     # run id -> what differs, for the row's records made under another environment or code revision
-    # than most records of the table (records.environment_outliers); `suite --rerun-stale` reruns them
+    # than most records of the table (records.environment_outliers), or distilled from another teacher
+    # under the same key (records.teacher_outliers); `suite --rerun-stale` reruns them
     stale: dict[str, list[str]] = field(default_factory=dict)
     # protocol v2: the label of the row (same selection, same table) whose runs or configuration and scores
     # this row repeats; such a row is not tested again (its statistics are that row's) and shows once
@@ -103,7 +104,8 @@ def summarize(records: Iterable[dict[str, Any]], view: str = "all") -> list[Tabl
 
 def stale_runs(records: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
     """The completed records made under another environment or code revision than most records of
-    their table: run id -> what differs (what the leaderboard marks, `suite --rerun-stale` reruns)."""
+    their table, and the rows' records distilled from another teacher than most of the table's under
+    the same key: run id -> what differs (what the leaderboard marks, `suite --rerun-stale` reruns)."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in records:
         if record.get("status") == "completed":
@@ -111,6 +113,10 @@ def stale_runs(records: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
     stale: dict[str, list[str]] = {}
     for group in groups.values():
         stale.update(rec.environment_outliers(group))
+        # the teacher of the rows' records (a study's candidates distil from the selection seed's, which
+        # no reported row shares)
+        for run_id, differs in rec.teacher_outliers(r for r in group if not is_candidate(r)).items():
+            stale.setdefault(run_id, []).append(differs)
     for run_id, change in code_changes(records for group in groups.values() for records in group).items():
         stale.setdefault(run_id, []).append(change)
     return stale
@@ -237,6 +243,8 @@ def _build_table(records: list[dict[str, Any]], extra: list[str], view: str = "a
     _mark_best(method_rows)
     kept = [record for row_records in per_row.values() for record in row_records]
     outliers = rec.environment_outliers(kept)
+    for run_id, differs in rec.teacher_outliers(kept).items():
+        outliers.setdefault(run_id, []).append(differs)
     for row in method_rows:
         row.stale = {source: outliers[source] for source in row.sources if source in outliers}
     table.rows = [_teacher_row(table, kept), *_ordered(method_rows)]
