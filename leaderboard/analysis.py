@@ -47,7 +47,8 @@ from typing import Any
 
 from cmkd_bench.artefacts.files import write_json_atomic
 from cmkd_bench.artefacts.provenance import GENERATED, uncommitted_files
-from cmkd_bench.artefacts.records import direction_label, hparams_changed, load_records, metric, record_metric_name
+from cmkd_bench.artefacts.records import (direction_label, hparams_changed, load_records, metric, record_metric_name,
+                                          teacher_outliers)
 from cmkd_bench.cli.suite import run_command_line
 from cmkd_bench.errors import UserError
 from cmkd_bench.experiments.plan import DatasetEntry, Suite, load_suite, suite_from_mapping
@@ -498,6 +499,30 @@ def verdict_section(root: Path, seeds: list[int]) -> list[str]:
     return lines
 
 
+RECORD_FOLDERS = ("runs", "runs-small-resnet", "sweeps/synth-av-shared")  # what sections 2 to 4 read
+
+
+def teacher_check(root: Path) -> list[str]:
+    """One line per records folder on whether the runs compared by seed distilled from one teacher per
+    teacher key (records.teacher_outliers): teachers' weights are not committed, so runs made over
+    sittings on two hosts can hold two teachers under one key, and a paired difference would then
+    compare runs that did not share their teacher."""
+    parts = []
+    for folder in RECORD_FOLDERS:
+        records = [r for r in load_records([root / folder]) if r.get("status") == "completed"
+                   and not is_candidate(r)] if (root / folder).is_dir() else []
+        if records:
+            odd = teacher_outliers(records)
+            parts.append(f"`{folder}/`: " + (f"{len(odd)} of {len(records)} records distilled from another teacher "
+                                             "than most records with their teacher key (their pairs compare unlike "
+                                             "teachers)" if odd else f"all {len(records)} records agree"))
+    if not parts:
+        return []
+    return ["Teachers: the runs paired by seed below should share their teacher. Per folder, whether every "
+            "record agrees with the others under its teacher key (weights' SHA-256, else the teacher's scores): "
+            + "; ".join(parts) + ".", ""]
+
+
 def write_report(root: Path, seeds: list[int]) -> Path:
     text = "\n".join([
         "# Does FD-CMKD's premise hold?", "",
@@ -505,6 +530,7 @@ def write_report(root: Path, seeds: list[int]) -> Path:
         "(issue 13); every number below is read from a record or from analysis/*.json. FD-CMKD's premise: along "
         "the channel axis of pooled features, the low-frequency part is similar across modalities and the "
         "high-frequency part is not.", "",
+        *teacher_check(root),
         *similarity_section(root, seeds), *method_section(root), *sweep_section(root),
         *verdict_section(root, seeds)])
     path = root / "ANALYSIS.md"

@@ -96,6 +96,22 @@ def test_the_report_holds_the_numbers_of_the_files_it_reads(tmp_path: Path) -> N
     assert "sweep (section 3)" not in text  # the sweep has no fd and fd-random-split to compare
 
 
+def test_the_report_says_per_folder_whether_paired_runs_share_their_teacher(tmp_path: Path) -> None:
+    analysis = load_analysis()
+    same = [make_record(method, seed, 60.0 + seed, 59.0) for method in ("no-kd", "fd") for seed in (0, 1, 2)]
+    write_records(tmp_path / "runs-small-resnet", same)
+    mixed = [make_record(method, seed, 60.0 + seed, 59.0, run_suffix="-sweep") for method in ("no-kd", "fd")
+             for seed in (0, 1, 2)]
+    mixed[4]["teacher"]["metrics"]["val"] = 80.25  # fd seed 1: its teacher retrained elsewhere, same key
+    write_records(tmp_path / "sweeps" / "synth-av-shared", mixed)
+    (line,) = [line for line in analysis.teacher_check(tmp_path) if line]
+    assert "`runs-small-resnet/`: all 6 records agree" in line
+    assert ("`sweeps/synth-av-shared/`: 1 of 6 records distilled from another teacher than most records with their "
+            "teacher key") in line
+    assert "`runs/`" not in line  # no such folder: nothing said about it
+    assert line in analysis.write_report(tmp_path, [0, 1, 2]).read_text()
+
+
 def by_hand_holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjustment written out: the i-th smallest of m times (m - i), running maximum, at most 1."""
     order = sorted(range(len(p_values)), key=lambda i: p_values[i])
