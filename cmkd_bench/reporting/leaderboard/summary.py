@@ -112,14 +112,22 @@ def stale_runs(records: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
             groups.setdefault(_table_key(record), []).append(record)
     stale: dict[str, list[str]] = {}
     for group in groups.values():
-        stale.update(rec.environment_outliers(group))
-        # the teacher of the rows' records (a study's candidates distil from the selection seed's, which
-        # no reported row shares)
-        for run_id, differs in rec.teacher_outliers(r for r in group if not is_candidate(r)).items():
-            stale.setdefault(run_id, []).append(differs)
+        # the teacher is judged among the rows' records only (a study's candidates distil from the
+        # selection seed's teacher, which no reported row shares)
+        stale.update(_outliers(group, [r for r in group if not is_candidate(r)]))
     for run_id, change in code_changes(records for group in groups.values() for records in group).items():
         stale.setdefault(run_id, []).append(change)
     return stale
+
+
+def _outliers(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """What the § mark reads: run id -> what differs, for `records` made under another environment or
+    code revision than most of them (records.environment_outliers), and for `rows` distilled from another
+    teacher than most of them under the same key (records.teacher_outliers)."""
+    outliers = rec.environment_outliers(records)
+    for run_id, differs in rec.teacher_outliers(rows).items():
+        outliers.setdefault(run_id, []).append(differs)
+    return outliers
 
 
 def code_changes(records: Iterable[dict[str, Any]]) -> dict[str, str]:
@@ -242,9 +250,7 @@ def _build_table(records: list[dict[str, Any]], extra: list[str], view: str = "a
     _set_significance(method_rows, by_selection=table.protocol >= 2)
     _mark_best(method_rows)
     kept = [record for row_records in per_row.values() for record in row_records]
-    outliers = rec.environment_outliers(kept)
-    for run_id, differs in rec.teacher_outliers(kept).items():
-        outliers.setdefault(run_id, []).append(differs)
+    outliers = _outliers(kept, kept)
     for row in method_rows:
         row.stale = {source: outliers[source] for source in row.sources if source in outliers}
     table.rows = [_teacher_row(table, kept), *_ordered(method_rows)]
